@@ -1,0 +1,395 @@
+package bench_test
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"runtime"
+	"slices"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/vmihailenco/msgpack/v5"
+
+	"github.com/gorm-writethrough/writethrough/bench"
+)
+
+// Every benchmark reports, besides ns/op and allocations:
+//
+//	p50-us, p99-us  one-goroutine latency percentiles (latency workloads)
+//	ops/s           operations per second (throughput workloads)
+//	cpu-us/op       process CPU time (user+system) per operation
+//	redis/op        Redis round trips per operation (a pipeline counts once)
+//	sql/op          SQL statements per operation, BEGIN and COMMIT included
+
+// BenchmarkHit reads one cached row by key.
+func BenchmarkHit(b *testing.B) {
+	e := getEnv(b)
+	for _, c := range mustContenders(b, e) {
+		if c.read == nil {
+			continue
+		}
+		b.Run(c.name, func(b *testing.B) {
+			ids := randomIDs(e.rows, 4096, 1)
+			ctx := context.Background()
+			m := startMeter(b, e, true)
+			for i := range b.N {
+				id := ids[i%len(ids)]
+				t0 := time.Now()
+				if err := c.read(ctx, id); err != nil {
+					b.Fatal(err)
+				}
+				m.observe(time.Since(t0))
+			}
+			m.done(b.N)
+		})
+	}
+}
+
+// BenchmarkMiss reads one row whose key was just evicted, so the read goes
+// to the database and fills the cache. The eviction is not timed.
+func BenchmarkMiss(b *testing.B) {
+	e := getEnv(b)
+	for _, c := range mustContenders(b, e) {
+		if c.evict == nil || c.read == nil {
+			continue
+		}
+		b.Run(c.name, func(b *testing.B) {
+			ids := randomIDs(e.rows, 4096, 2)
+			ctx := context.Background()
+			m := startMeter(b, e, true)
+			for i := range b.N {
+				id := ids[i%len(ids)]
+				m.pause()
+				if err := c.evict(ctx, id); err != nil {
+					b.Fatal(err)
+				}
+				m.resume()
+				t0 := time.Now()
+				if err := c.read(ctx, id); err != nil {
+					b.Fatal(err)
+				}
+				m.observe(time.Since(t0))
+			}
+			m.done(b.N)
+		})
+	}
+}
+
+// BenchmarkBatch10 reads 10 cached rows by key.
+func BenchmarkBatch10(b *testing.B) { benchBatch(b, 10) }
+
+// BenchmarkBatch100 reads 100 cached rows by key.
+func BenchmarkBatch100(b *testing.B) { benchBatch(b, 100) }
+
+func benchBatch(b *testing.B, size int) {
+	e := getEnv(b)
+	for _, c := range mustContenders(b, e) {
+		if c.batch == nil {
+			continue
+		}
+		b.Run(c.name, func(b *testing.B) {
+			batches := randomBatches(e.rows, 64, size)
+			ctx := context.Background()
+			m := startMeter(b, e, true)
+			for i := range b.N {
+				t0 := time.Now()
+				if err := c.batch(ctx, batches[i%len(batches)]); err != nil {
+					b.Fatal(err)
+				}
+				m.observe(time.Since(t0))
+			}
+			m.done(b.N)
+		})
+	}
+}
+
+// BenchmarkUpdate adds one to a row's balance by key. GORM contenders run
+// it in GORM's implicit transaction.
+func BenchmarkUpdate(b *testing.B) {
+	e := getEnv(b)
+	for _, c := range mustContenders(b, e) {
+		if c.update == nil || c.updateName == "-" {
+			continue
+		}
+		name := c.name
+		if c.updateName != "" {
+			name = c.updateName
+		}
+		b.Run(name, func(b *testing.B) {
+			ids := randomIDs(e.rows, 4096, 3)
+			ctx := context.Background()
+			m := startMeter(b, e, true)
+			for i := range b.N {
+				t0 := time.Now()
+				if err := c.update(ctx, ids[i%len(ids)]); err != nil {
+					b.Fatal(err)
+				}
+				m.observe(time.Since(t0))
+			}
+			m.done(b.N)
+		})
+	}
+}
+
+// BenchmarkThroughput runs 8 and 64 goroutines over uniform and Zipf keys,
+// with 100/0, 95/5 and 50/50 read/write mixes.
+func BenchmarkThroughput(b *testing.B) {
+	e := getEnv(b)
+	mixes := []struct {
+		name   string
+		writes int // percent
+	}{{"r100", 0}, {"r95", 5}, {"r50", 50}}
+	for _, mix := range mixes {
+		for _, zipf := range []bool{false, true} {
+			for _, g := range []int{8, 64} {
+				dist := "uniform"
+				if zipf {
+					dist = "zipf"
+				}
+				for _, c := range mustContenders(b, e) {
+					if !c.mixed {
+						continue
+					}
+					name := fmt.Sprintf("%s-%s-g%d/%s", mix.name, dist, g, c.name)
+					b.Run(name, func(b *testing.B) {
+						benchMix(b, e, c, g, mix.writes, zipf)
+					})
+				}
+			}
+		}
+	}
+}
+
+// zipfS is the Zipf exponent of the skewed workloads (math/rand/v2 needs
+// s > 1): over 100,000 keys the hottest takes 13% of the operations and
+// the ten hottest 36%.
+const zipfS = 1.1
+
+func benchMix(b *testing.B, e *env, c contender, goroutines, writePct int, zipf bool) {
+	procs := runtime.GOMAXPROCS(0)
+	b.SetParallelism((goroutines + procs - 1) / procs)
+	var seed atomic.Uint64
+	m := startMeter(b, e, false)
+	b.RunParallel(func(pb *testing.PB) {
+		r := rand.New(rand.NewPCG(seed.Add(1), 0x5eed))
+		var z *rand.Zipf
+		if zipf {
+			z = rand.NewZipf(r, zipfS, 1, uint64(e.rows-1))
+		}
+		ctx := context.Background()
+		for pb.Next() {
+			var id int64
+			if z != nil {
+				id = int64(z.Uint64()) + 1
+			} else {
+				id = r.Int64N(e.rows) + 1
+			}
+			var err error
+			if writePct > 0 && r.IntN(100) < writePct {
+				err = c.update(ctx, id)
+			} else {
+				err = c.read(ctx, id)
+			}
+			if err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
+	m.done(b.N)
+}
+
+// BenchmarkMemory measures what one cached row costs Redis (MEMORY USAGE,
+// key and overhead included) against the row's plain msgpack encoding.
+// Its ns/op means nothing; see the B/row metrics.
+func BenchmarkMemory(b *testing.B) {
+	e := getEnv(b)
+	for _, c := range mustContenders(b, e) {
+		if c.key == nil {
+			continue
+		}
+		b.Run(c.name, func(b *testing.B) {
+			mem, err := e.memory(c)
+			if err != nil {
+				b.Fatal(err)
+			}
+			for range b.N {
+			}
+			b.ReportMetric(mem.redis, "redis-B/row")
+			b.ReportMetric(mem.value, "value-B/row")
+			b.ReportMetric(mem.payload, "payload-B/row")
+		})
+	}
+}
+
+type rowMemory struct{ redis, value, payload float64 }
+
+var memoryCache = map[string]rowMemory{}
+
+func (e *env) memory(c contender) (rowMemory, error) {
+	if m, ok := memoryCache[c.name]; ok {
+		return m, nil
+	}
+	ctx := context.Background()
+	var sum rowMemory
+	ids := randomIDs(e.rows, 200, 4)
+	for _, id := range ids {
+		var u bench.User
+		if err := e.pool.QueryRow(ctx, pgxSelect, id).Scan(scanDest(&u)...); err != nil {
+			return sum, err
+		}
+		payload, err := msgpack.Marshal(&u)
+		if err != nil {
+			return sum, err
+		}
+		// Make sure the key holds this very row: a write workload may
+		// have replaced it, or the floor's writes a made-up row.
+		if c.evict != nil {
+			if err := c.evict(ctx, id); err != nil {
+				return sum, err
+			}
+		} else if err := e.rdb.Set(ctx, c.key(id), payload, rowTTL).Err(); err != nil {
+			return sum, err
+		}
+		if err := c.read(ctx, id); err != nil {
+			return sum, err
+		}
+		usage, err := e.rdb.MemoryUsage(ctx, c.key(id), 0).Result()
+		if err != nil {
+			return sum, fmt.Errorf("MEMORY USAGE %s: %w", c.key(id), err)
+		}
+		value, err := e.rdb.StrLen(ctx, c.key(id)).Result()
+		if err != nil {
+			return sum, err
+		}
+		sum.redis += float64(usage)
+		sum.value += float64(value)
+		sum.payload += float64(len(payload))
+	}
+	n := float64(len(ids))
+	m := rowMemory{sum.redis / n, sum.value / n, sum.payload / n}
+	memoryCache[c.name] = m
+	return m, nil
+}
+
+func mustContenders(b *testing.B, e *env) []contender {
+	b.Helper()
+	cs, err := e.contenders()
+	if err != nil {
+		b.Fatal(err)
+	}
+	return cs
+}
+
+// randomIDs returns n ids drawn uniformly from 1..rows, the same for every
+// contender.
+func randomIDs(rows int64, n int, seed uint64) []int64 {
+	r := rand.New(rand.NewPCG(seed, 0x1d5))
+	ids := make([]int64, n)
+	for i := range ids {
+		ids[i] = r.Int64N(rows) + 1
+	}
+	return ids
+}
+
+// randomBatches returns n batches of size distinct ids from 1..rows.
+func randomBatches(rows int64, n, size int) [][]int64 {
+	r := rand.New(rand.NewPCG(uint64(size), 0xba7c4))
+	batches := make([][]int64, n)
+	for i := range batches {
+		seen := make(map[int64]bool, size)
+		for len(batches[i]) < size {
+			id := r.Int64N(rows) + 1
+			if !seen[id] {
+				seen[id] = true
+				batches[i] = append(batches[i], id)
+			}
+		}
+	}
+	return batches
+}
+
+// meter measures what testing.B does not: latency percentiles, CPU time
+// and round trips per operation, leaving out the paused stretches.
+type meter struct {
+	b       *testing.B
+	e       *env
+	samples []time.Duration // per-operation latency, when sampled
+	start   time.Time
+
+	cpu, paused     time.Duration // process CPU at start; CPU spent paused
+	redis, sql      int64         // counters at start
+	pRedis, pSQL    int64         // round trips made while paused
+	pauseCPU        time.Duration // CPU at the last pause
+	pauseR, pauseS  int64         // counters at the last pause
+	pausedWallClock time.Duration
+	pauseAt         time.Time
+}
+
+func startMeter(b *testing.B, e *env, sample bool) *meter {
+	b.ReportAllocs()
+	m := &meter{b: b, e: e}
+	if sample {
+		m.samples = make([]time.Duration, 0, b.N)
+	}
+	b.ResetTimer()
+	m.cpu, m.redis, m.sql = cpuTime(), e.redisCalls.Load(), e.sqlCalls.Load()
+	m.start = time.Now()
+	return m
+}
+
+func (m *meter) observe(d time.Duration) { m.samples = append(m.samples, d) }
+
+func (m *meter) pause() {
+	m.b.StopTimer()
+	m.pauseAt = time.Now()
+	m.pauseCPU, m.pauseR, m.pauseS = cpuTime(), m.e.redisCalls.Load(), m.e.sqlCalls.Load()
+}
+
+func (m *meter) resume() {
+	m.paused += cpuTime() - m.pauseCPU
+	m.pRedis += m.e.redisCalls.Load() - m.pauseR
+	m.pSQL += m.e.sqlCalls.Load() - m.pauseS
+	m.pausedWallClock += time.Since(m.pauseAt)
+	m.b.StartTimer()
+}
+
+func (m *meter) done(ops int) {
+	wall := time.Since(m.start) - m.pausedWallClock
+	cpu := cpuTime() - m.cpu - m.paused
+	redis := m.e.redisCalls.Load() - m.redis - m.pRedis
+	sql := m.e.sqlCalls.Load() - m.sql - m.pSQL
+	m.b.StopTimer()
+	n := float64(ops)
+	m.b.ReportMetric(float64(cpu.Nanoseconds())/1e3/n, "cpu-us/op")
+	m.b.ReportMetric(float64(redis)/n, "redis/op")
+	m.b.ReportMetric(float64(sql)/n, "sql/op")
+	if m.samples == nil {
+		m.b.ReportMetric(n/wall.Seconds(), "ops/s")
+		return
+	}
+	slices.Sort(m.samples)
+	m.b.ReportMetric(percentile(m.samples, 50), "p50-us")
+	m.b.ReportMetric(percentile(m.samples, 99), "p99-us")
+}
+
+// percentile returns the p-th percentile of sorted samples, in µs.
+func percentile(sorted []time.Duration, p int) float64 {
+	if len(sorted) == 0 {
+		return 0
+	}
+	i := min(len(sorted)*p/100, len(sorted)-1)
+	return float64(sorted[i].Nanoseconds()) / 1e3
+}
+
+// cpuTime returns the CPU time, user and system, the process has used.
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}

@@ -215,3 +215,37 @@ func DeleteKeys(ctx context.Context, rdb redis.UniversalClient, pattern string) 
 		}
 	}
 }
+
+// ServerVersions describes the PostgreSQL and Redis servers the benchmarks
+// use, one line each.
+func ServerVersions(ctx context.Context) ([]string, error) {
+	cfg, err := ConnConfig()
+	if err != nil {
+		return nil, err
+	}
+	conn, err := pgx.ConnectConfig(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	defer conn.Close(ctx)
+	var pg string
+	if err := conn.QueryRow(ctx, "SHOW server_version").Scan(&pg); err != nil {
+		return nil, err
+	}
+	rdb, err := NewRedis()
+	if err != nil {
+		return nil, err
+	}
+	defer rdb.Close()
+	info, err := rdb.Info(ctx, "server").Result()
+	if err != nil {
+		return nil, err
+	}
+	rv := "?"
+	for _, line := range strings.Split(info, "\n") {
+		if v, ok := strings.CutPrefix(strings.TrimSpace(line), "redis_version:"); ok {
+			rv = v
+		}
+	}
+	return []string{"PostgreSQL " + pg, "Redis " + rv}, nil
+}

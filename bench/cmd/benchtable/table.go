@@ -1,0 +1,277 @@
+package main
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"math"
+	"path"
+	"slices"
+	"strconv"
+	"strings"
+)
+
+// results holds every metric of every benchmark, per round.
+type results struct {
+	rounds int
+	order  []string                        // benchmark names, in the order first seen
+	vals   map[string]map[string][]float64 // name → unit → value per round (NaN: not run)
+}
+
+func newResults(rounds int) *results {
+	return &results{rounds: rounds, vals: map[string]map[string][]float64{}}
+}
+
+// parse reads the output of one round of `go test -bench` and records each
+// benchmark line under its name without the "Benchmark" prefix and the
+// GOMAXPROCS suffix: "Hit/floor".
+func (r *results) parse(round int, out io.Reader) error {
+	sc := bufio.NewScanner(out)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		f := strings.Fields(sc.Text())
+		if len(f) < 4 || !strings.HasPrefix(f[0], "Benchmark") {
+			continue
+		}
+		if _, err := strconv.Atoi(f[1]); err != nil {
+			continue
+		}
+		name := trimProcs(strings.TrimPrefix(f[0], "Benchmark"))
+		units, ok := r.vals[name]
+		if !ok {
+			units = map[string][]float64{}
+			r.vals[name] = units
+			r.order = append(r.order, name)
+		}
+		for i := 2; i+1 < len(f); i += 2 {
+			v, err := strconv.ParseFloat(f[i], 64)
+			if err != nil {
+				return fmt.Errorf("%s: %q is not a number", name, f[i])
+			}
+			unit := f[i+1]
+			if units[unit] == nil {
+				units[unit] = nanSlice(r.rounds)
+			}
+			units[unit][round] = v
+		}
+	}
+	return sc.Err()
+}
+
+// trimProcs removes the "-N" GOMAXPROCS suffix go test appends.
+func trimProcs(name string) string {
+	i := strings.LastIndexByte(name, '-')
+	if i < 0 {
+		return name
+	}
+	if _, err := strconv.Atoi(name[i+1:]); err != nil {
+		return name
+	}
+	return name[:i]
+}
+
+func nanSlice(n int) []float64 {
+	s := make([]float64, n)
+	for i := range s {
+		s[i] = math.NaN()
+	}
+	return s
+}
+
+// split returns the workload and contender of a benchmark name.
+func split(name string) (workload, contender string) {
+	i := strings.LastIndexByte(name, '/')
+	if i < 0 {
+		return name, ""
+	}
+	return name[:i], name[i+1:]
+}
+
+// median returns the median of the values that are not NaN, or NaN.
+func median(vs []float64) float64 {
+	var s []float64
+	for _, v := range vs {
+		if !math.IsNaN(v) {
+			s = append(s, v)
+		}
+	}
+	if len(s) == 0 {
+		return math.NaN()
+	}
+	slices.Sort(s)
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
+
+// get returns the per-round values of one metric, or nil.
+func (r *results) get(name, unit string) []float64 {
+	return r.vals[name][unit]
+}
+
+// pairwise returns the median over rounds of f(a, b), where a is the
+// metric of name and b of base in the same round.
+func (r *results) pairwise(name, base, unit string, f func(a, b float64) float64) float64 {
+	a, b := r.get(name, unit), r.get(base, unit)
+	if a == nil || b == nil {
+		return math.NaN()
+	}
+	per := nanSlice(r.rounds)
+	for i := range per {
+		if !math.IsNaN(a[i]) && !math.IsNaN(b[i]) && b[i] != 0 {
+			per[i] = f(a[i], b[i])
+		}
+	}
+	return median(per)
+}
+
+func div(a, b float64) float64 { return a / b }
+func sub(a, b float64) float64 { return a - b }
+
+// ratio is the row's headline ratio: p50 against the floor's p50 for
+// latency workloads (the hit floor when the workload has no floor),
+// ops/s against the floor's for throughput, Redis memory against the
+// msgpack payload for memory.
+func (r *results) ratio(name string) (float64, string) {
+	w, _ := split(name)
+	m := r.vals[name]
+	switch {
+	case m["redis-B/row"] != nil:
+		return r.pairwise(name, name, "redis-B/row", func(a, _ float64) float64 { return a }) /
+			median(m["payload-B/row"]), "payload"
+	case m["ops/s"] != nil:
+		return r.pairwise(name, w+"/floor", "ops/s", div), w + "/floor"
+	case m["p50-us"] != nil:
+		base := w + "/floor"
+		if r.vals[base] == nil {
+			base = "Hit/floor"
+		}
+		return r.pairwise(name, base, "p50-us", div), base
+	}
+	return math.NaN(), ""
+}
+
+// A target of the benchmark suite, as a bound on a ratio (or a difference)
+// between a row and a base row of the same round.
+type target struct {
+	row  string // path.Match pattern on the benchmark name
+	base string // base row; "{w}" is the row's workload; "" for absolute
+	unit string
+	op   string // "ratio", "delta", "abs", "memory"
+	max  float64
+	min  float64
+	text string // what the bound says, for the table
+}
+
+var targets = []target{
+	{row: "Hit/wt-get", base: "{w}/floor", unit: "p50-us", op: "ratio", max: 1.1, text: "p50 ≤ 1.1× floor"},
+	{row: "Hit/wt-get", base: "{w}/floor", unit: "allocs/op", op: "delta", max: 3, text: "allocs ≤ floor + 3"},
+	{row: "Hit/wt-scope", base: "{w}/gorm-dryrun+floor", unit: "p50-us", op: "ratio", max: 1.0, text: "p50 ≤ 1.0× gorm-dryrun+floor"},
+	{row: "Batch100/wt-*", base: "{w}/floor", unit: "p50-us", op: "ratio", max: 1.5, text: "p50 ≤ 1.5× MGET floor"},
+	{row: "Batch100/wt-*", unit: "redis/op", op: "abs", max: 1, text: "one Redis round trip"},
+	{row: "Update/wt", base: "{w}/naive-wt", unit: "p50-us", op: "ratio", max: 1.1, text: "p50 ≤ 1.1× naive-wt"},
+	{row: "Throughput/r100-*/wt-get", base: "{w}/floor", unit: "ops/s", op: "ratio", min: 0.9, text: "ops/s ≥ 0.9× floor"},
+	{row: "Throughput/r95-*/wt-*", base: "{w}/naive-wt", unit: "ops/s", op: "ratio", min: 1.0, text: "ops/s ≥ 1.0× naive-wt"},
+	{row: "Memory/wt*", unit: "redis-B/row", op: "memory", max: 1.3, text: "≤ 1.3× payload"},
+}
+
+// verdicts returns the targets that apply to name, each with its measured
+// value and whether it is met.
+func (r *results) verdicts(name string) []string {
+	w, _ := split(name)
+	var out []string
+	for _, t := range targets {
+		if ok, _ := path.Match(t.row, name); !ok {
+			continue
+		}
+		base := strings.ReplaceAll(t.base, "{w}", w)
+		var v float64
+		var shown string
+		switch t.op {
+		case "ratio":
+			v = r.pairwise(name, base, t.unit, div)
+			shown = fmt.Sprintf("%.2f×", v)
+		case "delta":
+			v = r.pairwise(name, base, t.unit, sub)
+			shown = fmt.Sprintf("%+.0f", v)
+		case "abs":
+			v = median(r.get(name, t.unit))
+			shown = fmt.Sprintf("%.3g", v)
+		case "memory":
+			v, _ = r.ratio(name)
+			shown = fmt.Sprintf("%.2f×", v)
+		}
+		var verdict string
+		switch {
+		case math.IsNaN(v):
+			verdict, shown = "not measured", "–"
+		case (t.max != 0 && v > t.max) || (t.min != 0 && v < t.min):
+			verdict = "**missed**"
+		default:
+			verdict = "met"
+		}
+		out = append(out, fmt.Sprintf("%s %s (%s)", verdict, shown, t.text))
+	}
+	return out
+}
+
+var workloadNames = map[string]string{
+	"Hit":      "hit",
+	"Miss":     "miss + fill",
+	"Batch10":  "batch of 10",
+	"Batch100": "batch of 100",
+	"Update":   "update by key",
+	"Memory":   "Redis memory per row",
+}
+
+// label turns "Throughput/r95-zipf-g64" into "95/5 zipf, 64 goroutines".
+func label(workload string) string {
+	if s, ok := workloadNames[workload]; ok {
+		return s
+	}
+	if rest, ok := strings.CutPrefix(workload, "Throughput/"); ok {
+		f := strings.Split(rest, "-")
+		if len(f) == 3 {
+			mix := map[string]string{"r100": "100/0", "r95": "95/5", "r50": "50/50"}[f[0]]
+			return fmt.Sprintf("%s %s, %s goroutines", mix, f[1], strings.TrimPrefix(f[2], "g"))
+		}
+	}
+	return workload
+}
+
+// table renders the medians as one markdown table.
+func (r *results) table() string {
+	var b strings.Builder
+	b.WriteString("| workload | contender | p50 µs | p99 µs | ops/s | ratio | allocs/op | B/op | CPU µs/op | Redis + SQL per op | target |\n")
+	b.WriteString("|---|---|--:|--:|--:|--:|--:|--:|--:|--:|---|\n")
+	for _, name := range r.order {
+		w, c := split(name)
+		m := func(unit string) float64 { return median(r.get(name, unit)) }
+		ratio, base := r.ratio(name)
+		ratioText := num(ratio, "%.2f×")
+		if base != w+"/floor" && !math.IsNaN(ratio) {
+			ratioText += " " + strings.TrimSuffix(base, "/floor") // "Hit", "payload"
+		}
+		if w == "Memory" {
+			c = fmt.Sprintf("%s (%.0f B in Redis, value %.0f B, payload %.0f B)",
+				c, m("redis-B/row"), m("value-B/row"), m("payload-B/row"))
+		}
+		trips := "–"
+		if !math.IsNaN(m("redis/op")) {
+			trips = fmt.Sprintf("%.3g + %.3g", m("redis/op"), m("sql/op"))
+		}
+		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n",
+			label(w), c, num(m("p50-us"), "%.1f"), num(m("p99-us"), "%.1f"), num(m("ops/s"), "%.0f"),
+			ratioText, num(m("allocs/op"), "%.0f"), num(m("B/op"), "%.0f"), num(m("cpu-us/op"), "%.1f"),
+			trips, strings.Join(r.verdicts(name), "; "))
+	}
+	return b.String()
+}
+
+func num(v float64, format string) string {
+	if math.IsNaN(v) {
+		return ""
+	}
+	return fmt.Sprintf(format, v)
+}

@@ -1,0 +1,86 @@
+package main
+
+import (
+	"math"
+	"strings"
+	"testing"
+)
+
+const round0 = `goos: linux
+BenchmarkHit/floor-2          	   10000	     30000 ns/op	        30.00 p50-us	        60.00 p99-us	        1.000 redis/op	         0 sql/op	    1816 B/op	      21 allocs/op
+BenchmarkHit/gorm-dryrun+floor-2	   10000	     40000 ns/op	        40.00 p50-us	        80.00 p99-us	        1.000 redis/op	         0 sql/op	    1816 B/op	      60 allocs/op
+BenchmarkHit/wt-get-2         	   10000	     32000 ns/op	        32.00 p50-us	        70.00 p99-us	        1.000 redis/op	         0 sql/op	    1900 B/op	      25 allocs/op
+BenchmarkHit/wt-scope-2       	   10000	     45000 ns/op	        45.00 p50-us	        70.00 p99-us	        1.000 redis/op	         0 sql/op	    1900 B/op	      25 allocs/op
+BenchmarkMiss/wt-get-2        	    1000	    300000 ns/op	       300.0 p50-us	       600.0 p99-us	        3.000 redis/op	         1 sql/op	    9000 B/op	     150 allocs/op
+BenchmarkThroughput/r100-zipf-g64/floor-2	 100000	     10000 ns/op	    100000 ops/s
+BenchmarkThroughput/r100-zipf-g64/wt-get-2	 100000	     12500 ns/op	     80000 ops/s
+BenchmarkMemory/wt-2          	1000000000	         0.1 ns/op	       390.0 payload-B/row	       520.0 redis-B/row	       420.0 value-B/row
+--- FAIL: something unrelated
+PASS
+`
+
+func TestTableComputesRatiosAndTargets(t *testing.T) {
+	r := newResults(1)
+	if err := r.parse(0, strings.NewReader(round0)); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := len(r.order), 8; got != want {
+		t.Fatalf("parsed %d benchmarks, want %d: %v", got, want, r.order)
+	}
+	tests := []struct {
+		name, want string
+	}{
+		{"fast path within 1.1x", "| hit | wt-get | 32.0 | 70.0 |  | 1.07× | 25 |"},
+		{"allocs delta", "**missed** +4 (allocs ≤ floor + 3)"},
+		{"scope against dry run", "**missed** 1.12× (p50 ≤ 1.0× gorm-dryrun+floor)"},
+		{"miss against the hit floor", "| miss + fill | wt-get | 300.0 | 600.0 |  | 10.00× Hit |"},
+		{"throughput ratio", "| 100/0 zipf, 64 goroutines | wt-get |  |  | 80000 | 0.80× |"},
+		{"throughput target", "**missed** 0.80× (ops/s ≥ 0.9× floor)"},
+		{"memory", "| Redis memory per row | wt (520 B in Redis, value 420 B, payload 390 B) |"},
+		{"memory ratio", "| 1.33× payload |"},
+		{"memory target", "**missed** 1.33× (≤ 1.3× payload)"},
+	}
+	table := r.table()
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			if !strings.Contains(table, tc.want) {
+				t.Errorf("table lacks %q:\n%s", tc.want, table)
+			}
+		})
+	}
+}
+
+func TestRatioIsMedianOfPerRoundRatios(t *testing.T) {
+	r := newResults(3)
+	rounds := []string{
+		"BenchmarkHit/floor-2 100 1 ns/op 10 p50-us\nBenchmarkHit/x-2 100 1 ns/op 20 p50-us\n",
+		"BenchmarkHit/floor-2 100 1 ns/op 40 p50-us\nBenchmarkHit/x-2 100 1 ns/op 44 p50-us\n",
+		"BenchmarkHit/floor-2 100 1 ns/op 20 p50-us\nBenchmarkHit/x-2 100 1 ns/op 30 p50-us\n",
+	}
+	for i, s := range rounds {
+		if err := r.parse(i, strings.NewReader(s)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Per-round ratios 2.0, 1.1, 1.5: median 1.5 (the ratio of medians
+	// would be 30/20 too, so make sure p50's median is its own).
+	if got, _ := r.ratio("Hit/x"); math.Abs(got-1.5) > 1e-9 {
+		t.Errorf("ratio = %v, want 1.5", got)
+	}
+	if got := median(r.get("Hit/x", "p50-us")); got != 30 {
+		t.Errorf("median p50 = %v, want 30", got)
+	}
+}
+
+func TestTrimProcs(t *testing.T) {
+	tests := []struct{ in, want string }{
+		{"Hit/floor-2", "Hit/floor"},
+		{"Hit/gorm-dryrun+floor-16", "Hit/gorm-dryrun+floor"},
+		{"Hit/naive-wt", "Hit/naive-wt"},
+	}
+	for _, tc := range tests {
+		if got := trimProcs(tc.in); got != tc.want {
+			t.Errorf("trimProcs(%q) = %q, want %q", tc.in, got, tc.want)
+		}
+	}
+}

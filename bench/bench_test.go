@@ -111,12 +111,12 @@ func benchBatch(b *testing.B, size int) {
 func BenchmarkUpdate(b *testing.B) {
 	e := getEnv(b)
 	for _, c := range mustContenders(b, e) {
-		if c.update == nil || c.updateName == "-" {
+		if c.update == nil || c.alias == "-" {
 			continue
 		}
 		name := c.name
-		if c.updateName != "" {
-			name = c.updateName
+		if c.alias != "" {
+			name = c.alias
 		}
 		b.Run(name, func(b *testing.B) {
 			ids := randomIDs(e.rows, 4096, 3)
@@ -208,10 +208,14 @@ func benchMix(b *testing.B, e *env, c contender, goroutines, writePct int, zipf 
 func BenchmarkMemory(b *testing.B) {
 	e := getEnv(b)
 	for _, c := range mustContenders(b, e) {
-		if c.key == nil {
+		if c.key == nil || c.alias == "-" {
 			continue
 		}
-		b.Run(c.name, func(b *testing.B) {
+		name := c.name
+		if c.alias != "" {
+			name = c.alias
+		}
+		b.Run(name, func(b *testing.B) {
 			mem, err := e.memory(c)
 			if err != nil {
 				b.Fatal(err)

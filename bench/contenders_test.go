@@ -27,9 +27,10 @@ type contender struct {
 	// mixed puts the contender in the throughput workloads, which use read
 	// and update.
 	mixed bool
-	// updateName names the contender's row in the Update workload; "-"
-	// leaves it out (its update is another contender's).
-	updateName string
+	// alias, when set, names the contender's rows in the Update and
+	// Memory workloads, where two contenders share one path; "-" leaves
+	// them out.
+	alias string
 	// key returns the Redis key of row id, for the memory workload.
 	key func(id int64) string
 }

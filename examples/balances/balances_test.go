@@ -87,7 +87,7 @@ func TestJudge(t *testing.T) {
 	v0 := state{balance: 100}
 	v1 := state{balance: 90, version: 1, txID: 7}
 	rolledBack := state{balance: 50, version: 2, txID: 8}
-	h := newHistory(t0)
+	h := newHistory()
 	h.commit(1, v0, t0)
 	h.commit(1, v1, at(10)) // transfer 7 committed; Commit returned at 10ms
 	h.abort(8)
@@ -107,7 +107,7 @@ func TestJudge(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			v := h.judge([]read{tc.r}, time.Second)
+			v := h.judge([]read{tc.r}, series{start: t0, bucket: time.Second, n: 1})
 			if v.stale != tc.stale || v.phantom != tc.phantom || v.unexplained != tc.unexplained || v.maxStaleness != tc.maxStaleness {
 				t.Errorf("got stale %d (max %v), phantom %d, unexplained %d; want %d (max %v), %d, %d",
 					v.stale, v.maxStaleness, v.phantom, v.unexplained, tc.stale, tc.maxStaleness, tc.phantom, tc.unexplained)

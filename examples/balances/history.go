@@ -17,8 +17,6 @@ type state struct {
 // state of every account, with the time its transaction's Commit returned,
 // and the id of every transaction that did not commit.
 type history struct {
-	start time.Time // the workload's time zero
-
 	mu        sync.Mutex        // protects committed and aborted
 	committed map[uint][]commit // by account, indexed by version
 	aborted   map[int64]bool    // transaction ids that rolled back or failed
@@ -38,8 +36,8 @@ type read struct {
 	took  time.Duration
 }
 
-func newHistory(start time.Time) *history {
-	return &history{start: start, committed: map[uint][]commit{}, aborted: map[int64]bool{}}
+func newHistory() *history {
+	return &history{committed: map[uint][]commit{}, aborted: map[int64]bool{}}
 }
 
 func (h *history) commit(account uint, s state, at time.Time) {
@@ -65,7 +63,14 @@ type verdict struct {
 	maxStaleness time.Duration
 	phantom      int
 	unexplained  int   // a state that no transaction wrote: a bug in a strategy
-	staleSeries  []int // stale reads per bucket since h.start
+	staleSeries  []int // stale reads per bucket of the series
+}
+
+// A series divides n*bucket from start into buckets.
+type series struct {
+	start  time.Time
+	bucket time.Duration
+	n      int
 }
 
 // judge classifies reads once the workload has stopped and every commit is
@@ -73,8 +78,8 @@ type verdict struct {
 // that did not commit is a phantom. Otherwise it is stale when some newer
 // version of the account had committed, its Commit returned, before the read
 // began; its staleness is how long before the read began the first such
-// commit returned.
-func (h *history) judge(reads []read, bucket time.Duration) verdict {
+// commit returned. Stale reads are also counted per bucket of ser.
+func (h *history) judge(reads []read, ser series) verdict {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	// newerBy[a][v] is the earliest time a version above v committed.
@@ -90,7 +95,7 @@ func (h *history) judge(reads []read, bucket time.Duration) verdict {
 		}
 		newerBy[a] = n
 	}
-	var v verdict
+	v := verdict{staleSeries: make([]int, ser.n)}
 	for _, r := range reads {
 		if h.aborted[r.txID] {
 			v.phantom++
@@ -107,14 +112,8 @@ func (h *history) judge(reads []read, bucket time.Duration) verdict {
 		}
 		v.stale++
 		v.maxStaleness = max(v.maxStaleness, r.start.Sub(first))
-		if bucket > 0 {
-			i := int(r.start.Sub(h.start) / bucket)
-			if i >= 0 {
-				if i >= len(v.staleSeries) {
-					v.staleSeries = append(v.staleSeries, make([]int, i+1-len(v.staleSeries))...)
-				}
-				v.staleSeries[i]++
-			}
+		if d := r.start.Sub(ser.start); d >= 0 && ser.bucket > 0 && int(d/ser.bucket) < ser.n {
+			v.staleSeries[d/ser.bucket]++
 		}
 	}
 	return v

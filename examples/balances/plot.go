@@ -13,18 +13,15 @@ import (
 // line per strategy.
 func writePlot(path string, results []result, cfg config) error {
 	const (
-		width, height = 760, 380
-		left, right   = 64, 200
+		width, height = 840, 380
+		left, right   = 64, 250
 		top, bottom   = 40, 48
 		plotW         = width - left - right
 		plotH         = height - top - bottom
 	)
 	colors := []string{"#d62728", "#ff7f0e", "#2ca02c", "#1f77b4"}
-	bucket := cfg.Bucket
-	if bucket <= 0 {
-		bucket = max(100*time.Millisecond, cfg.Duration/100)
-	}
-	n := int((cfg.Duration + bucket - 1) / bucket)
+	bucket := results[0].bucket
+	n := 1
 	peak := 1
 	for _, r := range results {
 		n = max(n, len(r.staleSeries))
@@ -33,7 +30,7 @@ func writePlot(path string, results []result, cfg config) error {
 		}
 	}
 	yMax := niceCeil(peak)
-	xMax := time.Duration(n) * bucket
+	xMax := min(time.Duration(n)*bucket, cfg.Duration)
 	x := func(t time.Duration) float64 { return left + float64(t)/float64(xMax)*plotW }
 	y := func(v int) float64 { return top + plotH - float64(v)/float64(yMax)*plotH }
 
@@ -65,7 +62,8 @@ func writePlot(path string, results []result, cfg config) error {
 			if j < len(r.staleSeries) {
 				v = r.staleSeries[j]
 			}
-			fmt.Fprintf(&b, "%.1f,%.1f ", x(time.Duration(j)*bucket+bucket/2), y(v))
+			mid := min(time.Duration(j)*bucket+bucket/2, xMax)
+			fmt.Fprintf(&b, "%.1f,%.1f ", x(mid), y(v))
 		}
 		b.WriteString(`"/>` + "\n")
 		ly := top + 10 + 36*i
@@ -77,7 +75,8 @@ func writePlot(path string, results []result, cfg config) error {
 	return os.WriteFile(path, b.Bytes(), 0o644)
 }
 
-// niceCeil rounds v up to 1, 2 or 5 times a power of ten.
+// niceCeil rounds v up to 1, 2, 4, 6 or 8 times a power of ten: a round
+// number whose quarters are round too.
 func niceCeil(v int) int {
 	if v <= 1 {
 		return 1
@@ -86,7 +85,7 @@ func niceCeil(v int) int {
 	for p*10 < v {
 		p *= 10
 	}
-	for _, m := range []int{1, 2, 5, 10} {
+	for _, m := range []int{1, 2, 4, 6, 8, 10} {
 		if m*p >= v {
 			return m * p
 		}

@@ -78,6 +78,7 @@ type result struct {
 	writeP50      time.Duration
 	writeP99      time.Duration
 	firstError    error
+	bucket        time.Duration // width of one point of staleSeries
 }
 
 // run runs the workload against each selected strategy in turn, with the
@@ -167,9 +168,10 @@ func runOne(ctx context.Context, e *env, cfg config, info strategyInfo, step str
 			s.close()
 		}
 	}()
-	h := newHistory(time.Now())
+	h := newHistory()
+	created := time.Now()
 	for id := 1; id <= cfg.Accounts; id++ {
-		h.commit(uint(id), state{balance: cfg.InitialBalance}, h.start)
+		h.commit(uint(id), state{balance: cfg.InitialBalance}, created)
 	}
 	total := cfg.InitialBalance * int64(cfg.Accounts)
 	var st stats
@@ -244,7 +246,8 @@ func runOne(ctx context.Context, e *env, cfg config, info strategyInfo, step str
 		doRead(t.from, &probeReads, &probeLat)
 	}
 
-	deadline := time.Now().Add(cfg.Duration)
+	ser := series{start: time.Now(), bucket: cfg.Bucket, n: int((cfg.Duration + cfg.Bucket - 1) / cfg.Bucket)}
+	deadline := ser.start.Add(cfg.Duration)
 	running := func() bool { return ctx.Err() == nil && time.Now().Before(deadline) }
 	var wg sync.WaitGroup
 
@@ -341,7 +344,8 @@ func runOne(ctx context.Context, e *env, cfg config, info strategyInfo, step str
 	for i := range writeLat {
 		wl = append(wl, writeLat[i]...)
 	}
-	res.verdict = h.judge(all, cfg.Bucket)
+	res.verdict = h.judge(all, ser)
+	res.bucket = ser.bucket
 	res.reads = len(all)
 	res.readErrors = int(readErrs.Load())
 	res.sumScans, res.sumViolations = sumScans, sumViolations

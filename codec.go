@@ -1,0 +1,692 @@
+package writethrough
+
+import (
+	"bytes"
+	"context"
+	"database/sql"
+	"database/sql/driver"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"reflect"
+	"sync"
+	"time"
+
+	"github.com/vmihailenco/msgpack/v5"
+	"github.com/vmihailenco/msgpack/v5/msgpcode"
+	"gorm.io/gorm/schema"
+)
+
+// Entry layout. Every value the plugin stores starts with a fixed-width
+// header that the Lua scripts read with string.sub:
+//
+//	offset  size  field
+//	0       1     magic 'w'
+//	1       1     format version (1)
+//	2       1     state: 'C' committed, 'P' pending, 'L' lease, 'T' tombstone
+//	3       16    token: the writer (pending, committed) or reader (lease)
+//	19      8     schema fingerprint of the model that wrote the entry
+//
+// A committed entry continues with the msgpack row. A pending entry continues
+// with a flags byte, a count n of writers in flight, their n 16-byte tokens
+// and, when the flags say so, the msgpack row to install at commit.
+const (
+	entryMagic    = 'w'
+	formatVersion = 1
+	headerLen     = 27
+	tokenLen      = 16
+
+	stateCommitted = 'C'
+	statePending   = 'P'
+	stateLease     = 'L'
+	stateTombstone = 'T'
+
+	// pending flags
+	pendOverlap = 1 // more than one writer took part: never install, delete
+	pendHasRow  = 2 // the entry carries the row to install
+	pendDelete  = 4 // install a tombstone
+)
+
+var (
+	// errCorrupt: the bytes are not an entry of any format version; the key
+	// is deleted.
+	errCorrupt = errors.New("writethrough: corrupt cache entry")
+	// errForeign: a well-formed entry of another format version or another
+	// build of the model; a miss, and the key is left alone.
+	errForeign = errors.New("writethrough: cache entry from another format or schema")
+)
+
+type entry struct {
+	state byte
+	token string
+	fp    string
+	row   []byte // committed only
+}
+
+// parseEntry reads the header of b. It never panics on any input.
+func parseEntry(b []byte) (entry, error) {
+	if len(b) < 2 || b[0] != entryMagic {
+		return entry{}, errCorrupt
+	}
+	if b[1] != formatVersion {
+		return entry{}, errForeign
+	}
+	if len(b) < headerLen {
+		return entry{}, errCorrupt
+	}
+	e := entry{state: b[2], token: string(b[3:19]), fp: string(b[19:27])}
+	switch e.state {
+	case stateCommitted:
+		e.row = b[headerLen:]
+	case statePending:
+		if len(b) < headerLen+2 || len(b) < headerLen+2+int(b[headerLen+1])*tokenLen {
+			return entry{}, errCorrupt
+		}
+	case stateLease, stateTombstone:
+	default:
+		return entry{}, errCorrupt
+	}
+	return e, nil
+}
+
+// appendHeader appends a header for state, token and fingerprint.
+func appendHeader(b []byte, state byte, token, fp string) []byte {
+	b = append(b, entryMagic, formatVersion, state)
+	b = append(b, token...)
+	return append(b, fp...)
+}
+
+// nilCtx is what GORM field accessors get from the codec; they ignore it.
+var nilCtx = context.Background()
+
+// rowCodec encodes the column fields of one model as a msgpack array, in
+// schema order, so that decoding gives back exactly what the database read
+// gave: times keep their location, nil stays nil, empty stays empty.
+type rowCodec struct {
+	fields []fieldCodec
+	fp     string // 8-byte schema fingerprint
+}
+
+type fieldCodec struct {
+	f   *schema.Field
+	enc func(e *msgpack.Encoder, v reflect.Value) error
+	dec func(d *msgpack.Decoder, v reflect.Value) error
+}
+
+func newRowCodec(sch *schema.Schema) (*rowCodec, error) {
+	c := &rowCodec{}
+	h := fnv.New64a()
+	fmt.Fprintf(h, "wt-row-%d|%s|", formatVersion, sch.Table)
+	for _, f := range sch.Fields {
+		if f.DBName == "" {
+			continue
+		}
+		enc, dec := codecFor(f.FieldType)
+		c.fields = append(c.fields, fieldCodec{f: f, enc: enc, dec: dec})
+		fmt.Fprintf(h, "%s:%s:%s;", f.DBName, f.FieldType.PkgPath(), f.FieldType.String())
+	}
+	if len(c.fields) == 0 {
+		return nil, fmt.Errorf("model has no columns")
+	}
+	var fp [8]byte
+	binary.BigEndian.PutUint64(fp[:], h.Sum64())
+	c.fp = string(fp[:])
+	return c, nil
+}
+
+type encState struct {
+	buf bytes.Buffer
+	enc *msgpack.Encoder
+}
+
+var encPool = sync.Pool{New: func() any {
+	s := &encState{}
+	s.enc = msgpack.NewEncoder(&s.buf)
+	return s
+}}
+
+type decState struct {
+	r   bytes.Reader
+	dec *msgpack.Decoder
+}
+
+var decPool = sync.Pool{New: func() any {
+	s := &decState{}
+	s.dec = msgpack.NewDecoder(&s.r)
+	return s
+}}
+
+// appendRow encodes the row held in rv (an addressable struct of the model
+// type) and appends it to dst.
+func (c *rowCodec) appendRow(dst []byte, rv reflect.Value) (out []byte, err error) {
+	s := encPool.Get().(*encState)
+	defer encPool.Put(s)
+	s.buf.Reset()
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("writethrough: encode row: %v", r)
+		}
+	}()
+	if err := s.enc.EncodeArrayLen(len(c.fields)); err != nil {
+		return nil, err
+	}
+	for i := range c.fields {
+		fc := &c.fields[i]
+		if err := fc.enc(s.enc, fc.f.ReflectValueOf(nilCtx, rv)); err != nil {
+			return nil, fmt.Errorf("writethrough: encode %s.%s: %w", fc.f.Schema.Name, fc.f.Name, err)
+		}
+	}
+	return append(dst, s.buf.Bytes()...), nil
+}
+
+// decodeRow sets the column fields of rv (an addressable struct of the model
+// type) from b. Fields that are not columns are left as they are, as GORM's
+// own scan leaves them. It never panics.
+func (c *rowCodec) decodeRow(b []byte, rv reflect.Value) (err error) {
+	if err := validMsgpack(b, len(c.fields)); err != nil {
+		return err
+	}
+	s := decPool.Get().(*decState)
+	defer decPool.Put(s)
+	s.r.Reset(b)
+	s.dec.Reset(&s.r)
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("%w: %v", errCorrupt, r)
+		}
+	}()
+	n, err := s.dec.DecodeArrayLen()
+	if err != nil || n != len(c.fields) {
+		return errCorrupt
+	}
+	for i := range c.fields {
+		fc := &c.fields[i]
+		if err := fc.dec(s.dec, fc.f.ReflectValueOf(nilCtx, rv)); err != nil {
+			return fmt.Errorf("%w: field %s: %v", errCorrupt, fc.f.Name, err)
+		}
+	}
+	if s.r.Len() != 0 {
+		return errCorrupt
+	}
+	return nil
+}
+
+type encFunc = func(*msgpack.Encoder, reflect.Value) error
+type decFunc = func(*msgpack.Decoder, reflect.Value) error
+
+var (
+	typeOfValuer  = reflect.TypeOf((*driver.Valuer)(nil)).Elem()
+	typeOfScanner = reflect.TypeOf((*sql.Scanner)(nil)).Elem()
+)
+
+// codecFor picks the encoder and decoder of one Go type, once per model.
+func codecFor(t reflect.Type) (encFunc, decFunc) {
+	if t == typeOfTime {
+		return encTime, decTime
+	}
+	if t.Kind() == reflect.Pointer {
+		ee, de := codecFor(t.Elem())
+		return func(e *msgpack.Encoder, v reflect.Value) error {
+				if v.IsNil() {
+					return e.EncodeNil()
+				}
+				return ee(e, v.Elem())
+			}, func(d *msgpack.Decoder, v reflect.Value) error {
+				if isNil(d) {
+					v.SetZero()
+					return d.DecodeNil()
+				}
+				if v.IsNil() {
+					v.Set(reflect.New(t.Elem()))
+				}
+				return de(d, v.Elem())
+			}
+	}
+	valuer := t.Implements(typeOfValuer) || reflect.PointerTo(t).Implements(typeOfValuer)
+	if valuer && reflect.PointerTo(t).Implements(typeOfScanner) {
+		return encDriver, decDriver
+	}
+	switch t.Kind() {
+	case reflect.Bool:
+		return func(e *msgpack.Encoder, v reflect.Value) error { return e.EncodeBool(v.Bool()) },
+			func(d *msgpack.Decoder, v reflect.Value) error {
+				b, err := d.DecodeBool()
+				v.SetBool(b)
+				return err
+			}
+	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64:
+		return func(e *msgpack.Encoder, v reflect.Value) error { return e.EncodeInt(v.Int()) },
+			func(d *msgpack.Decoder, v reflect.Value) error {
+				n, err := d.DecodeInt64()
+				if err == nil && v.OverflowInt(n) {
+					return fmt.Errorf("%d overflows %s", n, v.Type())
+				}
+				v.SetInt(n)
+				return err
+			}
+	case reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64, reflect.Uintptr:
+		return func(e *msgpack.Encoder, v reflect.Value) error { return e.EncodeUint(v.Uint()) },
+			func(d *msgpack.Decoder, v reflect.Value) error {
+				n, err := d.DecodeUint64()
+				if err == nil && v.OverflowUint(n) {
+					return fmt.Errorf("%d overflows %s", n, v.Type())
+				}
+				v.SetUint(n)
+				return err
+			}
+	case reflect.Float32:
+		return func(e *msgpack.Encoder, v reflect.Value) error { return e.EncodeFloat32(float32(v.Float())) },
+			func(d *msgpack.Decoder, v reflect.Value) error {
+				f, err := d.DecodeFloat32()
+				v.SetFloat(float64(f))
+				return err
+			}
+	case reflect.Float64:
+		return func(e *msgpack.Encoder, v reflect.Value) error { return e.EncodeFloat64(v.Float()) },
+			func(d *msgpack.Decoder, v reflect.Value) error {
+				f, err := d.DecodeFloat64()
+				v.SetFloat(f)
+				return err
+			}
+	case reflect.String:
+		return func(e *msgpack.Encoder, v reflect.Value) error { return e.EncodeString(v.String()) },
+			func(d *msgpack.Decoder, v reflect.Value) error {
+				s, err := d.DecodeString()
+				v.SetString(s)
+				return err
+			}
+	case reflect.Slice:
+		if t.Elem().Kind() == reflect.Uint8 {
+			return encBytes, decBytes
+		}
+	}
+	return encGeneric, decGeneric
+}
+
+func isNil(d *msgpack.Decoder) bool {
+	c, err := d.PeekCode()
+	return err == nil && c == msgpcode.Nil
+}
+
+// encBytes keeps nil and empty apart: nil is msgpack nil, empty is bin 0.
+func encBytes(e *msgpack.Encoder, v reflect.Value) error {
+	if v.IsNil() {
+		return e.EncodeNil()
+	}
+	return e.EncodeBytes(v.Bytes())
+}
+
+func decBytes(d *msgpack.Decoder, v reflect.Value) error {
+	if isNil(d) {
+		v.SetZero()
+		return d.DecodeNil()
+	}
+	b, err := d.DecodeBytes()
+	if err != nil {
+		return err
+	}
+	if b == nil {
+		b = []byte{}
+	}
+	v.SetBytes(b)
+	return nil
+}
+
+// Time: instant, then the location: 0 UTC, 1 time.Local, 2 by name (with
+// the offset, so that a zone unknown here becomes a fixed zone).
+func encTime(e *msgpack.Encoder, v reflect.Value) error {
+	t := v.Interface().(time.Time)
+	var b [32]byte
+	out := binary.BigEndian.AppendUint64(b[:0], uint64(t.Unix()))
+	out = binary.BigEndian.AppendUint32(out, uint32(t.Nanosecond()))
+	switch loc := t.Location(); loc {
+	case time.UTC:
+		out = append(out, 0)
+	case time.Local:
+		out = append(out, 1)
+	default:
+		name, off := t.Zone()
+		out = append(out, 2)
+		out = binary.BigEndian.AppendUint32(out, uint32(int32(off)))
+		out = append(out, loc.String()...)
+		_ = name
+	}
+	return e.EncodeBytes(out)
+}
+
+var locCache sync.Map // string -> *time.Location (nil when unknown here)
+
+func decTime(d *msgpack.Decoder, v reflect.Value) error {
+	b, err := d.DecodeBytes()
+	if err != nil {
+		return err
+	}
+	if len(b) < 13 {
+		return fmt.Errorf("short time value")
+	}
+	t := time.Unix(int64(binary.BigEndian.Uint64(b)), int64(binary.BigEndian.Uint32(b[8:])))
+	switch b[12] {
+	case 0:
+		t = t.UTC()
+	case 1:
+		// time.Unix already returns local time.
+	case 2:
+		if len(b) < 17 {
+			return fmt.Errorf("short time zone")
+		}
+		off := int(int32(binary.BigEndian.Uint32(b[13:])))
+		name := string(b[17:])
+		var loc *time.Location
+		if l, ok := locCache.Load(name); ok {
+			loc, _ = l.(*time.Location)
+		} else {
+			if l, err := time.LoadLocation(name); err == nil && name != "" {
+				loc = l
+			}
+			locCache.Store(name, loc)
+		}
+		if loc != nil {
+			if _, o := t.In(loc).Zone(); o == off {
+				t = t.In(loc)
+				break
+			}
+		}
+		t = t.In(time.FixedZone(name, off))
+	default:
+		return fmt.Errorf("unknown time location kind %d", b[12])
+	}
+	v.Set(reflect.ValueOf(t))
+	return nil
+}
+
+// Types with Value and Scan methods (sql.Null*, gorm.DeletedAt, JSON columns,
+// custom scanners) are stored as the driver value they produce and restored
+// with their own Scan, the same path a database read takes.
+const (
+	dvNil = iota
+	dvInt
+	dvFloat
+	dvBool
+	dvBytes
+	dvString
+	dvTime
+)
+
+func encDriver(e *msgpack.Encoder, v reflect.Value) error {
+	var valuer driver.Valuer
+	if vv, ok := v.Interface().(driver.Valuer); ok {
+		valuer = vv
+	} else if v.CanAddr() {
+		valuer, _ = v.Addr().Interface().(driver.Valuer)
+	}
+	if valuer == nil {
+		return fmt.Errorf("%s has no Value method", v.Type())
+	}
+	dv, err := valuer.Value()
+	if err != nil {
+		return err
+	}
+	switch x := dv.(type) {
+	case nil:
+		return e.EncodeNil()
+	case int64:
+		return encTagged(e, dvInt, func() error { return e.EncodeInt(x) })
+	case float64:
+		return encTagged(e, dvFloat, func() error { return e.EncodeFloat64(x) })
+	case bool:
+		return encTagged(e, dvBool, func() error { return e.EncodeBool(x) })
+	case []byte:
+		return encTagged(e, dvBytes, func() error { return encBytes(e, reflect.ValueOf(x)) })
+	case string:
+		return encTagged(e, dvString, func() error { return e.EncodeString(x) })
+	case time.Time:
+		return encTagged(e, dvTime, func() error { return encTime(e, reflect.ValueOf(x)) })
+	}
+	// Valuers may return any type the driver accepts; convert the common
+	// ones the way database/sql would before storing.
+	rv := reflect.ValueOf(dv)
+	switch rv.Kind() {
+	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64:
+		return encTagged(e, dvInt, func() error { return e.EncodeInt(rv.Int()) })
+	case reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64:
+		return encTagged(e, dvInt, func() error { return e.EncodeInt(int64(rv.Uint())) })
+	case reflect.Float32, reflect.Float64:
+		return encTagged(e, dvFloat, func() error { return e.EncodeFloat64(rv.Float()) })
+	case reflect.String:
+		return encTagged(e, dvString, func() error { return e.EncodeString(rv.String()) })
+	}
+	return fmt.Errorf("%s.Value returned unsupported %T", v.Type(), dv)
+}
+
+func encTagged(e *msgpack.Encoder, tag int, val func() error) error {
+	if err := e.EncodeArrayLen(2); err != nil {
+		return err
+	}
+	if err := e.EncodeInt(int64(tag)); err != nil {
+		return err
+	}
+	return val()
+}
+
+func decDriver(d *msgpack.Decoder, v reflect.Value) error {
+	var dv any
+	if isNil(d) {
+		if err := d.DecodeNil(); err != nil {
+			return err
+		}
+	} else {
+		n, err := d.DecodeArrayLen()
+		if err != nil || n != 2 {
+			return fmt.Errorf("bad driver value")
+		}
+		tag, err := d.DecodeInt()
+		if err != nil {
+			return err
+		}
+		switch tag {
+		case dvInt:
+			dv, err = d.DecodeInt64()
+		case dvFloat:
+			dv, err = d.DecodeFloat64()
+		case dvBool:
+			dv, err = d.DecodeBool()
+		case dvBytes:
+			var b []byte
+			err = decBytes(d, reflect.ValueOf(&b).Elem())
+			dv = b
+		case dvString:
+			dv, err = d.DecodeString()
+		case dvTime:
+			var t time.Time
+			err = decTime(d, reflect.ValueOf(&t).Elem())
+			dv = t
+		default:
+			return fmt.Errorf("unknown driver value tag %d", tag)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	fresh := reflect.New(v.Type())
+	if err := fresh.Interface().(sql.Scanner).Scan(dv); err != nil {
+		return err
+	}
+	v.Set(fresh.Elem())
+	return nil
+}
+
+// Anything else (serializer fields, structs, maps) goes through msgpack's
+// reflection, nested as one bin so that its length is checked.
+func encGeneric(e *msgpack.Encoder, v reflect.Value) error {
+	b, err := msgpack.Marshal(v.Interface())
+	if err != nil {
+		return err
+	}
+	return e.EncodeBytes(b)
+}
+
+func decGeneric(d *msgpack.Decoder, v reflect.Value) error {
+	b, err := d.DecodeBytes()
+	if err != nil {
+		return err
+	}
+	if err := validMsgpack(b, -1); err != nil {
+		return err
+	}
+	fresh := reflect.New(v.Type())
+	if err := msgpack.Unmarshal(b, fresh.Interface()); err != nil {
+		return err
+	}
+	v.Set(fresh.Elem())
+	return nil
+}
+
+// validMsgpack walks b and checks that it is exactly one msgpack value whose
+// every length fits in the bytes that remain (so decoding cannot be made to
+// allocate more than len(b)), nested at most 32 deep. When arrayLen >= 0 the
+// value must be an array of that length.
+func validMsgpack(b []byte, arrayLen int) error {
+	if arrayLen >= 0 {
+		n, hdr, ok := arrayHeader(b)
+		if !ok || n != arrayLen {
+			return errCorrupt
+		}
+		rest, ok := skipN(b[hdr:], n, 0)
+		if !ok || len(rest) != 0 {
+			return errCorrupt
+		}
+		return nil
+	}
+	rest, ok := skipValue(b, 0)
+	if !ok || len(rest) != 0 {
+		return errCorrupt
+	}
+	return nil
+}
+
+func arrayHeader(b []byte) (n, hdr int, ok bool) {
+	if len(b) == 0 {
+		return 0, 0, false
+	}
+	switch c := b[0]; {
+	case c >= 0x90 && c <= 0x9f:
+		return int(c & 0x0f), 1, true
+	case c == 0xdc && len(b) >= 3:
+		return int(binary.BigEndian.Uint16(b[1:])), 3, true
+	case c == 0xdd && len(b) >= 5:
+		return int(binary.BigEndian.Uint32(b[1:])), 5, true
+	}
+	return 0, 0, false
+}
+
+func skipN(b []byte, n, depth int) ([]byte, bool) {
+	if n > len(b) {
+		return nil, false
+	}
+	for i := 0; i < n; i++ {
+		var ok bool
+		if b, ok = skipValue(b, depth); !ok {
+			return nil, false
+		}
+	}
+	return b, true
+}
+
+func skipValue(b []byte, depth int) ([]byte, bool) {
+	if len(b) == 0 || depth > 32 {
+		return nil, false
+	}
+	c := b[0]
+	body := func(hdr, n int) ([]byte, bool) {
+		if n < 0 || len(b) < hdr || len(b)-hdr < n {
+			return nil, false
+		}
+		return b[hdr+n:], true
+	}
+	u8 := func() int {
+		if len(b) < 2 {
+			return -1
+		}
+		return int(b[1])
+	}
+	u16 := func() int {
+		if len(b) < 3 {
+			return -1
+		}
+		return int(binary.BigEndian.Uint16(b[1:]))
+	}
+	u32 := func() int {
+		if len(b) < 5 {
+			return -1
+		}
+		return int(binary.BigEndian.Uint32(b[1:]))
+	}
+	switch {
+	case c <= 0x7f || c >= 0xe0 || c == 0xc0 || c == 0xc2 || c == 0xc3:
+		return b[1:], true
+	case c >= 0x80 && c <= 0x8f:
+		return skipN(b[1:], 2*int(c&0x0f), depth+1)
+	case c >= 0x90 && c <= 0x9f:
+		return skipN(b[1:], int(c&0x0f), depth+1)
+	case c >= 0xa0 && c <= 0xbf:
+		return body(1, int(c&0x1f))
+	}
+	switch c {
+	case 0xc4, 0xd9: // bin8, str8
+		return body(2, u8())
+	case 0xc5, 0xda: // bin16, str16
+		return body(3, u16())
+	case 0xc6, 0xdb: // bin32, str32
+		return body(5, u32())
+	case 0xc7: // ext8
+		return body(3, u8())
+	case 0xc8: // ext16
+		if n := u16(); n >= 0 {
+			return body(4, n)
+		}
+	case 0xc9: // ext32
+		if n := u32(); n >= 0 {
+			return body(6, n)
+		}
+	case 0xca:
+		return body(1, 4)
+	case 0xcb:
+		return body(1, 8)
+	case 0xcc, 0xd0:
+		return body(1, 1)
+	case 0xcd, 0xd1:
+		return body(1, 2)
+	case 0xce, 0xd2:
+		return body(1, 4)
+	case 0xcf, 0xd3:
+		return body(1, 8)
+	case 0xd4:
+		return body(2, 1)
+	case 0xd5:
+		return body(2, 2)
+	case 0xd6:
+		return body(2, 4)
+	case 0xd7:
+		return body(2, 8)
+	case 0xd8:
+		return body(2, 16)
+	case 0xdc:
+		if n := u16(); n >= 0 {
+			return skipN(b[3:], n, depth+1)
+		}
+	case 0xdd:
+		if n := u32(); n >= 0 {
+			return skipN(b[5:], n, depth+1)
+		}
+	case 0xde:
+		if n := u16(); n >= 0 {
+			return skipN(b[3:], 2*n, depth+1)
+		}
+	case 0xdf:
+		if n := u32(); n >= 0 {
+			return skipN(b[5:], 2*n, depth+1)
+		}
+	}
+	return nil, false
+}

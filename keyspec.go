@@ -1,0 +1,445 @@
+package writethrough
+
+import (
+	"context"
+	"database/sql/driver"
+	"encoding/hex"
+	"fmt"
+	"reflect"
+	"strconv"
+	"strings"
+	"time"
+
+	"gorm.io/gorm"
+	"gorm.io/gorm/schema"
+)
+
+// modelSpec is everything the plugin knows about one cached model, built
+// once from its schema and its cache tag.
+type modelSpec struct {
+	sch       *schema.Schema
+	name      string          // Go type name, for errors
+	pks       []*schema.Field // primary-key fields, in schema order
+	ttl       time.Duration
+	jitter    int // percent of ttl
+	mode      Mode
+	aside     bool            // writes only invalidate
+	static    string          // key prefix when the template is the default one
+	tmpl      []tmplPart      // nil for the default template
+	deletedAt *schema.Field   // a gorm.DeletedAt column, if any
+	codec     *rowCodec
+}
+
+// tmplPart is a literal (field nil, pkAll false) or a placeholder.
+type tmplPart struct {
+	lit   string
+	field *schema.Field // one primary-key column
+	pkAll bool          // {pk}: every primary-key column, joined by ':'
+}
+
+// specEntry caches the outcome of building a spec: models without a cache
+// tag have spec == nil and err == nil.
+type specEntry struct {
+	spec *modelSpec
+	err  error
+}
+
+var typeOfDeletedAt = reflect.TypeOf(gorm.DeletedAt{})
+
+// specFor returns the spec of model (a struct value or pointer), parsing its
+// schema with db's naming strategy.
+func (p *Plugin) specFor(db *gorm.DB, model any) (*modelSpec, error) {
+	t := reflect.TypeOf(model)
+	for t != nil && (t.Kind() == reflect.Pointer || t.Kind() == reflect.Slice) {
+		t = t.Elem()
+	}
+	if t == nil {
+		return nil, fmt.Errorf("%w: nil model", ErrUnsupported)
+	}
+	if e, ok := p.specs.Load(t); ok {
+		return e.(*specEntry).spec, e.(*specEntry).err
+	}
+	stmt := &gorm.Statement{DB: db}
+	if err := stmt.Parse(reflect.New(t).Interface()); err != nil {
+		return nil, fmt.Errorf("writethrough: parse model %s: %w", t, err)
+	}
+	return p.specOf(stmt.Schema)
+}
+
+// specOf returns the spec for a parsed schema; nil when the model is not
+// cached.
+func (p *Plugin) specOf(sch *schema.Schema) (*modelSpec, error) {
+	if sch == nil {
+		return nil, nil
+	}
+	if e, ok := p.specs.Load(sch.ModelType); ok {
+		return e.(*specEntry).spec, e.(*specEntry).err
+	}
+	spec, err := p.buildSpec(sch)
+	e, _ := p.specs.LoadOrStore(sch.ModelType, &specEntry{spec: spec, err: err})
+	return e.(*specEntry).spec, e.(*specEntry).err
+}
+
+func (p *Plugin) buildSpec(sch *schema.Schema) (*modelSpec, error) {
+	var tagField *schema.Field
+	var tag string
+	for _, f := range sch.Fields {
+		v, ok := f.Tag.Lookup("cache")
+		if !ok {
+			continue
+		}
+		if !f.PrimaryKey {
+			return nil, &TagError{Model: sch.Name, Field: f.Name, Reason: "the cache tag belongs on the primary-key field"}
+		}
+		if tagField != nil && v != tag {
+			return nil, &TagError{Model: sch.Name, Field: f.Name, Reason: fmt.Sprintf("cache tags on %s and %s differ; put one tag on one primary-key field", tagField.Name, f.Name)}
+		}
+		tagField, tag = f, v
+	}
+	if tagField == nil {
+		return nil, nil
+	}
+	spec := &modelSpec{
+		sch:    sch,
+		name:   sch.Name,
+		pks:    sch.PrimaryFields,
+		ttl:    p.cfg.DefaultTTL,
+		jitter: p.cfg.Jitter,
+		mode:   p.cfg.Mode,
+	}
+	if len(spec.pks) == 0 {
+		return nil, &TagError{Model: sch.Name, Field: tagField.Name, Reason: "model has no primary key"}
+	}
+	tmpl := ""
+	for _, word := range strings.Split(tag, ";") {
+		word = strings.TrimSpace(word)
+		if word == "" {
+			continue
+		}
+		k, v, ok := strings.Cut(word, ":")
+		k, v = strings.ToLower(strings.TrimSpace(k)), strings.TrimSpace(v)
+		bad := func(reason string) error {
+			return &TagError{Model: sch.Name, Field: tagField.Name, Word: word, Reason: reason}
+		}
+		if !ok || v == "" {
+			return nil, bad("want key:value (keys: ttl, key, mode, strategy, jitter)")
+		}
+		switch k {
+		case "ttl":
+			d, err := time.ParseDuration(v)
+			if err != nil {
+				return nil, bad("not a Go duration")
+			}
+			if d < time.Millisecond {
+				return nil, bad("ttl must be at least 1ms")
+			}
+			spec.ttl = d
+		case "key":
+			tmpl = v
+		case "mode":
+			switch strings.ToLower(v) {
+			case "strict":
+				spec.mode = Strict
+			case "soft":
+				spec.mode = Soft
+			default:
+				return nil, bad("mode is strict or soft")
+			}
+		case "strategy":
+			switch strings.ToLower(v) {
+			case "through":
+				spec.aside = false
+			case "aside":
+				spec.aside = true
+			default:
+				return nil, bad("strategy is through or aside")
+			}
+		case "jitter":
+			n, err := strconv.Atoi(strings.TrimSuffix(v, "%"))
+			if err != nil || n < 0 || n > 100 {
+				return nil, bad("jitter is a percentage from 0 to 100")
+			}
+			spec.jitter = n
+		default:
+			return nil, bad("unknown key " + strconv.Quote(k) + " (keys: ttl, key, mode, strategy, jitter)")
+		}
+	}
+	if tmpl == "" {
+		spec.static = p.cfg.Prefix + ":" + escapeComponent(sch.Table) + ":"
+	} else {
+		parts, err := parseTemplate(sch, tmpl, p.cfg.Prefix)
+		if err != nil {
+			return nil, &TagError{Model: sch.Name, Field: tagField.Name, Word: "key:" + tmpl, Reason: err.Error()}
+		}
+		spec.tmpl = parts
+	}
+	for _, f := range sch.Fields {
+		if f.DBName != "" && f.FieldType == typeOfDeletedAt {
+			spec.deletedAt = f
+		}
+	}
+	codec, err := newRowCodec(sch)
+	if err != nil {
+		return nil, &TagError{Model: sch.Name, Field: tagField.Name, Reason: err.Error()}
+	}
+	spec.codec = codec
+	return spec, nil
+}
+
+// parseTemplate parses a key template such as "user:{id}". Placeholders are
+// {prefix}, {table}, {pk} and primary-key columns (by column or field name).
+// Every primary-key column must appear, so that no two rows share a key.
+// A template without {prefix} is placed under the prefix anyway.
+func parseTemplate(sch *schema.Schema, tmpl, prefix string) ([]tmplPart, error) {
+	var parts []tmplPart
+	covered := map[*schema.Field]bool{}
+	hasPrefix := false
+	rest := tmpl
+	for rest != "" {
+		i := strings.IndexAny(rest, "{}")
+		if i < 0 {
+			parts = append(parts, tmplPart{lit: rest})
+			break
+		}
+		if rest[i] == '}' {
+			return nil, fmt.Errorf("unbalanced '}' in key template")
+		}
+		if i > 0 {
+			parts = append(parts, tmplPart{lit: rest[:i]})
+		}
+		j := strings.IndexByte(rest[i:], '}')
+		if j < 0 {
+			return nil, fmt.Errorf("unclosed '{' in key template")
+		}
+		name := rest[i+1 : i+j]
+		rest = rest[i+j+1:]
+		switch name {
+		case "prefix":
+			hasPrefix = true
+			parts = append(parts, tmplPart{lit: prefix})
+		case "table":
+			parts = append(parts, tmplPart{lit: escapeComponent(sch.Table)})
+		case "pk":
+			parts = append(parts, tmplPart{pkAll: true})
+			for _, f := range sch.PrimaryFields {
+				covered[f] = true
+			}
+		default:
+			var field *schema.Field
+			for _, f := range sch.PrimaryFields {
+				if f.DBName == name || f.Name == name {
+					field = f
+				}
+			}
+			if field == nil {
+				return nil, fmt.Errorf("placeholder {%s} is not a primary-key column (use {prefix}, {table}, {pk} or a primary-key column)", name)
+			}
+			covered[field] = true
+			parts = append(parts, tmplPart{field: field})
+		}
+	}
+	for _, f := range sch.PrimaryFields {
+		if !covered[f] {
+			return nil, fmt.Errorf("key template leaves out primary-key column %s, so rows would share keys", f.DBName)
+		}
+	}
+	if !hasPrefix {
+		parts = append([]tmplPart{{lit: prefix + ":"}}, parts...)
+	}
+	// Merge adjacent literals.
+	out := parts[:0]
+	for _, pt := range parts {
+		if n := len(out); n > 0 && pt.field == nil && !pt.pkAll && out[n-1].field == nil && !out[n-1].pkAll {
+			out[n-1].lit += pt.lit
+			continue
+		}
+		out = append(out, pt)
+	}
+	return out, nil
+}
+
+// keyOf returns the key of the row held in rv (a struct of the model type),
+// and false when a primary-key column is zero.
+func (s *modelSpec) keyOf(ctx context.Context, rv reflect.Value) (string, bool) {
+	vals := make([]any, len(s.pks))
+	for i, f := range s.pks {
+		v, zero := f.ValueOf(ctx, rv)
+		if zero {
+			return "", false
+		}
+		vals[i] = v
+	}
+	return s.keyFromValues(vals), true
+}
+
+// keyFromValues builds the key from primary-key values already of the
+// fields' types, in s.pks order.
+func (s *modelSpec) keyFromValues(vals []any) string {
+	var b []byte
+	if s.tmpl == nil {
+		b = make([]byte, 0, len(s.static)+24)
+		b = append(b, s.static...)
+		for i, v := range vals {
+			if i > 0 {
+				b = append(b, ':')
+			}
+			b = appendComponent(b, v)
+		}
+		return string(b)
+	}
+	for _, pt := range s.tmpl {
+		switch {
+		case pt.pkAll:
+			for i, v := range vals {
+				if i > 0 {
+					b = append(b, ':')
+				}
+				b = appendComponent(b, v)
+			}
+		case pt.field != nil:
+			for i, f := range s.pks {
+				if f == pt.field {
+					b = appendComponent(b, vals[i])
+				}
+			}
+		default:
+			b = append(b, pt.lit...)
+		}
+	}
+	return string(b)
+}
+
+// normalize converts a key value as a caller gave it ("42", 42, a *uint, a
+// driver.Valuer) to the primary-key field's own type, exactly as GORM would
+// assign it. ok is false when the value does not fit.
+func (s *modelSpec) normalize(ctx context.Context, f *schema.Field, v any) (any, bool) {
+	rv := reflect.ValueOf(v)
+	for rv.IsValid() && rv.Kind() == reflect.Pointer {
+		if rv.IsNil() {
+			return nil, false
+		}
+		rv = rv.Elem()
+	}
+	if !rv.IsValid() {
+		return nil, false
+	}
+	if rv.Type() == f.FieldType {
+		out := rv.Interface()
+		if rv.IsZero() {
+			return nil, false
+		}
+		return out, true
+	}
+	scratch := reflect.New(s.sch.ModelType).Elem()
+	if err := f.Set(ctx, scratch, rv.Interface()); err != nil {
+		return nil, false
+	}
+	out, zero := f.ValueOf(ctx, scratch)
+	if zero {
+		return nil, false
+	}
+	// GORM's setters accept many conversions; make sure nothing was lost
+	// (a string "1x" must not become 1).
+	if str, isStr := rv.Interface().(string); isStr && f.FieldType.Kind() != reflect.String {
+		if fmt.Sprint(out) != str && !isTextual(out, str) {
+			return nil, false
+		}
+	}
+	return out, true
+}
+
+func isTextual(v any, s string) bool {
+	if st, ok := v.(fmt.Stringer); ok {
+		return strings.EqualFold(st.String(), s)
+	}
+	return false
+}
+
+// lookupKey returns the key for caller-given primary-key values.
+func (s *modelSpec) lookupKey(ctx context.Context, vals ...any) (string, bool) {
+	if len(vals) != len(s.pks) {
+		return "", false
+	}
+	norm := make([]any, len(vals))
+	for i, f := range s.pks {
+		v, ok := s.normalize(ctx, f, vals[i])
+		if !ok {
+			return "", false
+		}
+		norm[i] = v
+	}
+	return s.keyFromValues(norm), true
+}
+
+// appendComponent writes one primary-key value, escaped so that ':' and the
+// escape byte itself never appear raw: distinct values give distinct keys.
+func appendComponent(b []byte, v any) []byte {
+	switch x := v.(type) {
+	case int:
+		return strconv.AppendInt(b, int64(x), 10)
+	case int64:
+		return strconv.AppendInt(b, x, 10)
+	case int32:
+		return strconv.AppendInt(b, int64(x), 10)
+	case int16:
+		return strconv.AppendInt(b, int64(x), 10)
+	case int8:
+		return strconv.AppendInt(b, int64(x), 10)
+	case uint:
+		return strconv.AppendUint(b, uint64(x), 10)
+	case uint64:
+		return strconv.AppendUint(b, x, 10)
+	case uint32:
+		return strconv.AppendUint(b, uint64(x), 10)
+	case uint16:
+		return strconv.AppendUint(b, uint64(x), 10)
+	case uint8:
+		return strconv.AppendUint(b, uint64(x), 10)
+	case string:
+		return appendEscaped(b, x)
+	case []byte:
+		return hex.AppendEncode(b, x)
+	case fmt.Stringer:
+		return appendEscaped(b, x.String())
+	case driver.Valuer:
+		dv, err := x.Value()
+		if err == nil {
+			return appendComponent(b, dv)
+		}
+	}
+	rv := reflect.ValueOf(v)
+	switch rv.Kind() {
+	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64:
+		return strconv.AppendInt(b, rv.Int(), 10)
+	case reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64:
+		return strconv.AppendUint(b, rv.Uint(), 10)
+	case reflect.String:
+		return appendEscaped(b, rv.String())
+	case reflect.Array:
+		if rv.Type().Elem().Kind() == reflect.Uint8 {
+			raw := make([]byte, rv.Len())
+			reflect.Copy(reflect.ValueOf(raw), rv)
+			return hex.AppendEncode(b, raw)
+		}
+	}
+	return appendEscaped(b, fmt.Sprint(v))
+}
+
+func escapeComponent(s string) string { return string(appendEscaped(nil, s)) }
+
+// appendEscaped percent-escapes '%', ':', '{', '}' and control bytes.
+func appendEscaped(b []byte, s string) []byte {
+	const hexd = "0123456789ABCDEF"
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case c == '%' || c == ':' || c == '{' || c == '}' || c < 0x20 || c == 0x7f:
+			b = append(b, '%', hexd[c>>4], hexd[c&15])
+		default:
+			b = append(b, c)
+		}
+	}
+	return b
+}
+
+type schemaField = schema.Field

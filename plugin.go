@@ -1,0 +1,281 @@
+package writethrough
+
+import (
+	"fmt"
+	"log/slog"
+	"reflect"
+	"regexp"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"golang.org/x/sync/singleflight"
+	"gorm.io/gorm"
+)
+
+// Mode says what a write does when Redis cannot take part in it.
+type Mode int
+
+const (
+	// Soft lets the write commit when Redis fails and invalidates the keys it
+	// touched as soon as Redis answers again. It is the default.
+	Soft Mode = iota
+	// Strict fails the write with [ErrCacheUnavailable] and rolls its
+	// transaction back when Redis fails, so that cache and database never
+	// diverge.
+	Strict
+)
+
+func (m Mode) String() string {
+	switch m {
+	case Soft:
+		return "soft"
+	case Strict:
+		return "strict"
+	}
+	return fmt.Sprintf("Mode(%d)", int(m))
+}
+
+// Config configures a [Plugin]. The zero value of every field means the
+// documented default; [New] copies the Config and never changes the caller's.
+type Config struct {
+	// Prefix is the key namespace: every key the plugin writes starts with
+	// Prefix + ":". Default "wt".
+	Prefix string
+	// DefaultTTL is the lifetime of a cached row for models whose tag names no
+	// ttl. Default one hour.
+	DefaultTTL time.Duration
+	// NegativeTTL is the lifetime of a "not found" entry (a tombstone).
+	// Default one minute.
+	NegativeTTL time.Duration
+	// LeaseTTL bounds how long a reader that missed may take to fill the key
+	// from the database. Default two seconds.
+	LeaseTTL time.Duration
+	// PendingTTL bounds how long a key stays "pending" when the writer that
+	// staged it never finalizes it (a crash, a lost connection). It must be
+	// longer than any transaction that writes cached rows. Default one minute.
+	PendingTTL time.Duration
+	// Timeout bounds every Redis operation the plugin performs. A stalled
+	// Redis holds a transaction's row locks at most this long. Default 100ms.
+	Timeout time.Duration
+	// Mode is the default for models whose tag names none. Default Soft.
+	Mode Mode
+	// Jitter is the default spread of committed TTLs, in percent of the TTL
+	// (a TTL of 1h with Jitter 10 lands between 54m and 66m). Default 10;
+	// a negative value disables jitter.
+	Jitter int
+	// MaxRowSize is the largest encoded row the plugin stores, in bytes.
+	// Larger rows are served from the database and their keys invalidated
+	// on write. Default 1 MiB.
+	MaxRowSize int
+	// Models are checked when the plugin is registered, so that a malformed
+	// cache tag fails db.Use instead of the first statement on the model.
+	Models []any
+	// Logger receives reports of cache trouble that does not fail the
+	// statement (a Redis error on a read, a failed finalize). Nil is silent.
+	Logger *slog.Logger
+}
+
+const (
+	defaultPrefix      = "wt"
+	defaultTTL         = time.Hour
+	defaultNegativeTTL = time.Minute
+	defaultLeaseTTL    = 2 * time.Second
+	defaultPendingTTL  = time.Minute
+	defaultTimeout     = 100 * time.Millisecond
+	defaultJitter      = 10
+	defaultMaxRowSize  = 1 << 20
+	maxWriters         = 64 // concurrent writers one pending entry tracks
+)
+
+var prefixRE = regexp.MustCompile(`^[A-Za-z0-9_.\-:]+$`)
+
+// withDefaults returns a copy of c with defaults filled in, or the first
+// invalid field.
+func (c Config) withDefaults() (Config, error) {
+	durations := []struct {
+		name string
+		v    *time.Duration
+		def  time.Duration
+	}{
+		{"DefaultTTL", &c.DefaultTTL, defaultTTL},
+		{"NegativeTTL", &c.NegativeTTL, defaultNegativeTTL},
+		{"LeaseTTL", &c.LeaseTTL, defaultLeaseTTL},
+		{"PendingTTL", &c.PendingTTL, defaultPendingTTL},
+		{"Timeout", &c.Timeout, defaultTimeout},
+	}
+	for _, d := range durations {
+		switch {
+		case *d.v < 0:
+			return c, &ConfigError{Field: d.name, Reason: fmt.Sprintf("negative duration %s", *d.v)}
+		case *d.v == 0:
+			*d.v = d.def
+		case *d.v < time.Millisecond:
+			return c, &ConfigError{Field: d.name, Reason: fmt.Sprintf("%s is below Redis's 1ms resolution", *d.v)}
+		}
+	}
+	if c.Prefix == "" {
+		c.Prefix = defaultPrefix
+	}
+	if !prefixRE.MatchString(c.Prefix) {
+		return c, &ConfigError{Field: "Prefix", Reason: fmt.Sprintf("%q: use letters, digits and _ . - :", c.Prefix)}
+	}
+	if c.Mode != Soft && c.Mode != Strict {
+		return c, &ConfigError{Field: "Mode", Reason: fmt.Sprintf("unknown mode %d", int(c.Mode))}
+	}
+	switch {
+	case c.Jitter == 0:
+		c.Jitter = defaultJitter
+	case c.Jitter < 0:
+		c.Jitter = 0
+	case c.Jitter > 100:
+		return c, &ConfigError{Field: "Jitter", Reason: fmt.Sprintf("%d%% is above 100%%", c.Jitter)}
+	}
+	switch {
+	case c.MaxRowSize < 0:
+		return c, &ConfigError{Field: "MaxRowSize", Reason: "negative size"}
+	case c.MaxRowSize == 0:
+		c.MaxRowSize = defaultMaxRowSize
+	}
+	if c.PendingTTL <= c.Timeout {
+		return c, &ConfigError{Field: "PendingTTL", Reason: "must be longer than Timeout"}
+	}
+	c.Models = append([]any(nil), c.Models...)
+	return c, nil
+}
+
+// Plugin is the write-through cache. Register it with db.Use right after
+// gorm.Open, before plugins that replace the connection pool (dbresolver).
+type Plugin struct {
+	rdb     redis.UniversalClient
+	cfg     Config
+	cfgErr  error
+	scripts *scriptSet
+
+	specs sync.Map // reflect.Type -> *specEntry
+
+	flights singleflight.Group
+
+	mu     sync.Mutex     // protects inited
+	inited map[any]bool   // callback registries already hooked
+
+	hook func(point, key string) // test-only interleaving points; nil in production
+
+	stats counters
+}
+
+var _ gorm.Plugin = (*Plugin)(nil)
+
+// Name is the name the plugin registers under; callback names derive from it.
+const Name = "writethrough"
+
+// New returns a plugin that caches in rdb. The caller owns rdb. A bad cfg is
+// reported by db.Use.
+func New(rdb redis.UniversalClient, cfg Config) *Plugin {
+	p := &Plugin{rdb: rdb, inited: make(map[any]bool)}
+	p.cfg, p.cfgErr = cfg.withDefaults()
+	if p.cfgErr == nil && rdb == nil {
+		p.cfgErr = &ConfigError{Field: "rdb", Reason: "nil Redis client"}
+	}
+	p.scripts = newScriptSet()
+	return p
+}
+
+// Name implements gorm.Plugin.
+func (p *Plugin) Name() string { return Name }
+
+// Initialize implements gorm.Plugin. It wraps the connection pool so that the
+// plugin sees every real COMMIT and ROLLBACK, and registers the callbacks.
+// It is safe to call more than once (dbresolver does).
+func (p *Plugin) Initialize(db *gorm.DB) error {
+	if p.cfgErr != nil {
+		return p.cfgErr
+	}
+	for _, m := range p.cfg.Models {
+		if _, err := p.specFor(db, m); err != nil {
+			return err
+		}
+	}
+	p.wrapPool(db)
+
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	reg := any(db.Callback())
+	if p.inited[reg] {
+		return nil
+	}
+	if err := p.registerCallbacks(db); err != nil {
+		return fmt.Errorf("writethrough: register callbacks: %w", err)
+	}
+	p.inited[reg] = true
+	return nil
+}
+
+// Close stops the plugin's background work. It does not close the Redis
+// client, which the caller owns.
+func (p *Plugin) Close() error { return nil }
+
+// Stats counts what the plugin did since it was created.
+type Stats struct {
+	Hits           uint64 // reads served from Redis, including "not found"
+	Misses         uint64 // cacheable reads that went to the database
+	Bypasses       uint64 // Cached reads of a shape the cache does not serve
+	Fills          uint64 // rows (or tombstones) written by readers after a miss
+	FillsLost      uint64 // fills refused because a write or another reader won
+	Prepares       uint64 // keys staged by writes
+	PrepareErrors  uint64 // stagings Redis refused or did not answer
+	Finalizes      uint64 // keys finalized after COMMIT or ROLLBACK
+	FinalizeErrors uint64 // finalizes that failed (the pending entry then expires)
+	Invalidations  uint64 // keys invalidated (Invalidate, failed writes)
+	DecodeErrors   uint64 // entries in Redis that could not be decoded (deleted)
+	RedisErrors    uint64 // Redis errors on reads (the read fell back to SQL)
+}
+
+type counters struct {
+	hits, misses, bypasses, fills, fillsLost    atomic.Uint64
+	prepares, prepareErrors                     atomic.Uint64
+	finalizes, finalizeErrors, invalidations    atomic.Uint64
+	decodeErrors, redisErrors                   atomic.Uint64
+}
+
+// Stats returns a snapshot of the plugin's counters.
+func (p *Plugin) Stats() Stats {
+	c := &p.stats
+	return Stats{
+		Hits: c.hits.Load(), Misses: c.misses.Load(), Bypasses: c.bypasses.Load(),
+		Fills: c.fills.Load(), FillsLost: c.fillsLost.Load(),
+		Prepares: c.prepares.Load(), PrepareErrors: c.prepareErrors.Load(),
+		Finalizes: c.finalizes.Load(), FinalizeErrors: c.finalizeErrors.Load(),
+		Invalidations: c.invalidations.Load(), DecodeErrors: c.decodeErrors.Load(),
+		RedisErrors: c.redisErrors.Load(),
+	}
+}
+
+// at runs the test hook for a named interleaving point.
+func (p *Plugin) at(point, key string) {
+	if p.hook != nil {
+		p.hook(point, key)
+	}
+}
+
+func (p *Plugin) logf(msg string, args ...any) {
+	if p.cfg.Logger != nil {
+		p.cfg.Logger.Warn(msg, args...)
+	}
+}
+
+// pluginOf returns the writethrough plugin registered on db.
+func pluginOf(db *gorm.DB) (*Plugin, error) {
+	if db == nil || db.Config == nil {
+		return nil, fmt.Errorf("writethrough: nil *gorm.DB")
+	}
+	if pl, ok := db.Config.Plugins[Name]; ok {
+		if p, ok := pl.(*Plugin); ok {
+			return p, nil
+		}
+	}
+	return nil, fmt.Errorf("writethrough: plugin not registered on this *gorm.DB (call db.Use(writethrough.New(...)))")
+}
+
+var typeOfTime = reflect.TypeOf(time.Time{})

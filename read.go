@@ -1,0 +1,712 @@
+package writethrough
+
+import (
+	"context"
+	"errors"
+	"reflect"
+	"regexp"
+	"strings"
+
+	"github.com/redis/go-redis/v9"
+	"gorm.io/gorm"
+	"gorm.io/gorm/clause"
+)
+
+const cachedKey = "writethrough:cached"
+
+// Cached is a GORM scope that lets the plugin serve the statement from Redis:
+//
+//	db.Scopes(writethrough.Cached).First(&u, 42)
+//	db.Scopes(writethrough.Cached).Find(&us, []int{1, 2, 3})
+//
+// Lookups by primary key (First, Take, Last, Find with one or many keys, in
+// the forms GORM accepts) are served from Redis on a hit and filled from the
+// database on a miss. Any other statement runs in SQL, untouched. Inside a
+// transaction the read goes to the database and never fills the cache.
+func Cached(db *gorm.DB) *gorm.DB {
+	return db.Set(cachedKey, true)
+}
+
+// readPlan is a recognised primary-key lookup.
+type readPlan struct {
+	spec  *modelSpec
+	keys  []string
+	multi bool // destination is a slice
+}
+
+// query replaces gorm:query. Statements not marked Cached go straight to
+// GORM's own query callback.
+func (p *Plugin) query(orig func(*gorm.DB)) func(*gorm.DB) {
+	return func(db *gorm.DB) {
+		st := db.Statement
+		if _, ok := st.Settings.Load(cachedKey); !ok {
+			orig(db)
+			return
+		}
+		// Consume the mark, so that preload and nested statements that copy
+		// the settings are not served from the cache.
+		st.Settings.Delete(cachedKey)
+		if db.Error != nil || db.DryRun {
+			orig(db)
+			return
+		}
+		p.serve(db, orig)
+	}
+}
+
+func (p *Plugin) serve(db *gorm.DB, orig func(*gorm.DB)) {
+	st := db.Statement
+	spec, err := p.specOf(st.Schema)
+	if err != nil {
+		_ = db.AddError(err)
+		return
+	}
+	if spec == nil {
+		p.stats.bypasses.Add(1)
+		orig(db)
+		return
+	}
+	plan, ok := p.plan(db, spec)
+	if !ok {
+		p.stats.bypasses.Add(1)
+		orig(db)
+		return
+	}
+	if _, inTx := txOf(st.ConnPool); inTx {
+		// A transaction may hold an old snapshot or its own uncommitted
+		// writes: read the database, never fill.
+		p.stats.misses.Add(1)
+		orig(db)
+		return
+	}
+	if plan.multi && len(plan.keys) > 1 {
+		p.serveMany(db, plan, orig)
+		return
+	}
+	p.serveOne(db, plan, orig)
+}
+
+// lookup is the outcome of reading one key.
+type lookup int
+
+const (
+	lookEmpty     lookup = iota // nothing there: take a lease and fill
+	lookHit                     // a committed row, decoded
+	lookNotFound                // a tombstone
+	lookBusy                    // pending, leased, or another build's entry: read SQL, do not fill
+)
+
+// decodeInto classifies raw and, for a committed entry, decodes it into dst.
+func (p *Plugin) decodeInto(ctx context.Context, spec *modelSpec, key string, raw []byte, dst reflect.Value) lookup {
+	e, err := parseEntry(raw)
+	switch {
+	case errors.Is(err, errForeign):
+		return lookBusy
+	case err != nil:
+		p.heal(ctx, key, err)
+		return lookEmpty
+	}
+	switch e.state {
+	case stateCommitted:
+		if e.fp != spec.codec.fp {
+			return lookBusy
+		}
+		if err := spec.codec.decodeRow(e.row, dst); err != nil {
+			p.heal(ctx, key, err)
+			return lookBusy
+		}
+		return lookHit
+	case stateTombstone:
+		return lookNotFound
+	}
+	return lookBusy
+}
+
+// heal removes an entry that cannot be decoded (unless writers are in flight
+// on it), the way go-redis/cache heals poisoned keys.
+func (p *Plugin) heal(ctx context.Context, key string, cause error) {
+	p.stats.decodeErrors.Add(1)
+	p.logf("writethrough: undecodable cache entry deleted", "key", key, "err", cause)
+	c := &call{sc: p.scripts.invalidate, key: key}
+	p.scripts.run(ctx, p.rdb, []*call{c})
+}
+
+func (p *Plugin) serveOne(db *gorm.DB, plan readPlan, orig func(*gorm.DB)) {
+	st := db.Statement
+	spec, key := plan.spec, plan.keys[0]
+	ctx, cancel := p.opCtx(st.Context)
+	defer cancel()
+	raw, err := p.rdb.Get(ctx, key).Bytes()
+	var res lookup
+	var elem reflect.Value
+	switch {
+	case errors.Is(err, redis.Nil):
+		res = lookEmpty
+	case err != nil:
+		p.stats.redisErrors.Add(1)
+		p.logf("writethrough: cache read failed; reading the database", "key", key, "err", err)
+		res = lookBusy
+	default:
+		elem = p.target(st, plan)
+		res = p.decodeInto(ctx, spec, key, raw, elem)
+	}
+	switch res {
+	case lookHit:
+		p.stats.hits.Add(1)
+		p.deliver(db, plan, []reflect.Value{elem})
+		return
+	case lookNotFound:
+		p.stats.hits.Add(1)
+		p.deliver(db, plan, nil)
+		return
+	case lookBusy:
+		p.stats.misses.Add(1)
+		orig(db)
+		return
+	}
+	p.stats.misses.Add(1)
+
+	led := false
+	v, _, _ := p.flights.Do(key, func() (any, error) {
+		led = true
+		return p.load(db, spec, key, orig), nil
+	})
+	if led {
+		return
+	}
+	lr, _ := v.(*loadResult)
+	if lr == nil || lr.failed {
+		orig(db)
+		return
+	}
+	if !lr.found {
+		p.deliver(db, plan, nil)
+		return
+	}
+	elem = p.target(st, plan)
+	if err := spec.codec.decodeRow(lr.row, elem); err != nil {
+		orig(db)
+		return
+	}
+	p.deliver(db, plan, []reflect.Value{elem})
+}
+
+// loadResult is what one database read shares with the readers that waited
+// on it.
+type loadResult struct {
+	row    []byte
+	found  bool
+	failed bool // the read failed or could not be shared: run your own
+}
+
+// load runs the leader's database read for one key under a lease, and fills
+// the key if the lease survived.
+func (p *Plugin) load(db *gorm.DB, spec *modelSpec, key string, orig func(*gorm.DB)) *loadResult {
+	st := db.Statement
+	ctx, cancel := p.opCtx(st.Context)
+	token := newToken()
+	lease := appendHeader(make([]byte, 0, headerLen), stateLease, token, spec.codec.fp)
+	leased, err := p.rdb.SetNX(ctx, key, lease, p.cfg.LeaseTTL).Result()
+	cancel()
+	if err != nil {
+		p.stats.redisErrors.Add(1)
+		leased = false
+	}
+	p.at("read:after-lease", key)
+	if leased {
+		p.forceSource(db)
+	}
+	orig(db)
+	if db.Error != nil && !errors.Is(db.Error, gorm.ErrRecordNotFound) {
+		return &loadResult{failed: true}
+	}
+	rows := p.rowsOf(st)
+	lr := &loadResult{}
+	switch len(rows) {
+	case 0:
+	case 1:
+		row, err := spec.codec.appendRow(nil, rows[0])
+		if err != nil || len(row) > p.cfg.MaxRowSize {
+			return &loadResult{failed: true}
+		}
+		lr.row, lr.found = row, true
+	default:
+		return &loadResult{failed: true}
+	}
+	p.at("read:after-db-before-fill", key)
+	if leased {
+		p.fill(st.Context, spec, key, token, lr.found, lr.row)
+	}
+	return lr
+}
+
+// fill installs what a lease holder read, unless a write replaced the lease.
+func (p *Plugin) fill(parent context.Context, spec *modelSpec, key, token string, found bool, row []byte) {
+	ctx, cancel := p.opCtx(parent)
+	defer cancel()
+	c := p.fillCall(spec, key, token, found, row)
+	p.scripts.run(ctx, p.rdb, []*call{c})
+	p.countFill(c)
+}
+
+func (p *Plugin) fillCall(spec *modelSpec, key, token string, found bool, row []byte) *call {
+	var val []byte
+	var ttl int64
+	if found {
+		val = appendHeader(make([]byte, 0, headerLen+len(row)), stateCommitted, token, spec.codec.fp)
+		val = append(val, row...)
+		ttl = p.ttlMillis(spec)
+	} else {
+		val = appendHeader(make([]byte, 0, headerLen), stateTombstone, token, spec.codec.fp)
+		ttl = p.cfg.NegativeTTL.Milliseconds()
+	}
+	return &call{sc: p.scripts.fill, key: key, args: []any{token, val, ttl}}
+}
+
+func (p *Plugin) countFill(c *call) {
+	switch {
+	case c.err != nil:
+		p.stats.redisErrors.Add(1)
+	case c.res == 1:
+		p.stats.fills.Add(1)
+	default:
+		p.stats.fillsLost.Add(1)
+	}
+}
+
+// forceSource moves a fill-intended read off a read replica: a lease cannot
+// detect replication lag. It is a no-op without dbresolver.
+func (p *Plugin) forceSource(db *gorm.DB) {
+	if r := db.Callback().Query().Get("gorm:db_resolver"); r != nil {
+		db.Statement.Settings.Store("gorm:db_resolver:write", struct{}{})
+		r(db)
+	}
+}
+
+// rowsOf lists the rows GORM scanned into the statement's destination.
+func (p *Plugin) rowsOf(st *gorm.Statement) []reflect.Value {
+	rv := st.ReflectValue
+	if st.DB.RowsAffected == 0 {
+		return nil
+	}
+	switch rv.Kind() {
+	case reflect.Struct:
+		return []reflect.Value{rv}
+	case reflect.Slice:
+		out := make([]reflect.Value, 0, rv.Len())
+		for i := 0; i < rv.Len(); i++ {
+			e := rv.Index(i)
+			for e.Kind() == reflect.Pointer {
+				if e.IsNil() {
+					break
+				}
+				e = e.Elem()
+			}
+			if e.Kind() == reflect.Struct {
+				out = append(out, e)
+			}
+		}
+		return out
+	}
+	return nil
+}
+
+// target is where one decoded row goes: the destination struct itself, or a
+// fresh element for a slice.
+func (p *Plugin) target(st *gorm.Statement, plan readPlan) reflect.Value {
+	if !plan.multi {
+		return st.ReflectValue
+	}
+	return reflect.New(plan.spec.sch.ModelType).Elem()
+}
+
+// deliver sets the destination and the result the way GORM's scan does.
+func (p *Plugin) deliver(db *gorm.DB, plan readPlan, rows []reflect.Value) {
+	st := db.Statement
+	if plan.multi {
+		rv := st.ReflectValue
+		list := reflect.MakeSlice(rv.Type(), 0, len(rows))
+		ptr := rv.Type().Elem().Kind() == reflect.Pointer
+		for _, r := range rows {
+			if ptr {
+				list = reflect.Append(list, r.Addr())
+			} else {
+				list = reflect.Append(list, r)
+			}
+		}
+		rv.Set(list)
+	}
+	n := int64(len(rows))
+	db.RowsAffected = n
+	if st.Result != nil {
+		st.Result.RowsAffected = n
+	}
+	if n == 0 && st.RaiseErrorOnNotFound {
+		_ = db.AddError(gorm.ErrRecordNotFound)
+	}
+}
+
+// serveMany serves Find with several keys in one round trip; on any miss it
+// runs the statement in SQL and fills the keys it leased.
+func (p *Plugin) serveMany(db *gorm.DB, plan readPlan, orig func(*gorm.DB)) {
+	st := db.Statement
+	spec := plan.spec
+	ctx, cancel := p.opCtx(st.Context)
+	defer cancel()
+	raws, err := p.getMany(ctx, plan.keys)
+	if err != nil {
+		p.stats.redisErrors.Add(1)
+		p.logf("writethrough: cache read failed; reading the database", "err", err)
+		p.stats.misses.Add(1)
+		orig(db)
+		return
+	}
+	rows := make([]reflect.Value, 0, len(plan.keys))
+	var empty []int
+	complete := true
+	for i, raw := range raws {
+		if raw == nil {
+			empty = append(empty, i)
+			complete = false
+			continue
+		}
+		elem := reflect.New(spec.sch.ModelType).Elem()
+		switch p.decodeInto(ctx, spec, plan.keys[i], raw, elem) {
+		case lookHit:
+			rows = append(rows, elem)
+		case lookNotFound:
+		case lookEmpty:
+			empty = append(empty, i)
+			complete = false
+		default:
+			complete = false
+		}
+	}
+	if complete {
+		p.stats.hits.Add(uint64(len(plan.keys)))
+		p.deliver(db, plan, rows)
+		return
+	}
+	p.stats.misses.Add(1)
+	// Lease the empty keys, read everything in SQL, fill what we leased.
+	token := newToken()
+	lease := appendHeader(make([]byte, 0, headerLen), stateLease, token, spec.codec.fp)
+	leased := map[string]bool{}
+	if len(empty) > 0 {
+		cmds := make([]*redis.BoolCmd, len(empty))
+		_, _ = p.rdb.Pipelined(ctx, func(pipe redis.Pipeliner) error {
+			for j, i := range empty {
+				cmds[j] = pipe.SetNX(ctx, plan.keys[i], lease, p.cfg.LeaseTTL)
+			}
+			return nil
+		})
+		for j, i := range empty {
+			if ok, err := cmds[j].Result(); err == nil && ok {
+				leased[plan.keys[i]] = true
+			}
+		}
+	}
+	if len(leased) > 0 {
+		p.forceSource(db)
+		p.at("read:after-lease", plan.keys[empty[0]])
+	}
+	orig(db)
+	if db.Error != nil || len(leased) == 0 {
+		return
+	}
+	var calls []*call
+	for _, rv := range p.rowsOf(st) {
+		key, ok := spec.keyOf(st.Context, rv)
+		if !ok || !leased[key] {
+			continue
+		}
+		delete(leased, key)
+		row, err := spec.codec.appendRow(nil, rv)
+		if err != nil || len(row) > p.cfg.MaxRowSize {
+			continue
+		}
+		calls = append(calls, p.fillCall(spec, key, token, true, row))
+	}
+	for key := range leased {
+		if st.Schema != nil && !st.Unscoped {
+			calls = append(calls, p.fillCall(spec, key, token, false, nil))
+		}
+	}
+	if len(calls) == 0 {
+		return
+	}
+	p.at("read:after-db-before-fill", calls[0].key)
+	fctx, fcancel := p.opCtx(st.Context)
+	defer fcancel()
+	p.scripts.run(fctx, p.rdb, calls)
+	for _, c := range calls {
+		p.countFill(c)
+	}
+}
+
+// getMany reads keys in one round trip: MGET on a single node, a pipeline of
+// GETs on a cluster (whose keys live on different slots). Absent keys are nil.
+func (p *Plugin) getMany(ctx context.Context, keys []string) ([][]byte, error) {
+	out := make([][]byte, len(keys))
+	if _, cluster := p.rdb.(*redis.ClusterClient); !cluster {
+		vals, err := p.rdb.MGet(ctx, keys...).Result()
+		if err != nil {
+			return nil, err
+		}
+		for i, v := range vals {
+			if s, ok := v.(string); ok {
+				out[i] = []byte(s)
+			}
+		}
+		return out, nil
+	}
+	cmds := make([]*redis.StringCmd, len(keys))
+	_, err := p.rdb.Pipelined(ctx, func(pipe redis.Pipeliner) error {
+		for i, k := range keys {
+			cmds[i] = pipe.Get(ctx, k)
+		}
+		return nil
+	})
+	if err != nil && !errors.Is(err, redis.Nil) {
+		return nil, err
+	}
+	for i, c := range cmds {
+		if b, err := c.Bytes(); err == nil {
+			out[i] = b
+		}
+	}
+	return out, nil
+}
+
+var allowedClauses = map[string]bool{"WHERE": true, "LIMIT": true, "ORDER BY": true}
+
+// plan recognises a lookup by primary key from the statement's clauses,
+// before GORM builds any SQL.
+func (p *Plugin) plan(db *gorm.DB, spec *modelSpec) (readPlan, bool) {
+	st := db.Statement
+	sch := spec.sch
+	if st.SQL.Len() != 0 || !sameTable(db, spec) || st.Unscoped || st.Distinct ||
+		len(st.Joins) != 0 || len(st.Selects) != 0 || len(st.Omits) != 0 ||
+		len(st.Preloads) != 0 || len(st.ColumnMapping) != 0 {
+		return readPlan{}, false
+	}
+	for name := range st.Clauses {
+		if !allowedClauses[name] {
+			return readPlan{}, false
+		}
+	}
+	plan := readPlan{spec: spec}
+	rv := st.ReflectValue
+	switch {
+	case rv.Kind() == reflect.Struct && rv.Type() == sch.ModelType:
+	case rv.Kind() == reflect.Slice && (rv.Type().Elem() == sch.ModelType ||
+		(rv.Type().Elem().Kind() == reflect.Pointer && rv.Type().Elem().Elem() == sch.ModelType)):
+		plan.multi = true
+	default:
+		return readPlan{}, false
+	}
+	if !rv.CanSet() {
+		return readPlan{}, false
+	}
+
+	var keys []string
+	if c, ok := st.Clauses["WHERE"]; ok {
+		w, ok := c.Expression.(clause.Where)
+		if !ok {
+			return readPlan{}, false
+		}
+		keys, ok = p.whereKeys(st, spec, w.Exprs)
+		if !ok {
+			return readPlan{}, false
+		}
+	} else if !plan.multi {
+		// First(&User{ID: 1}): the condition comes from the destination.
+		key, ok := spec.keyOf(st.Context, rv)
+		if !ok {
+			return readPlan{}, false
+		}
+		keys = []string{key}
+	}
+	if len(keys) == 0 {
+		return readPlan{}, false
+	}
+	if !plan.multi && len(keys) != 1 {
+		return readPlan{}, false
+	}
+	if c, ok := st.Clauses["LIMIT"]; ok {
+		l, ok := c.Expression.(clause.Limit)
+		if !ok || l.Offset != 0 || (l.Limit != nil && *l.Limit >= 0 && *l.Limit < len(keys)) {
+			return readPlan{}, false
+		}
+	}
+	if c, ok := st.Clauses["ORDER BY"]; ok {
+		o, ok := c.Expression.(clause.OrderBy)
+		if !ok || o.Expression != nil || len(keys) > 1 {
+			return readPlan{}, false
+		}
+		for _, col := range o.Columns {
+			if p.pkColumn(st, spec, col.Column) == nil {
+				return readPlan{}, false
+			}
+		}
+	}
+	plan.keys = keys
+	return plan, true
+}
+
+// exprRE matches "id = ?", "users.id IN ?", "\"id\" in (?)".
+var exprRE = regexp.MustCompile("^\\s*(?:[`\"]?(\\w+)[`\"]?\\.)?[`\"]?(\\w+)[`\"]?\\s*(=|(?i:in))\\s*(\\(\\s*\\?\\s*\\)|\\?)\\s*$")
+
+// whereKeys turns WHERE expressions that pin every primary-key column into
+// keys. Anything else is not a lookup.
+func (p *Plugin) whereKeys(st *gorm.Statement, spec *modelSpec, exprs []clause.Expression) ([]string, bool) {
+	exprs = flattenAnd(exprs)
+	if len(exprs) == 0 {
+		return nil, false
+	}
+	ctx := st.Context
+	if len(spec.pks) > 1 {
+		// Composite keys: one equality per primary-key column.
+		vals := make([]any, len(spec.pks))
+		for _, e := range exprs {
+			eq, ok := e.(clause.Eq)
+			if !ok || isList(eq.Value) {
+				return nil, false
+			}
+			f := p.pkColumn(st, spec, eq.Column)
+			if f == nil {
+				return nil, false
+			}
+			for i, pk := range spec.pks {
+				if pk == f {
+					if vals[i] != nil {
+						return nil, false
+					}
+					vals[i] = eq.Value
+				}
+			}
+		}
+		key, ok := spec.lookupKey(ctx, vals...)
+		if !ok {
+			return nil, false
+		}
+		return []string{key}, true
+	}
+	if len(exprs) != 1 {
+		return nil, false
+	}
+	var raw []any
+	switch e := exprs[0].(type) {
+	case clause.IN:
+		if p.pkColumn(st, spec, e.Column) == nil {
+			return nil, false
+		}
+		for _, v := range e.Values {
+			raw = appendValues(raw, v)
+		}
+	case clause.Eq:
+		if p.pkColumn(st, spec, e.Column) == nil {
+			return nil, false
+		}
+		raw = appendValues(raw, e.Value)
+	case clause.Expr:
+		m := exprRE.FindStringSubmatch(e.SQL)
+		if m == nil || len(e.Vars) != 1 || e.WithoutParentheses {
+			return nil, false
+		}
+		if m[1] != "" && m[1] != spec.sch.Table && m[1] != st.Table {
+			return nil, false
+		}
+		if m[2] != spec.pks[0].DBName {
+			return nil, false
+		}
+		if m[3] == "=" && isList(e.Vars[0]) {
+			return nil, false
+		}
+		raw = appendValues(raw, e.Vars[0])
+	default:
+		return nil, false
+	}
+	keys := make([]string, 0, len(raw))
+	seen := make(map[string]bool, len(raw))
+	for _, v := range raw {
+		key, ok := spec.lookupKey(ctx, v)
+		if !ok {
+			return nil, false
+		}
+		if !seen[key] {
+			seen[key] = true
+			keys = append(keys, key)
+		}
+	}
+	return keys, true
+}
+
+func flattenAnd(exprs []clause.Expression) []clause.Expression {
+	var out []clause.Expression
+	for _, e := range exprs {
+		switch x := e.(type) {
+		case clause.AndConditions:
+			out = append(out, flattenAnd(x.Exprs)...)
+		case clause.Where:
+			out = append(out, flattenAnd(x.Exprs)...)
+		default:
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+func isList(v any) bool {
+	rv := reflect.ValueOf(v)
+	return rv.IsValid() && (rv.Kind() == reflect.Slice || rv.Kind() == reflect.Array) &&
+		rv.Type().Elem().Kind() != reflect.Uint8
+}
+
+func appendValues(out []any, v any) []any {
+	if !isList(v) {
+		return append(out, v)
+	}
+	rv := reflect.ValueOf(v)
+	for i := 0; i < rv.Len(); i++ {
+		out = append(out, rv.Index(i).Interface())
+	}
+	return out
+}
+
+// pkColumn returns the primary-key field a column names, or nil.
+func (p *Plugin) pkColumn(st *gorm.Statement, spec *modelSpec, col any) *schemaField {
+	var c clause.Column
+	switch x := col.(type) {
+	case clause.Column:
+		c = x
+	case string:
+		c = clause.Column{Name: x}
+		if i := strings.LastIndexByte(x, '.'); i >= 0 {
+			c = clause.Column{Table: strings.Trim(x[:i], "`\""), Name: x[i+1:]}
+		}
+		c.Name = strings.Trim(c.Name, "`\"")
+	default:
+		return nil
+	}
+	if c.Raw || c.Alias != "" {
+		return nil
+	}
+	switch c.Table {
+	case "", clause.CurrentTable, spec.sch.Table, st.Table:
+	default:
+		return nil
+	}
+	if c.Name == clause.PrimaryKey {
+		if len(spec.pks) == 1 {
+			return spec.pks[0]
+		}
+		return nil
+	}
+	for _, f := range spec.pks {
+		if f.DBName == c.Name {
+			return f
+		}
+	}
+	return nil
+}

@@ -1,0 +1,577 @@
+package writethrough
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"reflect"
+	"strconv"
+	"time"
+
+	"gorm.io/gorm"
+	"gorm.io/gorm/clause"
+	"gorm.io/gorm/utils"
+)
+
+// The write protocol (docs/design.md, "Writes"):
+//
+//  1. The statement runs; in a transaction, its row locks are now held.
+//  2. The plugin learns the keys it touched (the model, or RETURNING for bulk
+//     statements) and re-reads their rows as the database now has them.
+//  3. Prepare: each key becomes pending(token, row) in Redis.
+//  4. After COMMIT, finalize installs the row; after ROLLBACK, or a COMMIT of
+//     unknown outcome, it releases and deletes.
+//
+// Without a transaction the key is made pending before the statement where
+// the key is known then, and finalize installs the row re-read afterwards.
+
+type writeKind int
+
+const (
+	kindCreate writeKind = iota
+	kindUpdate
+	kindDelete
+)
+
+func (k writeKind) String() string {
+	return [...]string{"create", "update", "delete"}[k]
+}
+
+const stateKey = "writethrough:write"
+
+// writeState carries one statement's bookkeeping from the before to the
+// after callback.
+type writeState struct {
+	saved reflect.Value // the statement's ReflectValue while a RETURNING slice stands in
+	bulk  bool
+	token string          // writer token without a transaction
+	early map[string]bool // keys made pending before the statement (no transaction)
+}
+
+// target is one row a statement wrote.
+type target struct {
+	key    string
+	pk     []any
+	intent int    // pendHasRow, pendDelete, or 0 (invalidate only)
+	row    []byte // encoded row for pendHasRow
+}
+
+func (p *Plugin) beforeWrite(kind writeKind) func(*gorm.DB) {
+	return func(db *gorm.DB) {
+		defer p.recoverInto(db)
+		if db.Error != nil || db.DryRun {
+			return
+		}
+		spec, err := p.specOf(db.Statement.Schema)
+		if err != nil {
+			_ = db.AddError(err)
+			return
+		}
+		if spec == nil || !sameTable(db, spec) {
+			return
+		}
+		ws := &writeState{}
+		db.InstanceSet(stateKey, ws)
+		targets := p.targetsOf(db, spec)
+		if len(targets) == 0 && kind != kindCreate {
+			p.swapForReturning(db, spec, kind, ws)
+		}
+		if _, inTx := txOf(db.Statement.ConnPool); inTx || len(targets) == 0 {
+			return
+		}
+		// No transaction: make the keys pending before the statement, so that
+		// no reader fills them while it runs.
+		ws.token = newToken()
+		ws.early = make(map[string]bool, len(targets))
+		calls := make([]*call, len(targets))
+		for i, t := range targets {
+			calls[i] = p.prepareCall(spec, ws.token, t.key, 0, nil)
+		}
+		ctx, cancel := p.opCtx(db.Statement.Context)
+		defer cancel()
+		p.scripts.run(ctx, p.rdb, calls)
+		for i, c := range calls {
+			p.stats.prepares.Add(1)
+			p.flights.Forget(targets[i].key)
+			if err := prepareErr(c); err != nil {
+				p.stats.prepareErrors.Add(1)
+				if spec.mode == Strict {
+					_ = db.AddError(unavailable("prepare "+kind.String(), err))
+					return
+				}
+				p.logf("writethrough: prepare failed; the key is invalidated after the write", "key", c.key, "err", err)
+				continue
+			}
+			ws.early[targets[i].key] = true
+		}
+	}
+}
+
+func (p *Plugin) afterWrite(kind writeKind) func(*gorm.DB) {
+	return func(db *gorm.DB) {
+		defer p.recoverInto(db)
+		var ws *writeState
+		if v, ok := db.InstanceGet(stateKey); ok {
+			ws, _ = v.(*writeState)
+		}
+		if ws == nil {
+			return
+		}
+		var bulkRows reflect.Value
+		if ws.bulk {
+			bulkRows = db.Statement.ReflectValue
+			db.Statement.ReflectValue = ws.saved
+			delete(db.Statement.Clauses, "RETURNING")
+		}
+		spec, _ := p.specOf(db.Statement.Schema)
+		if spec == nil || db.DryRun {
+			return
+		}
+		tx, inTx := txOf(db.Statement.ConnPool)
+		if db.Error != nil {
+			if !inTx && len(ws.early) > 0 {
+				p.releaseEarly(db.Statement.Context, spec, ws)
+			}
+			return
+		}
+		targets := p.targetsOf(db, spec)
+		if bulkRows.IsValid() {
+			targets = append(targets, p.targetsIn(db.Statement.Context, spec, bulkRows)...)
+		}
+		targets = dedupe(targets)
+		switch {
+		case tx != nil:
+			p.stageTx(db, spec, kind, tx, targets)
+		case inTx:
+			p.stageForeign(db, spec, kind, targets)
+		default:
+			p.stageAutocommit(db, spec, ws, targets)
+		}
+	}
+}
+
+// sameTable reports whether the statement writes the model's own table (not
+// db.Table("other")).
+func sameTable(db *gorm.DB, spec *modelSpec) bool {
+	st := db.Statement
+	return st.TableExpr == nil && (st.Table == "" || st.Table == spec.sch.Table)
+}
+
+// targetsOf returns the rows named by the statement's model or destination:
+// a struct, a slice of structs, or maps (Create with a map).
+func (p *Plugin) targetsOf(db *gorm.DB, spec *modelSpec) []target {
+	st := db.Statement
+	ts := p.targetsIn(st.Context, spec, st.ReflectValue)
+	if len(ts) == 0 && st.Model != nil && st.Model != st.Dest {
+		ts = p.targetsIn(st.Context, spec, reflect.ValueOf(st.Model))
+	}
+	return ts
+}
+
+func (p *Plugin) targetsIn(ctx context.Context, spec *modelSpec, rv reflect.Value) []target {
+	for rv.IsValid() && (rv.Kind() == reflect.Pointer || rv.Kind() == reflect.Interface) {
+		if rv.IsNil() {
+			return nil
+		}
+		rv = rv.Elem()
+	}
+	if !rv.IsValid() {
+		return nil
+	}
+	var out []target
+	add := func(v reflect.Value) {
+		for v.Kind() == reflect.Pointer || v.Kind() == reflect.Interface {
+			if v.IsNil() {
+				return
+			}
+			v = v.Elem()
+		}
+		switch {
+		case v.Kind() == reflect.Struct && v.Type() == spec.sch.ModelType:
+			pk := make([]any, len(spec.pks))
+			for i, f := range spec.pks {
+				val, zero := f.ValueOf(ctx, v)
+				if zero {
+					return
+				}
+				pk[i] = val
+			}
+			out = append(out, target{key: spec.keyFromValues(pk), pk: pk})
+		case v.Kind() == reflect.Map && v.Type().Key().Kind() == reflect.String:
+			pk := make([]any, len(spec.pks))
+			for i, f := range spec.pks {
+				mv := v.MapIndex(reflect.ValueOf(f.DBName).Convert(v.Type().Key()))
+				if !mv.IsValid() {
+					mv = v.MapIndex(reflect.ValueOf(f.Name).Convert(v.Type().Key()))
+				}
+				if !mv.IsValid() {
+					return
+				}
+				n, ok := spec.normalize(ctx, f, mv.Interface())
+				if !ok {
+					return
+				}
+				pk[i] = n
+			}
+			out = append(out, target{key: spec.keyFromValues(pk), pk: pk})
+		}
+	}
+	switch rv.Kind() {
+	case reflect.Slice, reflect.Array:
+		for i := 0; i < rv.Len(); i++ {
+			add(rv.Index(i))
+		}
+	default:
+		add(rv)
+	}
+	return out
+}
+
+func dedupe(ts []target) []target {
+	if len(ts) < 2 {
+		return ts
+	}
+	seen := make(map[string]bool, len(ts))
+	out := ts[:0]
+	for _, t := range ts {
+		if !seen[t.key] {
+			seen[t.key] = true
+			out = append(out, t)
+		}
+	}
+	return out
+}
+
+// swapForReturning makes a bulk Update or Delete (no primary key in the
+// model) report the keys it touched: RETURNING the primary key into a slice
+// that stands in for the statement's ReflectValue until the after callback.
+func (p *Plugin) swapForReturning(db *gorm.DB, spec *modelSpec, kind writeKind, ws *writeState) {
+	st := db.Statement
+	if _, ok := st.Clauses["RETURNING"]; ok {
+		return
+	}
+	var clauses []string
+	if kind == kindUpdate {
+		clauses = db.Callback().Update().Clauses
+	} else {
+		clauses = db.Callback().Delete().Clauses
+	}
+	if !utils.Contains(clauses, "RETURNING") || st.ReflectValue.Kind() != reflect.Struct {
+		return
+	}
+	cols := make([]clause.Column, len(spec.pks))
+	for i, f := range spec.pks {
+		cols[i] = clause.Column{Name: f.DBName}
+	}
+	ws.saved = st.ReflectValue
+	ws.bulk = true
+	st.ReflectValue = reflect.New(reflect.SliceOf(spec.sch.ModelType)).Elem()
+	st.AddClause(clause.Returning{Columns: cols})
+}
+
+// reread loads the rows of targets as the database has them now, on the
+// statement's own connection (inside its transaction, when there is one),
+// and fills in each target's intent and row.
+func (p *Plugin) reread(db *gorm.DB, spec *modelSpec, targets []target) error {
+	if spec.aside {
+		return nil // aside: writes only invalidate
+	}
+	pks := make([][]any, len(targets))
+	for i, t := range targets {
+		pks[i] = t.pk
+	}
+	names := make([]string, len(spec.pks))
+	for i, f := range spec.pks {
+		names[i] = f.DBName
+	}
+	col, vals := schemaToQueryValues(spec.sch.Table, names, pks)
+	rows := reflect.New(reflect.SliceOf(spec.sch.ModelType))
+	rtx := db.Session(&gorm.Session{NewDB: true, SkipHooks: true}).
+		Set("gorm:db_resolver:write", struct{}{}) // never a replica
+	if err := rtx.Unscoped().Where(clause.IN{Column: col, Values: vals}).Find(rows.Interface()).Error; err != nil {
+		return fmt.Errorf("writethrough: re-read %s after write: %w", spec.name, err)
+	}
+	byKey := make(map[string]int, len(targets))
+	for i := range targets {
+		targets[i].intent = pendDelete // absent after the write: not found
+		byKey[targets[i].key] = i
+	}
+	ctx := db.Statement.Context
+	list := rows.Elem()
+	for i := 0; i < list.Len(); i++ {
+		rv := list.Index(i)
+		key, ok := spec.keyOf(ctx, rv)
+		if !ok {
+			continue
+		}
+		j, ok := byKey[key]
+		if !ok {
+			continue
+		}
+		t := &targets[j]
+		if spec.deletedAt != nil {
+			if v, _ := spec.deletedAt.ValueOf(ctx, rv); v != nil {
+				if d, ok := v.(gorm.DeletedAt); ok && d.Valid {
+					continue // soft-deleted: scoped reads do not find it
+				}
+			}
+		}
+		row, err := spec.codec.appendRow(nil, rv)
+		if err != nil || len(row) > p.cfg.MaxRowSize {
+			t.intent = 0 // cannot or will not cache it: invalidate only
+			if err != nil {
+				p.logf("writethrough: row not cached", "key", key, "err", err)
+			}
+			continue
+		}
+		t.intent, t.row = pendHasRow, row
+	}
+	return nil
+}
+
+// schemaToQueryValues is schema.ToQueryValues with the column tied to the
+// current table.
+func schemaToQueryValues(table string, names []string, pks [][]any) (any, []any) {
+	vals := make([]any, len(pks))
+	if len(names) == 1 {
+		for i, r := range pks {
+			vals[i] = r[0]
+		}
+		return clause.Column{Table: table, Name: names[0]}, vals
+	}
+	cols := make([]clause.Column, len(names))
+	for i, n := range names {
+		cols[i] = clause.Column{Table: table, Name: n}
+	}
+	for i, r := range pks {
+		vals[i] = r
+	}
+	return cols, vals
+}
+
+// stageTx prepares every target inside the transaction. Strict: a failure
+// fails the statement and the transaction cannot commit. Soft: the key is
+// only invalidated after the transaction.
+func (p *Plugin) stageTx(db *gorm.DB, spec *modelSpec, kind writeKind, tx *hookTx, targets []target) {
+	if len(targets) == 0 {
+		return
+	}
+	if err := p.reread(db, spec, targets); err != nil {
+		// The transaction is still ours to fail; a Soft write keeps going
+		// with invalidation only.
+		if spec.mode == Strict {
+			_ = db.AddError(err)
+			return
+		}
+		for i := range targets {
+			targets[i].intent, targets[i].row = 0, nil
+		}
+	}
+	entries := make([]*staged, len(targets))
+	calls := make([]*call, len(targets))
+	for i, t := range targets {
+		entries[i] = tx.stage(spec, t.key)
+		calls[i] = p.prepareCall(spec, tx.token, t.key, t.intent, t.row)
+	}
+	ctx, cancel := p.opCtx(db.Statement.Context)
+	defer cancel()
+	p.scripts.run(ctx, p.rdb, calls)
+	for i, c := range calls {
+		p.stats.prepares.Add(1)
+		p.flights.Forget(c.key)
+		if err := prepareErr(c); err != nil {
+			p.stats.prepareErrors.Add(1)
+			err = unavailable("prepare "+kind.String(), err)
+			tx.markFailed(entries[i], spec.mode == Strict, err)
+			if spec.mode == Strict {
+				_ = db.AddError(err)
+			} else {
+				p.logf("writethrough: prepare failed; the key is invalidated after the transaction", "key", c.key, "err", err)
+			}
+			continue
+		}
+		p.at("write:after-prepare", c.key)
+	}
+}
+
+// stageForeign handles a write inside a transaction the plugin did not begin
+// (db.Connection, a pool wrapped before this plugin): it cannot see the
+// commit, so the keys are made pending and left to expire.
+func (p *Plugin) stageForeign(db *gorm.DB, spec *modelSpec, kind writeKind, targets []target) {
+	if len(targets) == 0 {
+		return
+	}
+	p.logf("writethrough: write in a transaction the plugin cannot see; keys stay uncached until PendingTTL",
+		"model", spec.name)
+	calls := make([]*call, len(targets))
+	token := newToken()
+	for i, t := range targets {
+		calls[i] = p.prepareCall(spec, token, t.key, 0, nil)
+	}
+	ctx, cancel := p.opCtx(db.Statement.Context)
+	defer cancel()
+	p.scripts.run(ctx, p.rdb, calls)
+	for _, c := range calls {
+		p.flights.Forget(c.key)
+		if err := prepareErr(c); err != nil && spec.mode == Strict {
+			_ = db.AddError(unavailable("prepare "+kind.String(), err))
+			return
+		}
+	}
+}
+
+// stageAutocommit finalizes a write that ran without a transaction: it has
+// already committed.
+func (p *Plugin) stageAutocommit(db *gorm.DB, spec *modelSpec, ws *writeState, targets []target) {
+	if len(targets) == 0 {
+		return
+	}
+	token := ws.token
+	if token == "" {
+		token = newToken()
+	}
+	if err := p.reread(db, spec, targets); err != nil {
+		p.logf("writethrough: re-read failed; keys invalidated", "model", spec.name, "err", err)
+		for i := range targets {
+			targets[i].intent, targets[i].row = 0, nil
+		}
+	}
+	var calls []*call
+	for _, t := range targets {
+		if !ws.early[t.key] {
+			calls = append(calls, p.prepareCall(spec, token, t.key, 0, nil))
+		}
+	}
+	fin := make([]*call, len(targets))
+	for i, t := range targets {
+		fin[i] = &call{sc: p.scripts.finalizeRow, key: t.key, args: []any{
+			token, "r", p.ttlMillis(spec), p.cfg.NegativeTTL.Milliseconds(), t.intent, spec.codec.fp, t.row,
+		}}
+		p.flights.Forget(t.key)
+	}
+	calls = append(calls, fin...)
+	p.at("write:before-finalize", targets[0].key)
+	ctx, cancel := p.opCtx(db.Statement.Context)
+	defer cancel()
+	p.scripts.run(ctx, p.rdb, calls)
+	for _, c := range fin {
+		p.stats.finalizes.Add(1)
+		if c.err != nil {
+			p.stats.finalizeErrors.Add(1)
+			p.logf("writethrough: finalize failed; the pending entry expires", "key", c.key, "err", c.err)
+			// Without the new row, at least never leave it installable.
+			p.releaseKeys(ctx, token, []string{c.key})
+		}
+	}
+	for _, t := range targets {
+		p.flights.Forget(t.key)
+	}
+	p.at("write:after-finalize", targets[0].key)
+}
+
+// releaseEarly undoes the pending entries of a statement that failed.
+func (p *Plugin) releaseEarly(ctx context.Context, spec *modelSpec, ws *writeState) {
+	keys := make([]string, 0, len(ws.early))
+	for k := range ws.early {
+		keys = append(keys, k)
+	}
+	ctx, cancel := p.opCtx(ctx)
+	defer cancel()
+	p.releaseKeys(ctx, ws.token, keys)
+}
+
+func (p *Plugin) releaseKeys(ctx context.Context, token string, keys []string) {
+	calls := make([]*call, len(keys))
+	for i, k := range keys {
+		calls[i] = &call{sc: p.scripts.finalize, key: k, args: []any{token, "d", 1, 1}}
+	}
+	p.scripts.run(ctx, p.rdb, calls)
+}
+
+// finalize ends a transaction's part in each key it staged. committed is
+// true only when COMMIT returned success.
+func (p *Plugin) finalize(parent context.Context, token string, entries []*staged, committed bool) {
+	for _, e := range entries {
+		p.flights.Forget(e.key)
+	}
+	p.at("write:before-finalize", entries[0].key)
+	ctx, cancel := p.opCtx(parent)
+	defer cancel()
+	calls := make([]*call, len(entries))
+	for i, e := range entries {
+		mode := "d"
+		if committed && e.valid && !e.failed {
+			mode = "i"
+		}
+		calls[i] = &call{sc: p.scripts.finalize, key: e.key, args: []any{
+			token, mode, p.ttlMillis(e.spec), p.cfg.NegativeTTL.Milliseconds(),
+		}}
+	}
+	p.scripts.run(ctx, p.rdb, calls)
+	for _, c := range calls {
+		p.stats.finalizes.Add(1)
+		if c.err != nil {
+			p.stats.finalizeErrors.Add(1)
+			p.logf("writethrough: finalize failed; the pending entry expires", "key", c.key, "err", c.err)
+		}
+	}
+	p.at("write:after-finalize", entries[0].key)
+}
+
+func (p *Plugin) prepareCall(spec *modelSpec, token, key string, intent int, row []byte) *call {
+	if row == nil {
+		row = []byte{}
+	}
+	return &call{sc: p.scripts.prepare, key: key, args: []any{
+		token, spec.codec.fp, intent, row, p.cfg.PendingTTL.Milliseconds(), maxWriters,
+	}}
+}
+
+func prepareErr(c *call) error {
+	if c.err != nil {
+		return c.err
+	}
+	if c.res == 0 {
+		return fmt.Errorf("%s: %d writers already in flight", c.key, maxWriters)
+	}
+	return nil
+}
+
+// opCtx bounds one Redis operation by Config.Timeout. Cache work that
+// follows a commit must not be cut short by the caller's cancellation.
+func (p *Plugin) opCtx(parent context.Context) (context.Context, context.CancelFunc) {
+	if parent == nil {
+		parent = context.Background()
+	}
+	return context.WithTimeout(context.WithoutCancel(parent), p.cfg.Timeout)
+}
+
+// ttlMillis is the model's TTL with jitter, in milliseconds.
+func (p *Plugin) ttlMillis(spec *modelSpec) int64 {
+	return jittered(spec.ttl, spec.jitter).Milliseconds()
+}
+
+func jittered(ttl time.Duration, pct int) time.Duration {
+	if pct <= 0 {
+		return ttl
+	}
+	spread := int64(ttl) * int64(pct) / 100
+	if spread <= 0 {
+		return ttl
+	}
+	d := ttl + time.Duration(rand.Int64N(2*spread+1)-spread)
+	if d < time.Millisecond {
+		d = time.Millisecond
+	}
+	return d
+}
+
+// recoverInto turns a panic inside a plugin callback into a statement error,
+// so that GORM's implicit transaction is still rolled back.
+func (p *Plugin) recoverInto(db *gorm.DB) {
+	if r := recover(); r != nil {
+		_ = db.AddError(fmt.Errorf("writethrough: internal error: %v", r))
+	}
+}
+
+var _ = strconv.Itoa

@@ -7,7 +7,6 @@ package writethrough
 // plugin is used concurrently.
 func SetHook(p *Plugin, fn func(point, key string)) { p.hook = fn }
 
-
 // Entry is the decoded header of a raw Redis value, for assertions.
 type Entry struct {
 	State byte

@@ -23,10 +23,10 @@ type modelSpec struct {
 	ttl       time.Duration
 	jitter    int // percent of ttl
 	mode      Mode
-	aside     bool            // writes only invalidate
-	static    string          // key prefix when the template is the default one
-	tmpl      []tmplPart      // nil for the default template
-	deletedAt *schema.Field   // a gorm.DeletedAt column, if any
+	aside     bool          // writes only invalidate
+	static    string        // key prefix when the template is the default one
+	tmpl      []tmplPart    // nil for the default template
+	deletedAt *schema.Field // a gorm.DeletedAt column, if any
 	codec     *rowCodec
 }
 

@@ -157,8 +157,8 @@ type Plugin struct {
 
 	flights singleflight.Group
 
-	mu     sync.Mutex     // protects inited
-	inited map[any]bool   // callback registries already hooked
+	mu     sync.Mutex   // protects inited
+	inited map[any]bool // callback registries already hooked
 
 	hook func(point, key string) // test-only interleaving points; nil in production
 
@@ -233,10 +233,10 @@ type Stats struct {
 }
 
 type counters struct {
-	hits, misses, bypasses, fills, fillsLost    atomic.Uint64
-	prepares, prepareErrors                     atomic.Uint64
-	finalizes, finalizeErrors, invalidations    atomic.Uint64
-	decodeErrors, redisErrors                   atomic.Uint64
+	hits, misses, bypasses, fills, fillsLost atomic.Uint64
+	prepares, prepareErrors                  atomic.Uint64
+	finalizes, finalizeErrors, invalidations atomic.Uint64
+	decodeErrors, redisErrors                atomic.Uint64
 }
 
 // Stats returns a snapshot of the plugin's counters.

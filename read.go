@@ -90,10 +90,10 @@ func (p *Plugin) serve(db *gorm.DB, orig func(*gorm.DB)) {
 type lookup int
 
 const (
-	lookEmpty     lookup = iota // nothing there: take a lease and fill
-	lookHit                     // a committed row, decoded
-	lookNotFound                // a tombstone
-	lookBusy                    // pending, leased, or another build's entry: read SQL, do not fill
+	lookEmpty    lookup = iota // nothing there: take a lease and fill
+	lookHit                    // a committed row, decoded
+	lookNotFound               // a tombstone
+	lookBusy                   // pending, leased, or another build's entry: read SQL, do not fill
 )
 
 // decodeInto classifies raw and, for a committed entry, decodes it into dst.

@@ -1,5 +1,3 @@
-//go:build wtplugin
-
 package bench_test
 
 import (

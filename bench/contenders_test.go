@@ -60,8 +60,26 @@ func (e *env) contenders() ([]contender, error) {
 			}
 			contendersList = append(contendersList, cs...)
 		}
+		contendersErr = warmUp(contendersList)
 	})
 	return contendersList, contendersErr
+}
+
+// warmUp reads a few rows through every contender, so that connections are
+// open and statements prepared before the first benchmark of a process.
+func warmUp(cs []contender) error {
+	ctx := context.Background()
+	for _, c := range cs {
+		if c.read == nil {
+			continue
+		}
+		for id := int64(1); id <= 200; id++ {
+			if err := c.read(ctx, id); err != nil {
+				return fmt.Errorf("warm-up of %s: %w", c.name, err)
+			}
+		}
+	}
+	return nil
 }
 
 // floor: go-redis GET of the msgpack-encoded row plus msgpack.Unmarshal;

@@ -113,43 +113,64 @@ func (r *results) get(name, unit string) []float64 {
 // pairwise returns the median over rounds of f(a, b), where a is the
 // metric of name and b of base in the same round.
 func (r *results) pairwise(name, base, unit string, f func(a, b float64) float64) float64 {
+	return median(r.perRound(name, base, unit, f))
+}
+
+// perRound returns f(a, b) for each round, NaN where either is missing.
+func (r *results) perRound(name, base, unit string, f func(a, b float64) float64) []float64 {
 	a, b := r.get(name, unit), r.get(base, unit)
-	if a == nil || b == nil {
-		return math.NaN()
-	}
 	per := nanSlice(r.rounds)
+	if a == nil || b == nil {
+		return per
+	}
 	for i := range per {
 		if !math.IsNaN(a[i]) && !math.IsNaN(b[i]) && b[i] != 0 {
 			per[i] = f(a[i], b[i])
 		}
 	}
-	return median(per)
+	return per
+}
+
+// spread returns the smallest and largest of the values that are not NaN.
+func spread(vs []float64) (lo, hi float64) {
+	lo, hi = math.NaN(), math.NaN()
+	for _, v := range vs {
+		if math.IsNaN(v) {
+			continue
+		}
+		if math.IsNaN(lo) || v < lo {
+			lo = v
+		}
+		if math.IsNaN(hi) || v > hi {
+			hi = v
+		}
+	}
+	return lo, hi
 }
 
 func div(a, b float64) float64 { return a / b }
 func sub(a, b float64) float64 { return a - b }
 
-// ratio is the row's headline ratio: p50 against the floor's p50 for
-// latency workloads (the hit floor when the workload has no floor),
+// ratio is the row's headline ratio, per round: p50 against the floor's
+// p50 for latency workloads (the hit floor when the workload has no floor),
 // ops/s against the floor's for throughput, Redis memory against the
-// msgpack payload for memory.
-func (r *results) ratio(name string) (float64, string) {
+// msgpack payload for memory. base names what it is against.
+func (r *results) ratio(name string) (per []float64, base string) {
 	w, _ := split(name)
 	m := r.vals[name]
 	switch {
 	case m["redis-B/row"] != nil:
-		return r.pairwise(name, name, "redis-B/row", func(a, _ float64) float64 { return a }) /
-			median(m["payload-B/row"]), "payload"
+		return r.perRound(name, name, "redis-B/row", func(a, _ float64) float64 { return a }), "payload"
 	case m["ops/s"] != nil:
-		return r.pairwise(name, w+"/floor", "ops/s", div), w + "/floor"
+		return r.perRound(name, w+"/floor", "ops/s", div), w + "/floor"
 	case m["p50-us"] != nil:
 		base := w + "/floor"
 		if r.vals[base] == nil {
 			base = "Hit/floor"
 		}
-		return r.pairwise(name, base, "p50-us", div), base
+		return r.perRound(name, base, "p50-us", div), base
 	}
-	return math.NaN(), ""
+	return nanSlice(r.rounds), ""
 }
 
 // A target of the benchmark suite, as a bound on a ratio (or a difference)
@@ -199,7 +220,7 @@ func (r *results) verdicts(name string) []string {
 			v = median(r.get(name, t.unit))
 			shown = fmt.Sprintf("%.3g", v)
 		case "memory":
-			v, _ = r.ratio(name)
+			v = median(r.get(name, "redis-B/row")) / median(r.get(name, "payload-B/row"))
 			shown = fmt.Sprintf("%.2f×", v)
 		}
 		var verdict string
@@ -243,15 +264,23 @@ func label(workload string) string {
 // table renders the medians as one markdown table.
 func (r *results) table() string {
 	var b strings.Builder
-	b.WriteString("| workload | contender | p50 µs | p99 µs | ops/s | ratio | allocs/op | B/op | CPU µs/op | Redis + SQL per op | target |\n")
-	b.WriteString("|---|---|--:|--:|--:|--:|--:|--:|--:|--:|---|\n")
+	b.WriteString("| workload | contender | p50 µs | p99 µs | ops/s | ratio | range | allocs/op | B/op | CPU µs/op | Redis + SQL per op | target |\n")
+	b.WriteString("|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|\n")
 	for _, name := range r.order {
 		w, c := split(name)
 		m := func(unit string) float64 { return median(r.get(name, unit)) }
-		ratio, base := r.ratio(name)
+		per, base := r.ratio(name)
+		ratio := median(per)
+		if base == "payload" {
+			ratio = m("redis-B/row") / m("payload-B/row")
+		}
 		ratioText := num(ratio, "%.2f×")
 		if base != w+"/floor" && !math.IsNaN(ratio) {
 			ratioText += " " + strings.TrimSuffix(base, "/floor") // "Hit", "payload"
+		}
+		rangeText := ""
+		if lo, hi := spread(per); base != "payload" && hi > lo {
+			rangeText = fmt.Sprintf("%.2f–%.2f", lo, hi)
 		}
 		if w == "Memory" {
 			c = fmt.Sprintf("%s (%.0f B in Redis, value %.0f B, payload %.0f B)",
@@ -261,9 +290,9 @@ func (r *results) table() string {
 		if !math.IsNaN(m("redis/op")) {
 			trips = fmt.Sprintf("%.3g + %.3g", m("redis/op"), m("sql/op"))
 		}
-		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n",
+		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n",
 			label(w), c, num(m("p50-us"), "%.1f"), num(m("p99-us"), "%.1f"), num(m("ops/s"), "%.0f"),
-			ratioText, num(m("allocs/op"), "%.0f"), num(m("B/op"), "%.0f"), num(m("cpu-us/op"), "%.1f"),
+			ratioText, rangeText, num(m("allocs/op"), "%.0f"), num(m("B/op"), "%.0f"), num(m("cpu-us/op"), "%.1f"),
 			trips, strings.Join(r.verdicts(name), "; "))
 	}
 	return b.String()

@@ -30,7 +30,7 @@ func TestTableComputesRatiosAndTargets(t *testing.T) {
 	tests := []struct {
 		name, want string
 	}{
-		{"fast path within 1.1x", "| hit | wt-get | 32.0 | 70.0 |  | 1.07× | 25 |"},
+		{"fast path within 1.1x", "| hit | wt-get | 32.0 | 70.0 |  | 1.07× |  | 25 |"},
 		{"allocs delta", "**missed** +4 (allocs ≤ floor + 3)"},
 		{"scope against dry run", "**missed** 1.12× (p50 ≤ 1.0× gorm-dryrun+floor)"},
 		{"miss against the hit floor", "| miss + fill | wt-get | 300.0 | 600.0 |  | 10.00× Hit |"},
@@ -53,22 +53,26 @@ func TestTableComputesRatiosAndTargets(t *testing.T) {
 func TestRatioIsMedianOfPerRoundRatios(t *testing.T) {
 	r := newResults(3)
 	rounds := []string{
-		"BenchmarkHit/floor-2 100 1 ns/op 10 p50-us\nBenchmarkHit/x-2 100 1 ns/op 20 p50-us\n",
+		"BenchmarkHit/floor-2 100 1 ns/op 10 p50-us\nBenchmarkHit/x-2 100 1 ns/op 30 p50-us\n",
 		"BenchmarkHit/floor-2 100 1 ns/op 40 p50-us\nBenchmarkHit/x-2 100 1 ns/op 44 p50-us\n",
-		"BenchmarkHit/floor-2 100 1 ns/op 20 p50-us\nBenchmarkHit/x-2 100 1 ns/op 30 p50-us\n",
+		"BenchmarkHit/floor-2 100 1 ns/op 20 p50-us\nBenchmarkHit/x-2 100 1 ns/op 25 p50-us\n",
 	}
 	for i, s := range rounds {
 		if err := r.parse(i, strings.NewReader(s)); err != nil {
 			t.Fatal(err)
 		}
 	}
-	// Per-round ratios 2.0, 1.1, 1.5: median 1.5 (the ratio of medians
-	// would be 30/20 too, so make sure p50's median is its own).
-	if got, _ := r.ratio("Hit/x"); math.Abs(got-1.5) > 1e-9 {
-		t.Errorf("ratio = %v, want 1.5", got)
+	// Per-round ratios 3.0, 1.1, 1.25: median 1.25, where the ratio of the
+	// medians would be 30/20 = 1.5.
+	per, _ := r.ratio("Hit/x")
+	if got := median(per); math.Abs(got-1.25) > 1e-9 {
+		t.Errorf("ratio = %v, want 1.25", got)
 	}
 	if got := median(r.get("Hit/x", "p50-us")); got != 30 {
 		t.Errorf("median p50 = %v, want 30", got)
+	}
+	if !strings.Contains(r.table(), "| 1.25× | 1.10–3.00 |") {
+		t.Errorf("table lacks the ratio's range:\n%s", r.table())
 	}
 }
 

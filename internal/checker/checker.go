@@ -1,0 +1,487 @@
+// Package checker decides whether a recorded history of reads and writes of
+// database rows could have happened on a linearizable register per row, and
+// measures how stale the reads that could not were.
+//
+// A history is a list of [Op]s, each with a call and a return time taken
+// from one monotonic clock. Writes carry the row as the database had it when
+// the write committed (read back inside the transaction, under the row lock);
+// a write whose commit had an unknown outcome is a [MaybeWrite]. Reads carry
+// what the reader got. Histories are checked in windows: the caller stops
+// every client between windows and hands the checker the database's state at
+// that point as the initial state of the next window, so that each window's
+// per-row partition is short and can be checked on its own, however long the
+// run.
+//
+// Two verdicts come out of a window:
+//
+//   - linearizability, with github.com/anishathalye/porcupine, partitioned
+//     per row, with a register model over the row's whole value; a
+//     MaybeWrite may or may not take effect (a nondeterministic step);
+//   - staleness: a read is stale when it returned a value older, in the
+//     row's commit order, than one known to exist before the read began
+//     (written by a write that had returned, or returned by a read that had
+//     returned); a read of a value that no write produced is a phantom.
+//
+// Staleness needs the row's commit order: [Value.Version] must increase with
+// every committed write of the row, across deletes and re-inserts.
+package checker
+
+import (
+	"fmt"
+	"hash/fnv"
+	"math"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/anishathalye/porcupine"
+)
+
+// Value is one state of a row.
+type Value struct {
+	// Present is false when the row does not exist.
+	Present bool
+	// Version orders the row's committed states. For a present row it is the
+	// row's version column. For an absent row written by a delete it is the
+	// version the delete removed; for an absent row read, or absent since
+	// before the history, it is zero.
+	Version int64
+	// Row renders the row's other columns canonically; two states are the
+	// same only if every column is.
+	Row string
+}
+
+// Absent is the value of a row that does not exist.
+var Absent = Value{}
+
+func (v Value) String() string {
+	if !v.Present {
+		return "absent"
+	}
+	return fmt.Sprintf("v%d{%s}", v.Version, v.Row)
+}
+
+// norm forgets the deleted version of an absent value: all absent rows are
+// the same state of the register.
+func (v Value) norm() Value {
+	if !v.Present {
+		return Absent
+	}
+	return v
+}
+
+// order is v's position in the row's commit order: a present row at its
+// version, a deleted row just after the version it removed.
+func (v Value) order() int64 {
+	if v.Present {
+		return 2 * v.Version
+	}
+	return 2*v.Version + 1
+}
+
+// Kind is what an operation did.
+type Kind uint8
+
+const (
+	// Read returned Value.
+	Read Kind = iota
+	// Write committed Value.
+	Write
+	// MaybeWrite may have committed Value: its COMMIT failed in a way that
+	// does not tell (a lost connection).
+	MaybeWrite
+)
+
+func (k Kind) String() string {
+	switch k {
+	case Read:
+		return "read"
+	case Write:
+		return "write"
+	case MaybeWrite:
+		return "maybe-write"
+	}
+	return fmt.Sprintf("Kind(%d)", int(k))
+}
+
+// Op is one completed operation on one row.
+type Op struct {
+	Key    int64
+	Kind   Kind
+	Value  Value
+	Call   int64 // nanoseconds on the history's clock
+	Return int64
+	Client int
+	// Source says how the operation ran ("cached", "db", "update", ...),
+	// for reports.
+	Source string
+}
+
+func (o Op) String() string {
+	return fmt.Sprintf("[%d,%d] c%d %s %s %s", o.Call, o.Return, o.Client, o.Source, o.Kind, o.Value)
+}
+
+// Violation is one row's window that porcupine could not linearize.
+type Violation struct {
+	Window int
+	Key    int64
+	Init   Value
+	Ops    []Op // the row's operations in the window, by call time
+}
+
+func (v Violation) String() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "window %d, key %d, initial %s, %d ops:", v.Window, v.Key, v.Init, len(v.Ops))
+	for i, o := range v.Ops {
+		if i == 40 {
+			fmt.Fprintf(&b, "\n  ... %d more", len(v.Ops)-i)
+			break
+		}
+		fmt.Fprintf(&b, "\n  %s", o)
+	}
+	return b.String()
+}
+
+// StaleRead is a read that returned a value older than one known to exist
+// before it began.
+type StaleRead struct {
+	Op        Op
+	Staleness time.Duration // from the moment the newer value was known to the read's call
+}
+
+// Totals sums everything a Checker has seen.
+type Totals struct {
+	Windows     int
+	Ops         int // operations checked
+	Reads       int
+	Writes      int
+	MaybeWrites int
+	Partitions  int // (window, row) histories checked
+	Violations  int // partitions porcupine found not linearizable
+	Unknown     int // partitions porcupine gave up on (timeout)
+	StaleReads  int
+	Phantoms    int // reads of a value no write produced
+	// MaxStaleness is the longest staleness among StaleReads.
+	MaxStaleness time.Duration
+}
+
+func (t Totals) String() string {
+	return fmt.Sprintf("%d ops checked (%d reads, %d writes, %d maybe) in %d windows / %d partitions: "+
+		"%d linearizability violations, %d unknown, %d stale reads (longest %s), %d phantom reads",
+		t.Ops, t.Reads, t.Writes, t.MaybeWrites, t.Windows, t.Partitions,
+		t.Violations, t.Unknown, t.StaleReads, t.MaxStaleness, t.Phantoms)
+}
+
+// Checker checks consecutive windows of one run. It is not safe for
+// concurrent use.
+type Checker struct {
+	// Timeout bounds porcupine's search on one partition; zero means 10s.
+	Timeout time.Duration
+	// KeepExamples is how many violations, stale reads and phantoms to keep
+	// for the report; zero means 5.
+	KeepExamples int
+
+	Totals     Totals
+	Violations []Violation
+	Stale      []StaleRead
+	PhantomOps []Op
+
+	rows map[int64]*rowLog
+}
+
+// rowLog is what the staleness analysis remembers of one row across
+// windows: every state it was known to have, in commit order.
+type rowLog struct {
+	states []*state         // by order
+	byVal  map[Value]*state // present states by value; absent states by (deleted) version
+}
+
+type state struct {
+	val     Value
+	order   int64
+	call    int64 // call time of the write that produced it
+	knownAt int64 // earliest time it was known to exist (a write returned, a read returned)
+	sufMin  int64 // min knownAt over this state and every later one
+}
+
+const never = math.MaxInt64
+
+// WindowResult is what one window added to the totals.
+type WindowResult struct {
+	Ops, Violations, Unknown, StaleReads, Phantoms int
+}
+
+// CheckWindow checks one window: init holds every row's state when the
+// window began (rows missing from init were absent), ops every operation
+// that ran in it, all of which returned before the next window began.
+func (c *Checker) CheckWindow(init map[int64]Value, start int64, ops []Op) WindowResult {
+	if c.rows == nil {
+		c.rows = make(map[int64]*rowLog)
+	}
+	if c.Timeout == 0 {
+		c.Timeout = 10 * time.Second
+	}
+	if c.KeepExamples == 0 {
+		c.KeepExamples = 5
+	}
+	window := c.Totals.Windows
+	c.Totals.Windows++
+	byKey := make(map[int64][]Op)
+	for _, o := range ops {
+		byKey[o.Key] = append(byKey[o.Key], o)
+	}
+	for k := range init {
+		if _, ok := byKey[k]; !ok {
+			byKey[k] = nil
+		}
+	}
+	keys := make([]int64, 0, len(byKey))
+	for k := range byKey {
+		keys = append(keys, k)
+	}
+	sort.Slice(keys, func(i, j int) bool { return keys[i] < keys[j] })
+
+	var res WindowResult
+	for _, k := range keys {
+		kops := byKey[k]
+		sort.SliceStable(kops, func(i, j int) bool { return kops[i].Call < kops[j].Call })
+		for _, o := range kops {
+			switch o.Kind {
+			case Read:
+				c.Totals.Reads++
+			case Write:
+				c.Totals.Writes++
+			case MaybeWrite:
+				c.Totals.MaybeWrites++
+			}
+		}
+		res.Ops += len(kops)
+		if len(kops) == 0 {
+			c.row(k).seed(init[k], start)
+			continue
+		}
+		c.Totals.Partitions++
+		switch porcupine.CheckOperationsTimeout(rowModel(init[k]), toPorcupine(kops), c.Timeout) {
+		case porcupine.Illegal:
+			res.Violations++
+			if len(c.Violations) < c.KeepExamples {
+				c.Violations = append(c.Violations, Violation{Window: window, Key: k, Init: init[k], Ops: kops})
+			}
+		case porcupine.Unknown:
+			res.Unknown++
+		}
+		stale, phantoms := c.row(k).analyse(init[k], start, kops)
+		res.StaleReads += len(stale)
+		res.Phantoms += len(phantoms)
+		for _, s := range stale {
+			if s.Staleness > c.Totals.MaxStaleness {
+				c.Totals.MaxStaleness = s.Staleness
+			}
+			if len(c.Stale) < c.KeepExamples {
+				c.Stale = append(c.Stale, s)
+			}
+		}
+		for _, p := range phantoms {
+			if len(c.PhantomOps) < c.KeepExamples {
+				c.PhantomOps = append(c.PhantomOps, p)
+			}
+		}
+	}
+	c.Totals.Ops += res.Ops
+	c.Totals.Violations += res.Violations
+	c.Totals.Unknown += res.Unknown
+	c.Totals.StaleReads += res.StaleReads
+	c.Totals.Phantoms += res.Phantoms
+	return res
+}
+
+func (c *Checker) row(k int64) *rowLog {
+	r := c.rows[k]
+	if r == nil {
+		r = &rowLog{byVal: make(map[Value]*state)}
+		c.rows[k] = r
+	}
+	return r
+}
+
+func toPorcupine(ops []Op) []porcupine.Operation {
+	out := make([]porcupine.Operation, len(ops))
+	for i, o := range ops {
+		out[i] = porcupine.Operation{ClientId: o.Client, Input: o, Call: o.Call, Output: o.Value, Return: o.Return}
+	}
+	return out
+}
+
+// rowModel is a register holding one row, starting at init. Reads must
+// return the register's value; writes set it; maybe-writes may.
+func rowModel(init Value) porcupine.Model {
+	nm := porcupine.NondeterministicModel{
+		Init: func() []any { return []any{init.norm()} },
+		Step: func(st, input, _ any) []any {
+			cur := st.(Value)
+			op := input.(Op)
+			v := op.Value.norm()
+			switch op.Kind {
+			case Read:
+				if v == cur {
+					return []any{cur}
+				}
+				return nil
+			case Write:
+				return []any{v}
+			default:
+				if v == cur {
+					return []any{cur}
+				}
+				return []any{cur, v}
+			}
+		},
+		Hash: func(st any) uint64 {
+			v := st.(Value)
+			h := fnv.New64a()
+			fmt.Fprintf(h, "%t|%d|%s", v.Present, v.Version, v.Row)
+			return h.Sum64()
+		},
+		DescribeOperation: func(input, _ any) string {
+			op := input.(Op)
+			return fmt.Sprintf("%s %s %s", op.Source, op.Kind, op.Value)
+		},
+		DescribeState: func(st any) string { return st.(Value).String() },
+	}
+	return nm.ToModel()
+}
+
+// seed makes sure the window's initial state is known to the analysis.
+func (r *rowLog) seed(init Value, start int64) *state {
+	id := init
+	if !init.Present {
+		// Absent at the window's start: the last delete known, or absent
+		// since before the history.
+		if n := len(r.states); n > 0 && !r.states[n-1].val.Present {
+			id = r.states[n-1].val
+		} else {
+			id = Value{Version: -1}
+		}
+	}
+	if s := r.byVal[id]; s != nil {
+		if s.knownAt > start {
+			r.lower(s, start)
+		}
+		return s
+	}
+	s := &state{val: id, order: id.order(), call: start, knownAt: start}
+	r.insert(s)
+	return s
+}
+
+func (r *rowLog) insert(s *state) {
+	r.byVal[s.val] = s
+	i := sort.Search(len(r.states), func(i int) bool { return r.states[i].order > s.order })
+	r.states = append(r.states, nil)
+	copy(r.states[i+1:], r.states[i:])
+	r.states[i] = s
+	r.propagate(i)
+}
+
+// lower records that s was known to exist at t.
+func (r *rowLog) lower(s *state, t int64) {
+	if t >= s.knownAt {
+		return
+	}
+	s.knownAt = t
+	i := sort.Search(len(r.states), func(i int) bool { return r.states[i].order >= s.order })
+	for i < len(r.states) && r.states[i] != s {
+		i++
+	}
+	r.propagate(i)
+}
+
+// propagate recomputes the suffix minimum from index i backwards, as far as
+// it changes.
+func (r *rowLog) propagate(i int) {
+	for j := i; j >= 0; j-- {
+		m := r.states[j].knownAt
+		if j+1 < len(r.states) && r.states[j+1].sufMin < m {
+			m = r.states[j+1].sufMin
+		}
+		if m == r.states[j].sufMin && j != i {
+			return
+		}
+		r.states[j].sufMin = m
+	}
+}
+
+// newerKnown is the earliest time a state later than order was known.
+func (r *rowLog) newerKnown(order int64) int64 {
+	i := sort.Search(len(r.states), func(i int) bool { return r.states[i].order > order })
+	if i == len(r.states) {
+		return never
+	}
+	return r.states[i].sufMin
+}
+
+// analyse registers the window's writes, then classifies its reads.
+func (r *rowLog) analyse(init Value, start int64, ops []Op) (stale []StaleRead, phantoms []Op) {
+	r.seed(init, start)
+	var writes []Op
+	for _, o := range ops {
+		if o.Kind != Read {
+			writes = append(writes, o)
+		}
+	}
+	sort.Slice(writes, func(i, j int) bool { return writes[i].Value.order() < writes[j].Value.order() })
+	for _, w := range writes {
+		known := int64(never)
+		if w.Kind == Write {
+			known = w.Return
+		}
+		if s := r.byVal[w.Value]; s != nil {
+			if w.Call < s.call {
+				s.call = w.Call
+			}
+			r.lower(s, known)
+			continue
+		}
+		r.insert(&state{val: w.Value, order: w.Value.order(), call: w.Call, knownAt: known})
+	}
+	// Every read proves its value existed by the time it returned.
+	found := make([]*state, len(ops))
+	for i, o := range ops {
+		if o.Kind != Read {
+			continue
+		}
+		s := r.find(o)
+		if s == nil {
+			phantoms = append(phantoms, o)
+			continue
+		}
+		found[i] = s
+		r.lower(s, o.Return)
+	}
+	for i, o := range ops {
+		s := found[i]
+		if s == nil {
+			continue
+		}
+		if k := r.newerKnown(s.order); k < o.Call {
+			stale = append(stale, StaleRead{Op: o, Staleness: time.Duration(o.Call - k)})
+		}
+	}
+	return stale, phantoms
+}
+
+// find returns the state a read returned: a present value by identity; an
+// absent one as the latest absent state that could have been current, that
+// is, whose delete had been called by the time the read returned.
+func (r *rowLog) find(o Op) *state {
+	if o.Value.Present {
+		return r.byVal[o.Value]
+	}
+	for i := len(r.states) - 1; i >= 0; i-- {
+		s := r.states[i]
+		if !s.val.Present && s.call <= o.Return {
+			return s
+		}
+	}
+	return nil
+}

@@ -1,0 +1,151 @@
+package checker
+
+import (
+	"testing"
+	"time"
+)
+
+func present(version int64, row string) Value {
+	return Value{Present: true, Version: version, Row: row}
+}
+
+func TestCheckWindow(t *testing.T) {
+	v1, v2, v3 := present(1, "a"), present(2, "b"), present(3, "c")
+	gone := Value{Version: 2} // the delete of v2
+	ms := int64(time.Millisecond)
+	tests := []struct {
+		name       string
+		init       Value
+		ops        []Op
+		violations int
+		stale      int
+		phantoms   int
+		staleness  time.Duration
+	}{
+		{
+			name: "sequential reads follow writes",
+			init: v1,
+			ops: []Op{
+				{Kind: Read, Value: v1, Call: 0, Return: 1 * ms},
+				{Kind: Write, Value: v2, Call: 2 * ms, Return: 3 * ms},
+				{Kind: Read, Value: v2, Call: 4 * ms, Return: 5 * ms},
+			},
+		},
+		{
+			name: "a read concurrent with a write may return either value",
+			init: v1,
+			ops: []Op{
+				{Kind: Write, Value: v2, Call: 0, Return: 10 * ms},
+				{Kind: Read, Value: v1, Call: 1 * ms, Return: 2 * ms},
+				{Kind: Read, Value: v2, Call: 3 * ms, Return: 4 * ms},
+			},
+		},
+		{
+			name: "a read after the write returned must not return the old value",
+			init: v1,
+			ops: []Op{
+				{Kind: Write, Value: v2, Call: 0, Return: 1 * ms},
+				{Kind: Read, Value: v1, Call: 5 * ms, Return: 6 * ms},
+			},
+			violations: 1, stale: 1, staleness: 4 * time.Millisecond,
+		},
+		{
+			name: "reads must not go back in time",
+			init: v1,
+			ops: []Op{
+				{Kind: Write, Value: v2, Call: 0, Return: 100 * ms},
+				{Kind: Read, Value: v2, Call: 1 * ms, Return: 2 * ms, Source: "db"},
+				{Kind: Read, Value: v1, Call: 3 * ms, Return: 4 * ms, Source: "cached"},
+			},
+			violations: 1, stale: 1, staleness: 1 * time.Millisecond,
+		},
+		{
+			name: "a value no write produced is a phantom",
+			init: v1,
+			ops: []Op{
+				{Kind: Read, Value: present(2, "rolled back"), Call: 0, Return: 1 * ms},
+			},
+			violations: 1, phantoms: 1,
+		},
+		{
+			name: "a maybe-write may have happened",
+			init: v1,
+			ops: []Op{
+				{Kind: MaybeWrite, Value: v2, Call: 0, Return: 1 * ms},
+				{Kind: Read, Value: v2, Call: 2 * ms, Return: 3 * ms},
+			},
+		},
+		{
+			name: "a maybe-write may not have happened",
+			init: v1,
+			ops: []Op{
+				{Kind: MaybeWrite, Value: v2, Call: 0, Return: 1 * ms},
+				{Kind: Read, Value: v1, Call: 2 * ms, Return: 3 * ms},
+			},
+		},
+		{
+			name: "but not both",
+			init: v1,
+			ops: []Op{
+				{Kind: MaybeWrite, Value: v2, Call: 0, Return: 1 * ms},
+				{Kind: Read, Value: v2, Call: 2 * ms, Return: 3 * ms},
+				{Kind: Read, Value: v1, Call: 4 * ms, Return: 5 * ms},
+			},
+			violations: 1, stale: 1, staleness: 1 * time.Millisecond,
+		},
+		{
+			name: "delete and re-insert",
+			init: v2,
+			ops: []Op{
+				{Kind: Write, Value: gone, Call: 0, Return: 1 * ms},
+				{Kind: Read, Value: Absent, Call: 2 * ms, Return: 3 * ms},
+				{Kind: Write, Value: v3, Call: 4 * ms, Return: 5 * ms},
+				{Kind: Read, Value: v3, Call: 6 * ms, Return: 7 * ms},
+			},
+		},
+		{
+			name: "an absent read after the re-insert returned is stale",
+			init: v2,
+			ops: []Op{
+				{Kind: Write, Value: gone, Call: 0, Return: 1 * ms},
+				{Kind: Write, Value: v3, Call: 4 * ms, Return: 5 * ms},
+				{Kind: Read, Value: Absent, Call: 8 * ms, Return: 9 * ms},
+			},
+			violations: 1, stale: 1, staleness: 3 * time.Millisecond,
+		},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			for i := range tc.ops {
+				tc.ops[i].Key = 7
+			}
+			var c Checker
+			res := c.CheckWindow(map[int64]Value{7: tc.init}, 0, tc.ops)
+			if res.Violations != tc.violations || res.StaleReads != tc.stale || res.Phantoms != tc.phantoms {
+				t.Fatalf("got %d violations, %d stale, %d phantoms; want %d, %d, %d\n%v",
+					res.Violations, res.StaleReads, res.Phantoms, tc.violations, tc.stale, tc.phantoms, c.Violations)
+			}
+			if c.Totals.MaxStaleness != tc.staleness {
+				t.Fatalf("staleness %s, want %s", c.Totals.MaxStaleness, tc.staleness)
+			}
+		})
+	}
+}
+
+func TestStalenessAcrossWindows(t *testing.T) {
+	ms := int64(time.Millisecond)
+	v1, v2 := present(1, "a"), present(2, "b")
+	var c Checker
+	c.CheckWindow(map[int64]Value{1: v1}, 0, []Op{{Key: 1, Kind: Write, Value: v2, Call: 1 * ms, Return: 2 * ms}})
+	// A cache that kept v1 serves it in the next window.
+	res := c.CheckWindow(map[int64]Value{1: v2}, 10*ms, []Op{{Key: 1, Kind: Read, Value: v1, Call: 20 * ms, Return: 21 * ms}})
+	if res.Violations != 1 || res.StaleReads != 1 {
+		t.Fatalf("got %+v", res)
+	}
+	if c.Totals.MaxStaleness != 18*time.Millisecond {
+		t.Fatalf("staleness %s", c.Totals.MaxStaleness)
+	}
+	if c.Totals.Ops != 2 || c.Totals.Windows != 2 {
+		t.Fatalf("totals %+v", c.Totals)
+	}
+}

@@ -68,11 +68,7 @@ func TestStrategiesSideBySide(t *testing.T) {
 			if r := got["naive"]; r.phantom == 0 {
 				t.Errorf("naive write-through served no balance from a rolled-back transfer")
 			}
-			r, ok := got["writethrough"]
-			if !ok {
-				t.Skip("strategy 3 is not in this build (-tags writethrough)")
-			}
-			if r.stale != 0 || r.phantom != 0 || r.sumViolations != 0 {
+			if r := got["writethrough"]; r.stale != 0 || r.phantom != 0 || r.sumViolations != 0 {
 				t.Errorf("writethrough: %d stale reads (longest %v), %d phantom reads, %d of %d sum scans off",
 					r.stale, r.maxStaleness, r.phantom, r.sumViolations, r.sumScans)
 			}

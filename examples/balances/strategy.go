@@ -71,13 +71,11 @@ var strategies = []strategyInfo{
 	{"writethrough", "3 writethrough (this library)", openWritethrough},
 }
 
-// strategyNames lists the strategies this build can run.
+// strategyNames lists the strategies in the order they run.
 func strategyNames() []string {
 	var names []string
 	for _, s := range strategies {
-		if s.name != "writethrough" || pluginBuiltIn {
-			names = append(names, s.name)
-		}
+		names = append(names, s.name)
 	}
 	return names
 }

@@ -69,8 +69,8 @@ func TestStrategiesSideBySide(t *testing.T) {
 				t.Errorf("naive write-through served no balance from a rolled-back transfer")
 			}
 			if r := got["writethrough"]; r.stale != 0 || r.phantom != 0 || r.sumViolations != 0 {
-				t.Errorf("writethrough: %d stale reads (longest %v), %d phantom reads, %d of %d sum scans off",
-					r.stale, r.maxStaleness, r.phantom, r.sumViolations, r.sumScans)
+				t.Errorf("writethrough: %d stale reads (longest %v), %d phantom reads, %d of %d sum scans off; %s",
+					r.stale, r.maxStaleness, r.phantom, r.sumViolations, r.sumScans, r.trouble)
 			}
 		})
 	}

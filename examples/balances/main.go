@@ -15,6 +15,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"os/signal"
 	"strings"
@@ -43,6 +44,7 @@ func mainErr() error {
 	flag.StringVar(&plot, "plot", "", "also write a chart of stale reads over time to `FILE.svg`")
 	flag.StringVar(&backend, "backend", backendAuto, "auto, real (PostgreSQL and Redis) or embedded (SQLite and miniredis)")
 	flag.Uint64Var(&cfg.Seed, "seed", 1, "seed of the transfer and read choices")
+	verbose := flag.Bool("v", false, "log the plugin's reports of cache trouble to stderr")
 	flag.Parse()
 	if flag.NArg() > 0 {
 		return fmt.Errorf("unexpected arguments: %q", flag.Args())
@@ -54,6 +56,9 @@ func mainErr() error {
 	}
 	if err := cfg.validate(); err != nil {
 		return err
+	}
+	if *verbose {
+		cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, nil))
 	}
 	cfg.Progress = os.Stderr
 	if fi, err := os.Stderr.Stat(); err != nil || fi.Mode()&os.ModeCharDevice == 0 {
@@ -97,10 +102,10 @@ func printResults(w io.Writer, results []result) {
 	}
 	// tabwriter aligns every column right; padding the names aligns them left.
 	fmt.Fprintf(tw, "%-*s\t", width, "strategy")
-	fmt.Fprintln(tw, "reads\tstale\tmax stale\tphantom\tsum≠total\tread p50\tread p99\twrite p50\twrite p99\ttransfers\t")
+	fmt.Fprintln(tw, "reads\thits\tstale\tmax stale\tphantom\tsum≠total\tread p50\tread p99\twrite p50\twrite p99\ttransfers\t")
 	for _, r := range results {
-		fmt.Fprintf(tw, "%-*s\t%d\t%d\t%s\t%d\t%d/%d\t%s\t%s\t%s\t%s\t%d+%d\t\n",
-			width, r.info.title, r.reads, r.stale, ms(r.maxStaleness), r.phantom,
+		fmt.Fprintf(tw, "%-*s\t%d\t%s\t%d\t%s\t%d\t%d/%d\t%s\t%s\t%s\t%s\t%d+%d\t\n",
+			width, r.info.title, r.reads, pct(r.hits, r.lookups), r.stale, ms(r.maxStaleness), r.phantom,
 			r.sumViolations, r.sumScans,
 			ms(r.readP50), ms(r.readP99), ms(r.writeP50), ms(r.writeP99),
 			r.commits, r.rollbacks)
@@ -109,6 +114,9 @@ func printResults(w io.Writer, results []result) {
 	for _, r := range results {
 		if r.unexplained > 0 {
 			fmt.Fprintf(w, "%s: %d reads returned a row no transfer wrote\n", r.info.title, r.unexplained)
+		}
+		if r.trouble != "" {
+			fmt.Fprintf(w, "%s: %s\n", r.info.title, r.trouble)
 		}
 		if r.readErrors > 0 || r.writeErrors > 0 {
 			fmt.Fprintf(w, "%s: %d reads and %d transfers failed; first error: %v\n", r.info.title, r.readErrors, r.writeErrors, r.firstError)
@@ -120,6 +128,7 @@ const legend = `
 reads      balance reads through the strategy's read path: the readers', the sum
            scans', and four by a probe that runs before the workload (read,
            commit a transfer, read; read, roll a transfer back, read)
+hits       share of those reads Redis answered without the database
 stale      reads that returned a version of the account older than one whose
            commit had returned before the read began
 max stale  the longest time from such a newer commit returning to the stale read
@@ -138,6 +147,13 @@ transfers  committed + rolled back on purpose
 `
 
 func printLegend(w io.Writer) { fmt.Fprint(w, legend) }
+
+func pct(n, of uint64) string {
+	if of == 0 {
+		return "-"
+	}
+	return fmt.Sprintf("%.0f%%", float64(n)*100/float64(of))
+}
 
 func ms(d time.Duration) string {
 	return fmt.Sprintf("%.2fms", float64(d)/float64(time.Millisecond))

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -55,6 +56,8 @@ type strategy interface {
 	transfer(ctx context.Context, t transfer) ([2]Account, error)
 	// close waits for the strategy's background work and releases it.
 	close() error
+	// hits returns how many reads Redis answered, of how many.
+	hits() (hits, reads uint64)
 }
 
 // strategyInfo describes a strategy for flags and output.
@@ -122,11 +125,18 @@ type redisCache struct {
 	db     *gorm.DB
 	rdb    redis.UniversalClient
 	prefix string
+
+	hit, miss atomic.Uint64
 }
 
 // newRedisCache keys rows as the plugin does: {prefix}:{table}:{id}.
 func newRedisCache(db *gorm.DB, rdb redis.UniversalClient, prefix string) redisCache {
 	return redisCache{db: db, rdb: rdb, prefix: prefix + ":" + Account{}.TableName() + ":"}
+}
+
+func (c *redisCache) hits() (uint64, uint64) {
+	h := c.hit.Load()
+	return h, h + c.miss.Load()
 }
 
 func (c *redisCache) key(id uint) string { return c.prefix + strconv.FormatUint(uint64(id), 10) }
@@ -135,8 +145,10 @@ func (c *redisCache) read(ctx context.Context, id uint) (Account, error) {
 	var a Account
 	b, err := c.rdb.Get(ctx, c.key(id)).Bytes()
 	if err == nil && json.Unmarshal(b, &a) == nil {
+		c.hit.Add(1)
 		return a, nil
 	}
+	c.miss.Add(1)
 	if err := c.db.WithContext(ctx).First(&a, id).Error; err != nil {
 		return Account{}, err
 	}
@@ -201,7 +213,7 @@ type naive struct {
 }
 
 func openNaive(db *gorm.DB, rdb redis.UniversalClient, prefix string, _ config) (strategy, error) {
-	return &naive{newRedisCache(db, rdb, prefix)}, nil
+	return &naive{redisCache: newRedisCache(db, rdb, prefix)}, nil
 }
 
 func (s *naive) transfer(ctx context.Context, t transfer) ([2]Account, error) {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"sync/atomic"
 
 	"github.com/gorm-writethrough/writethrough"
@@ -20,8 +21,8 @@ type lib struct {
 	reads atomic.Uint64
 }
 
-func openWritethrough(db *gorm.DB, rdb redis.UniversalClient, prefix string, _ config) (strategy, error) {
-	p := writethrough.New(rdb, writethrough.Config{Prefix: prefix, Models: []any{&Account{}}})
+func openWritethrough(db *gorm.DB, rdb redis.UniversalClient, prefix string, cfg config) (strategy, error) {
+	p := writethrough.New(rdb, writethrough.Config{Prefix: prefix, Models: []any{&Account{}}, Logger: cfg.Logger})
 	if err := db.Use(p); err != nil {
 		return nil, err
 	}
@@ -53,3 +54,18 @@ func (s *lib) transfer(ctx context.Context, t transfer) ([2]Account, error) {
 }
 
 func (s *lib) close() error { return s.p.Close() }
+
+// trouble reports what the plugin counted going wrong with Redis, if anything.
+func (s *lib) trouble() string {
+	st := s.p.Stats()
+	if st.PrepareErrors+st.FinalizeErrors+st.RedisErrors+st.DecodeErrors == 0 {
+		return ""
+	}
+	return fmt.Sprintf("plugin counted %d prepare errors, %d finalize errors, %d Redis errors on reads, %d undecodable entries (run with -v for details)",
+		st.PrepareErrors, st.FinalizeErrors, st.RedisErrors, st.DecodeErrors)
+}
+
+func (s *lib) hits() (uint64, uint64) {
+	st := s.p.Stats()
+	return st.Hits, st.Hits + st.Misses + st.Bypasses
+}

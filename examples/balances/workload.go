@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"math/rand/v2"
 	"sync"
 	"sync/atomic"
@@ -24,8 +25,9 @@ type config struct {
 	Bucket            time.Duration // width of one point of the stale-reads series
 	Strategies        []string      // names, in strategies order; empty means all
 	Seed              uint64
-	Progress          io.Writer // nil: no progress line
-	ProgressLines     bool      // one line per second instead of overwriting one
+	Progress          io.Writer    // nil: no progress line
+	ProgressLines     bool         // one line per second instead of overwriting one
+	Logger            *slog.Logger // the plugin's reports of cache trouble; nil is silent
 }
 
 func (c config) validate() error {
@@ -79,6 +81,8 @@ type result struct {
 	writeP99      time.Duration
 	firstError    error
 	bucket        time.Duration // width of one point of staleSeries
+	hits, lookups uint64        // reads Redis answered, of reads made
+	trouble       string        // what the strategy saw go wrong with Redis
 }
 
 // run runs the workload against each selected strategy in turn, with the
@@ -327,6 +331,10 @@ func runOne(ctx context.Context, e *env, cfg config, info strategyInfo, step str
 	stopProgress := progress(cfg, info, step, deadline, &st)
 	wg.Wait()
 	stopProgress()
+	res.hits, res.lookups = s.hits()
+	if t, ok := s.(interface{ trouble() string }); ok {
+		res.trouble = t.trouble()
+	}
 	if err := s.close(); err != nil {
 		noteErr(err)
 	}

@@ -59,11 +59,12 @@ func (h *history) abort(txID int64) {
 
 // verdict is the checker's judgement of a set of reads.
 type verdict struct {
-	stale        int
-	maxStaleness time.Duration
-	phantom      int
-	unexplained  int   // a state that no transaction wrote: a bug in a strategy
-	staleSeries  []int // stale reads per bucket of the series
+	stale         int
+	maxStaleness  time.Duration
+	phantom       int
+	unexplained   int   // a state that no transaction wrote: a bug in a strategy
+	staleSeries   []int // stale reads per bucket of the series
+	phantomSeries []int // phantom reads per bucket of the series
 }
 
 // A series divides n*bucket from start into buckets.
@@ -71,6 +72,15 @@ type series struct {
 	start  time.Time
 	bucket time.Duration
 	n      int
+}
+
+// index returns the bucket t falls in, if any.
+func (s series) index(t time.Time) (int, bool) {
+	d := t.Sub(s.start)
+	if d < 0 || s.bucket <= 0 || int(d/s.bucket) >= s.n {
+		return 0, false
+	}
+	return int(d / s.bucket), true
 }
 
 // judge classifies reads once the workload has stopped and every commit is
@@ -95,10 +105,14 @@ func (h *history) judge(reads []read, ser series) verdict {
 		}
 		newerBy[a] = n
 	}
-	v := verdict{staleSeries: make([]int, ser.n)}
+	v := verdict{staleSeries: make([]int, ser.n), phantomSeries: make([]int, ser.n)}
 	for _, r := range reads {
+		i, inSeries := ser.index(r.start)
 		if h.aborted[r.txID] {
 			v.phantom++
+			if inSeries {
+				v.phantomSeries[i]++
+			}
 			continue
 		}
 		log := h.committed[r.account]
@@ -112,8 +126,8 @@ func (h *history) judge(reads []read, ser series) verdict {
 		}
 		v.stale++
 		v.maxStaleness = max(v.maxStaleness, r.start.Sub(first))
-		if d := r.start.Sub(ser.start); d >= 0 && ser.bucket > 0 && int(d/ser.bucket) < ser.n {
-			v.staleSeries[d/ser.bucket]++
+		if inSeries {
+			v.staleSeries[i]++
 		}
 	}
 	return v

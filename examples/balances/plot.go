@@ -9,13 +9,13 @@ import (
 	"time"
 )
 
-// writePlot writes an SVG line chart of stale reads per time bucket, one
-// line per strategy.
+// writePlot writes an SVG line chart of stale reads (solid) and phantom
+// reads (dashed) per time bucket, one colour per strategy.
 func writePlot(path string, results []result, cfg config) error {
 	const (
 		width, height = 840, 380
 		left, right   = 64, 250
-		top, bottom   = 40, 48
+		top, bottom   = 56, 48
 		plotW         = width - left - right
 		plotH         = height - top - bottom
 	)
@@ -28,6 +28,9 @@ func writePlot(path string, results []result, cfg config) error {
 		for _, v := range r.staleSeries {
 			peak = max(peak, v)
 		}
+		for _, v := range r.phantomSeries {
+			peak = max(peak, v)
+		}
 	}
 	yMax := niceCeil(peak)
 	xMax := min(time.Duration(n)*bucket, cfg.Duration)
@@ -37,8 +40,9 @@ func writePlot(path string, results []result, cfg config) error {
 	var b bytes.Buffer
 	fmt.Fprintf(&b, `<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" viewBox="0 0 %d %d" font-family="sans-serif" font-size="12">`+"\n", width, height, width, height)
 	fmt.Fprintf(&b, `<rect width="%d" height="%d" fill="white"/>`+"\n", width, height)
-	fmt.Fprintf(&b, `<text x="%d" y="22" font-size="15">Stale reads per %s (%d accounts, %d writers, %d readers, invalidation delay %s)</text>`+"\n",
-		left, bucket, cfg.Accounts, cfg.Writers, cfg.Readers, cfg.InvalidationDelay)
+	fmt.Fprintf(&b, `<text x="%d" y="20" font-size="15">Stale (solid) and phantom (dashed) reads per %s</text>`+"\n", left, bucket)
+	fmt.Fprintf(&b, `<text x="%d" y="38" fill="#666">%d accounts, %d writers, %d readers, %.0f%% rolled back, invalidation delay %s</text>`+"\n",
+		left, cfg.Accounts, cfg.Writers, cfg.Readers, cfg.RollbackRatio*100, cfg.InvalidationDelay)
 	// Grid and axes.
 	for i := 0; i <= 4; i++ {
 		v := yMax * i / 4
@@ -56,16 +60,20 @@ func writePlot(path string, results []result, cfg config) error {
 	// One line per strategy, with its legend entry.
 	for i, r := range results {
 		c := colors[i%len(colors)]
-		fmt.Fprintf(&b, `<polyline fill="none" stroke="%s" stroke-width="2" points="`, c)
-		for j := range n {
-			v := 0
-			if j < len(r.staleSeries) {
-				v = r.staleSeries[j]
+		line := func(series []int, dash string) {
+			fmt.Fprintf(&b, `<polyline fill="none" stroke="%s" stroke-width="2"%s points="`, c, dash)
+			for j := range n {
+				v := 0
+				if j < len(series) {
+					v = series[j]
+				}
+				mid := min(time.Duration(j)*bucket+bucket/2, xMax)
+				fmt.Fprintf(&b, "%.1f,%.1f ", x(mid), y(v))
 			}
-			mid := min(time.Duration(j)*bucket+bucket/2, xMax)
-			fmt.Fprintf(&b, "%.1f,%.1f ", x(mid), y(v))
+			b.WriteString(`"/>` + "\n")
 		}
-		b.WriteString(`"/>` + "\n")
+		line(r.staleSeries, "")
+		line(r.phantomSeries, ` stroke-dasharray="5,3"`)
 		ly := top + 10 + 36*i
 		fmt.Fprintf(&b, `<line x1="%d" y1="%d" x2="%d" y2="%d" stroke="%s" stroke-width="2"/>`+"\n", left+plotW+12, ly, left+plotW+32, ly, c)
 		fmt.Fprintf(&b, `<text x="%d" y="%d">%s</text>`+"\n", left+plotW+38, ly+4, html.EscapeString(r.info.title))

@@ -23,57 +23,115 @@ import (
 //	cpu-us/op       process CPU time (user+system) per operation
 //	redis/op        Redis round trips per operation (a pipeline counts once)
 //	sql/op          SQL statements per operation, BEGIN and COMMIT included
+//
+// The machine these run on is shared and noisy, so every contender's
+// benchmark also measures the floor, interleaved with its own operations:
+// floor-p50-us and floor-ops/s. Ratios taken against that paired floor
+// compare two measurements made under the same conditions, a few
+// milliseconds apart.
+
+// block is how many operations a latency benchmark runs before switching
+// between the contender and its paired floor.
+const block = 8
+
+// phase is how long a throughput benchmark runs the contender before
+// switching to its paired floor, and back. It must be long against an
+// operation's latency under load (milliseconds for the database with 64
+// goroutines), since operations still running when a phase ends count for
+// the phase they started in.
+const phase = 100 * time.Millisecond
+
+// latency runs b.N operations of op, timed one by one, and as many of
+// floor, interleaved in blocks and left out of ns/op and allocations.
+// prep, if not nil, runs untimed before each operation of op.
+func latency(b *testing.B, e *env, op, floor, prep func(ctx context.Context, i int) error) {
+	ctx := context.Background()
+	m := startMeter(b, e, true)
+	var floorSamples []time.Duration
+	if floor != nil {
+		floorSamples = make([]time.Duration, 0, b.N)
+	}
+	for i := 0; i < b.N; i += block {
+		n := min(block, b.N-i)
+		for j := i; j < i+n; j++ {
+			if prep != nil {
+				m.pause()
+				if err := prep(ctx, j); err != nil {
+					b.Fatal(err)
+				}
+				m.resume()
+			}
+			t0 := time.Now()
+			if err := op(ctx, j); err != nil {
+				b.Fatal(err)
+			}
+			m.observe(time.Since(t0))
+		}
+		if floor == nil {
+			continue
+		}
+		m.pause()
+		for j := i; j < i+n; j++ {
+			t0 := time.Now()
+			if err := floor(ctx, j); err != nil {
+				b.Fatal(err)
+			}
+			floorSamples = append(floorSamples, time.Since(t0))
+		}
+		m.resume()
+	}
+	m.done(b.N)
+	if floor != nil {
+		slices.Sort(floorSamples)
+		b.ReportMetric(percentile(floorSamples, 50), "floor-p50-us")
+	}
+}
+
+// byID adapts a per-key operation to latency's, cycling through ids.
+func byID(f func(ctx context.Context, id int64) error, ids []int64) func(context.Context, int) error {
+	if f == nil {
+		return nil
+	}
+	return func(ctx context.Context, i int) error { return f(ctx, ids[i%len(ids)]) }
+}
+
+// paired returns the floor's operation to interleave with c's, or nil when
+// c is the floor.
+func paired(c contender, floorOp func(ctx context.Context, id int64) error) func(ctx context.Context, id int64) error {
+	if c.name == "floor" {
+		return nil
+	}
+	return floorOp
+}
 
 // BenchmarkHit reads one cached row by key.
 func BenchmarkHit(b *testing.B) {
 	e := getEnv(b)
-	for _, c := range mustContenders(b, e) {
+	cs := mustContenders(b, e)
+	for _, c := range cs {
 		if c.read == nil {
 			continue
 		}
 		b.Run(c.name, func(b *testing.B) {
 			ids := randomIDs(e.rows, 4096, 1)
-			ctx := context.Background()
-			m := startMeter(b, e, true)
-			for i := range b.N {
-				id := ids[i%len(ids)]
-				t0 := time.Now()
-				if err := c.read(ctx, id); err != nil {
-					b.Fatal(err)
-				}
-				m.observe(time.Since(t0))
-			}
-			m.done(b.N)
+			latency(b, e, byID(c.read, ids), byID(paired(c, cs[0].read), ids), nil)
 		})
 	}
 }
 
 // BenchmarkMiss reads one row whose key was just evicted, so the read goes
-// to the database and fills the cache. The eviction is not timed.
+// to the database and fills the cache. The eviction is not timed. The
+// paired floor is a hit.
 func BenchmarkMiss(b *testing.B) {
 	e := getEnv(b)
-	for _, c := range mustContenders(b, e) {
+	cs := mustContenders(b, e)
+	for _, c := range cs {
 		if c.evict == nil || c.read == nil {
 			continue
 		}
 		b.Run(c.name, func(b *testing.B) {
 			ids := randomIDs(e.rows, 4096, 2)
-			ctx := context.Background()
-			m := startMeter(b, e, true)
-			for i := range b.N {
-				id := ids[i%len(ids)]
-				m.pause()
-				if err := c.evict(ctx, id); err != nil {
-					b.Fatal(err)
-				}
-				m.resume()
-				t0 := time.Now()
-				if err := c.read(ctx, id); err != nil {
-					b.Fatal(err)
-				}
-				m.observe(time.Since(t0))
-			}
-			m.done(b.N)
+			latency(b, e, byID(c.read, ids), byID(cs[0].read, ids), byID(c.evict, ids))
 		})
 	}
 }
@@ -86,31 +144,34 @@ func BenchmarkBatch100(b *testing.B) { benchBatch(b, 100) }
 
 func benchBatch(b *testing.B, size int) {
 	e := getEnv(b)
-	for _, c := range mustContenders(b, e) {
+	cs := mustContenders(b, e)
+	for _, c := range cs {
 		if c.batch == nil {
 			continue
 		}
 		b.Run(c.name, func(b *testing.B) {
 			batches := randomBatches(e.rows, 64, size)
-			ctx := context.Background()
-			m := startMeter(b, e, true)
-			for i := range b.N {
-				t0 := time.Now()
-				if err := c.batch(ctx, batches[i%len(batches)]); err != nil {
-					b.Fatal(err)
+			of := func(f func(context.Context, []int64) error) func(context.Context, int) error {
+				if f == nil {
+					return nil
 				}
-				m.observe(time.Since(t0))
+				return func(ctx context.Context, i int) error { return f(ctx, batches[i%len(batches)]) }
 			}
-			m.done(b.N)
+			var floor func(context.Context, []int64) error
+			if c.name != "floor" {
+				floor = cs[0].batch
+			}
+			latency(b, e, of(c.batch), of(floor), nil)
 		})
 	}
 }
 
 // BenchmarkUpdate adds one to a row's balance by key. GORM contenders run
-// it in GORM's implicit transaction.
+// it in GORM's implicit transaction. The paired floor is a SET.
 func BenchmarkUpdate(b *testing.B) {
 	e := getEnv(b)
-	for _, c := range mustContenders(b, e) {
+	cs := mustContenders(b, e)
+	for _, c := range cs {
 		if c.update == nil || c.alias == "-" {
 			continue
 		}
@@ -120,16 +181,7 @@ func BenchmarkUpdate(b *testing.B) {
 		}
 		b.Run(name, func(b *testing.B) {
 			ids := randomIDs(e.rows, 4096, 3)
-			ctx := context.Background()
-			m := startMeter(b, e, true)
-			for i := range b.N {
-				t0 := time.Now()
-				if err := c.update(ctx, ids[i%len(ids)]); err != nil {
-					b.Fatal(err)
-				}
-				m.observe(time.Since(t0))
-			}
-			m.done(b.N)
+			latency(b, e, byID(c.update, ids), byID(paired(c, cs[0].update), ids), nil)
 		})
 	}
 }
@@ -138,6 +190,7 @@ func BenchmarkUpdate(b *testing.B) {
 // with 100/0, 95/5 and 50/50 read/write mixes.
 func BenchmarkThroughput(b *testing.B) {
 	e := getEnv(b)
+	cs := mustContenders(b, e)
 	mixes := []struct {
 		name   string
 		writes int // percent
@@ -149,13 +202,17 @@ func BenchmarkThroughput(b *testing.B) {
 				if zipf {
 					dist = "zipf"
 				}
-				for _, c := range mustContenders(b, e) {
+				for _, c := range cs {
 					if !c.mixed {
 						continue
 					}
+					var floor *contender
+					if c.name != "floor" {
+						floor = &cs[0]
+					}
 					name := fmt.Sprintf("%s-%s-g%d/%s", mix.name, dist, g, c.name)
 					b.Run(name, func(b *testing.B) {
-						benchMix(b, e, c, g, mix.writes, zipf)
+						benchMix(b, e, c, floor, g, mix.writes, zipf)
 					})
 				}
 			}
@@ -168,11 +225,17 @@ func BenchmarkThroughput(b *testing.B) {
 // the ten hottest 36%.
 const zipfS = 1.1
 
-func benchMix(b *testing.B, e *env, c contender, goroutines, writePct int, zipf bool) {
+// benchMix runs the mix on c with goroutines goroutines. With a floor, time
+// is cut in phases that alternate between c and the floor running the same
+// mix; ops/s and floor-ops/s count each in its own phases, and the other
+// per-operation figures mix both.
+func benchMix(b *testing.B, e *env, c contender, floor *contender, goroutines, writePct int, zipf bool) {
 	procs := runtime.GOMAXPROCS(0)
 	b.SetParallelism((goroutines + procs - 1) / procs)
 	var seed atomic.Uint64
+	var ops [2]atomic.Int64 // by phase: c, floor
 	m := startMeter(b, e, false)
+	start := m.start
 	b.RunParallel(func(pb *testing.PB) {
 		r := rand.New(rand.NewPCG(seed.Add(1), 0x5eed))
 		var z *rand.Zipf
@@ -187,19 +250,35 @@ func benchMix(b *testing.B, e *env, c contender, goroutines, writePct int, zipf 
 			} else {
 				id = r.Int64N(e.rows) + 1
 			}
+			who, ph := c, 0
+			if floor != nil && time.Since(start)/phase%2 == 1 {
+				who, ph = *floor, 1
+			}
 			var err error
 			if writePct > 0 && r.IntN(100) < writePct {
-				err = c.update(ctx, id)
+				err = who.update(ctx, id)
 			} else {
-				err = c.read(ctx, id)
+				err = who.read(ctx, id)
 			}
 			if err != nil {
 				b.Error(err)
 				return
 			}
+			ops[ph].Add(1)
 		}
 	})
+	elapsed := time.Since(start)
 	m.done(b.N)
+	if floor == nil {
+		return
+	}
+	// Phases alternate c, floor, c, ...: split elapsed accordingly.
+	full, rest := elapsed/(2*phase), elapsed%(2*phase)
+	cTime, fTime := full*phase+min(rest, phase), full*phase+max(rest-phase, 0)
+	b.ReportMetric(float64(ops[0].Load())/cTime.Seconds(), "ops/s")
+	if ops[1].Load() > 0 {
+		b.ReportMetric(float64(ops[1].Load())/fTime.Seconds(), "floor-ops/s")
+	}
 }
 
 // BenchmarkMemory measures what one cached row costs Redis (MEMORY USAGE,

@@ -198,8 +198,7 @@ const (
 // statement (GORM's runs in BEGIN/UPDATE/COMMIT).
 func (e *env) pgx() contender {
 	return contender{
-		name:  "pgx",
-		mixed: true,
+		name: "pgx",
 		read: func(ctx context.Context, id int64) error {
 			var u bench.User
 			return e.pool.QueryRow(ctx, pgxSelect, id).Scan(scanDest(&u)...)

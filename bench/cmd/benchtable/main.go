@@ -33,8 +33,8 @@ import (
 func main() {
 	var (
 		count     = flag.Int("count", 5, "rounds; each runs every benchmark once (at least 5 for published numbers)")
-		benchtime = flag.String("benchtime", "300ms", "-test.benchtime of the latency, batch, update and memory workloads")
-		tputtime  = flag.String("tput-benchtime", "150ms", "-test.benchtime of each throughput workload")
+		benchtime = flag.String("benchtime", "150ms", "-test.benchtime of the latency, batch, update and memory workloads")
+		tputtime  = flag.String("tput-benchtime", "600ms", "-test.benchtime of each throughput workload (its phases last 100ms)")
 		tput      = flag.Bool("tput", true, "run the throughput workloads")
 		only      = flag.String("bench", "", "run only benchmarks matching this -test.bench regexp, with -benchtime")
 		tags      = flag.String("tags", "", "build tags for the benchmark binary")

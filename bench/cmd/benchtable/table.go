@@ -116,9 +116,14 @@ func (r *results) pairwise(name, base, unit string, f func(a, b float64) float64
 	return median(r.perRound(name, base, unit, f))
 }
 
-// perRound returns f(a, b) for each round, NaN where either is missing.
-func (r *results) perRound(name, base, unit string, f func(a, b float64) float64) []float64 {
-	a, b := r.get(name, unit), r.get(base, unit)
+// perRound returns f(a, b) for each round, NaN where either is missing: a
+// is unit of name, b is the same unit of base or, if given, baseUnit.
+func (r *results) perRound(name, base, unit string, f func(a, b float64) float64, baseUnit ...string) []float64 {
+	bu := unit
+	if len(baseUnit) > 0 {
+		bu = baseUnit[0]
+	}
+	a, b := r.get(name, unit), r.get(base, bu)
 	per := nanSlice(r.rounds)
 	if a == nil || b == nil {
 		return per
@@ -151,26 +156,41 @@ func spread(vs []float64) (lo, hi float64) {
 func div(a, b float64) float64 { return a / b }
 func sub(a, b float64) float64 { return a - b }
 
-// ratio is the row's headline ratio, per round: p50 against the floor's
-// p50 for latency workloads (the hit floor when the workload has no floor),
-// ops/s against the floor's for throughput, Redis memory against the
-// msgpack payload for memory. base names what it is against.
-func (r *results) ratio(name string) (per []float64, base string) {
-	w, _ := split(name)
+// norm returns, per round, the row's unit ("p50-us" or "ops/s") divided by
+// the floor it was paired with in the same benchmark (floor-p50-us,
+// floor-ops/s). A floor row is 1; a row without a paired floor is taken
+// against its workload's floor row in the same round.
+func (r *results) norm(name, unit string) []float64 {
+	w, c := split(name)
+	if c == "floor" && r.get(name, unit) != nil {
+		per := nanSlice(r.rounds)
+		for i, v := range r.get(name, unit) {
+			if !math.IsNaN(v) {
+				per[i] = 1
+			}
+		}
+		return per
+	}
+	if r.get(name, "floor-"+unit) != nil {
+		return r.perRound(name, name, unit, div, "floor-"+unit)
+	}
+	return r.perRound(name, w+"/floor", unit, div)
+}
+
+// ratio is the row's headline ratio, per round: p50 against the paired
+// floor's p50 for latency workloads, ops/s against the paired floor's for
+// throughput, Redis memory against the msgpack payload for memory.
+func (r *results) ratio(name string) []float64 {
 	m := r.vals[name]
 	switch {
 	case m["redis-B/row"] != nil:
-		return r.perRound(name, name, "redis-B/row", func(a, _ float64) float64 { return a }), "payload"
+		return nanSlice(r.rounds)
 	case m["ops/s"] != nil:
-		return r.perRound(name, w+"/floor", "ops/s", div), w + "/floor"
+		return r.norm(name, "ops/s")
 	case m["p50-us"] != nil:
-		base := w + "/floor"
-		if r.vals[base] == nil {
-			base = "Hit/floor"
-		}
-		return r.perRound(name, base, "p50-us", div), base
+		return r.norm(name, "p50-us")
 	}
-	return nanSlice(r.rounds), ""
+	return nanSlice(r.rounds)
 }
 
 // A target of the benchmark suite, as a bound on a ratio (or a difference)
@@ -211,7 +231,14 @@ func (r *results) verdicts(name string) []string {
 		var shown string
 		switch t.op {
 		case "ratio":
-			v = r.pairwise(name, base, t.unit, div)
+			// Each side against its own paired floor, then one against
+			// the other: conditions cancel out within a round.
+			a, b := r.norm(name, t.unit), r.norm(base, t.unit)
+			per := nanSlice(r.rounds)
+			for i := range per {
+				per[i] = a[i] / b[i]
+			}
+			v = median(per)
 			shown = fmt.Sprintf("%.2f×", v)
 		case "delta":
 			v = r.pairwise(name, base, t.unit, sub)
@@ -269,30 +296,31 @@ func (r *results) table() string {
 	for _, name := range r.order {
 		w, c := split(name)
 		m := func(unit string) float64 { return median(r.get(name, unit)) }
-		per, base := r.ratio(name)
-		ratio := median(per)
-		if base == "payload" {
-			ratio = m("redis-B/row") / m("payload-B/row")
-		}
-		ratioText := num(ratio, "%.2f×")
-		if base != w+"/floor" && !math.IsNaN(ratio) {
-			ratioText += " " + strings.TrimSuffix(base, "/floor") // "Hit", "payload"
+		per := r.ratio(name)
+		ratioText := num(median(per), "%.2f×")
+		if w == "Memory" {
+			ratioText = num(m("redis-B/row")/m("payload-B/row"), "%.2f× payload")
 		}
 		rangeText := ""
-		if lo, hi := spread(per); base != "payload" && hi > lo {
+		if lo, hi := spread(per); hi > lo {
 			rangeText = fmt.Sprintf("%.2f–%.2f", lo, hi)
 		}
 		if w == "Memory" {
 			c = fmt.Sprintf("%s (%.0f B in Redis, value %.0f B, payload %.0f B)",
 				c, m("redis-B/row"), m("value-B/row"), m("payload-B/row"))
 		}
-		trips := "–"
+		trips := ""
 		if !math.IsNaN(m("redis/op")) {
 			trips = fmt.Sprintf("%.3g + %.3g", m("redis/op"), m("sql/op"))
 		}
+		allocs, bytes, cpu := m("allocs/op"), m("B/op"), m("cpu-us/op")
+		if r.get(name, "floor-ops/s") != nil {
+			// Phases of the contender and of its floor: mixed figures.
+			trips, allocs, bytes, cpu = "", math.NaN(), math.NaN(), math.NaN()
+		}
 		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n",
 			label(w), c, num(m("p50-us"), "%.1f"), num(m("p99-us"), "%.1f"), num(m("ops/s"), "%.0f"),
-			ratioText, rangeText, num(m("allocs/op"), "%.0f"), num(m("B/op"), "%.0f"), num(m("cpu-us/op"), "%.1f"),
+			ratioText, rangeText, num(allocs, "%.0f"), num(bytes, "%.0f"), num(cpu, "%.1f"),
 			trips, strings.Join(r.verdicts(name), "; "))
 	}
 	return b.String()

@@ -19,6 +19,7 @@ import (
 	"os"
 	"os/signal"
 	"strings"
+	"syscall"
 	"text/tabwriter"
 	"time"
 )
@@ -65,7 +66,7 @@ func mainErr() error {
 		cfg.ProgressLines = true
 	}
 
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	e, err := openEnv(ctx, backend)
 	if err != nil {
@@ -135,14 +136,18 @@ max stale  the longest time from such a newer commit returning to the stale read
            beginning, in milliseconds
 phantom    reads that returned a row only a rolled-back transfer ever wrote
 sum≠total  failed sum scans / sum scans. A scan pauses new transfers, waits for
-           those in flight to return, reads every account through the cache one
-           key at a time, and compares the sum with the initial total. Writers
-           are paused because per-key reads taken while transfers commit can't
-           add up even when every read is fresh; with none in flight, a cache
-           that serves only committed, current rows always adds up, so a
-           failed scan means stale or phantom balances were served at rest.
-latency    p50 and p99 per read, and per transfer from BEGIN to the return of
-           COMMIT or ROLLBACK including the strategy's own cache writes
+           those in flight to return, reads every account through the cache in
+           one batch (MGET and one SELECT for the misses; GetMany or Cached
+           Find for the library), and compares the sum with the initial total.
+           Writers are paused because a batch is no snapshot (Redis answers
+           some keys, the database the rest, and a transfer can commit in
+           between), so sums taken while transfers commit can't add up even
+           when every read is fresh; with none in flight, a cache that serves
+           only committed, current rows always adds up, so a failed scan means
+           stale or phantom balances were served at rest.
+latency    p50 and p99 per single read (scans left out), and per transfer
+           from BEGIN to the return of COMMIT or ROLLBACK, including the
+           strategy's own cache writes
 transfers  committed + rolled back on purpose
 `
 

@@ -51,6 +51,9 @@ var errRollback = errors.New("rolled back on purpose")
 type strategy interface {
 	// read returns an account as a reader of this strategy sees it.
 	read(ctx context.Context, id uint) (Account, error)
+	// readAll returns the accounts with the given ids, in that order, read
+	// through the cache in one batch.
+	readAll(ctx context.Context, ids []uint) ([]Account, error)
 	// transfer runs t and returns the two rows as t wrote them.
 	// It returns errRollback (wrapped or not) when t rolled back on purpose.
 	transfer(ctx context.Context, t transfer) ([2]Account, error)
@@ -119,6 +122,23 @@ func move(tx *gorm.DB, t transfer) ([2]Account, error) {
 	return out, nil
 }
 
+// inOrder returns as ordered by ids, or an error naming the first id missing.
+func inOrder(as []Account, ids []uint) ([]Account, error) {
+	byID := make(map[uint]Account, len(as))
+	for _, a := range as {
+		byID[a.ID] = a
+	}
+	out := make([]Account, len(ids))
+	for i, id := range ids {
+		a, ok := byID[id]
+		if !ok {
+			return nil, fmt.Errorf("account %d: %w", id, gorm.ErrRecordNotFound)
+		}
+		out[i] = a
+	}
+	return out, nil
+}
+
 // redisCache is the read path strategies 1 and 2 share, the classic one:
 // GET; on a miss SELECT the row and SET it.
 type redisCache struct {
@@ -153,6 +173,48 @@ func (c *redisCache) read(ctx context.Context, id uint) (Account, error) {
 		return Account{}, err
 	}
 	return a, c.set(ctx, c.rdb, a)
+}
+
+// readAll is the batch form of read: one MGET, one SELECT for the misses,
+// a SET per row filled.
+func (c *redisCache) readAll(ctx context.Context, ids []uint) ([]Account, error) {
+	keys := make([]string, len(ids))
+	for i, id := range ids {
+		keys[i] = c.key(id)
+	}
+	vals, err := c.rdb.MGet(ctx, keys...).Result()
+	if err != nil {
+		vals = make([]any, len(ids))
+	}
+	out := make([]Account, len(ids))
+	var missing []uint
+	for i, v := range vals {
+		if s, ok := v.(string); ok && json.Unmarshal([]byte(s), &out[i]) == nil {
+			c.hit.Add(1)
+			continue
+		}
+		c.miss.Add(1)
+		missing = append(missing, ids[i])
+	}
+	if len(missing) == 0 {
+		return out, nil
+	}
+	var rows []Account
+	if err := c.db.WithContext(ctx).Find(&rows, missing).Error; err != nil {
+		return nil, err
+	}
+	for _, a := range rows {
+		if err := c.set(ctx, c.rdb, a); err != nil {
+			return nil, err
+		}
+	}
+	for i := range out {
+		if out[i].ID == 0 {
+			continue
+		}
+		rows = append(rows, out[i])
+	}
+	return inOrder(rows, ids)
 }
 
 func (c *redisCache) set(ctx context.Context, rdb redis.Cmdable, a Account) error {

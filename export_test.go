@@ -2,6 +2,7 @@ package writethrough
 
 // SetHook installs a test hook called at the plugin's named interleaving
 // points ("read:after-lease", "read:after-db-before-fill",
+// "read:flight" (before joining or starting the shared load),
 // "write:after-prepare", "tx:before-commit", "write:before-finalize",
 // "write:after-finalize") with the Redis key involved. Install it before the
 // plugin is used concurrently.

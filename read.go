@@ -159,17 +159,21 @@ func (p *Plugin) serveOne(db *gorm.DB, plan readPlan, orig func(*gorm.DB)) {
 		p.stats.hits.Add(1)
 		p.deliver(db, plan, nil)
 		return
-	case lookBusy:
-		p.stats.misses.Add(1)
-		orig(db)
-		return
 	}
 	p.stats.misses.Add(1)
-
+	if err != nil && !errors.Is(err, redis.Nil) {
+		orig(db) // Redis failed: read the database, nothing to share
+		return
+	}
+	// Empty, pending or leased: one database read per process, shared by
+	// every reader that arrives while it runs. Only an empty key is leased
+	// and filled. A write forgets the flight before it returns, so a read
+	// that starts after a write never joins a load that began before it.
 	led := false
+	p.at("read:flight", key)
 	v, _, _ := p.flights.Do(key, func() (any, error) {
 		led = true
-		return p.load(db, spec, key, orig), nil
+		return p.load(db, spec, key, orig, res == lookEmpty), nil
 	})
 	if led {
 		return
@@ -201,16 +205,19 @@ type loadResult struct {
 
 // load runs the leader's database read for one key under a lease, and fills
 // the key if the lease survived.
-func (p *Plugin) load(db *gorm.DB, spec *modelSpec, key string, orig func(*gorm.DB)) *loadResult {
+func (p *Plugin) load(db *gorm.DB, spec *modelSpec, key string, orig func(*gorm.DB), tryLease bool) *loadResult {
 	st := db.Statement
-	ctx, cancel := p.opCtx(st.Context)
 	token := newToken()
-	lease := appendHeader(make([]byte, 0, headerLen), stateLease, token, spec.codec.fp)
-	leased, err := p.rdb.SetNX(ctx, key, lease, p.cfg.LeaseTTL).Result()
-	cancel()
-	if err != nil {
-		p.stats.redisErrors.Add(1)
-		leased = false
+	leased := false
+	if tryLease {
+		ctx, cancel := p.opCtx(st.Context)
+		lease := appendHeader(make([]byte, 0, headerLen), stateLease, token, spec.codec.fp)
+		ok, err := p.rdb.SetNX(ctx, key, lease, p.cfg.LeaseTTL).Result()
+		cancel()
+		if err != nil {
+			p.stats.redisErrors.Add(1)
+		}
+		leased = ok && err == nil
 	}
 	p.at("read:after-lease", key)
 	if leased {

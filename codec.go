@@ -112,6 +112,7 @@ type fieldCodec struct {
 	f   *schema.Field
 	enc func(e *msgpack.Encoder, v reflect.Value) error
 	dec func(d *msgpack.Decoder, v reflect.Value) error
+	row bool // enc and dec take the whole row, not the field (serializer fields)
 }
 
 func newRowCodec(sch *schema.Schema) (*rowCodec, error) {
@@ -120,6 +121,16 @@ func newRowCodec(sch *schema.Schema) (*rowCodec, error) {
 	fmt.Fprintf(h, "wt-row-%d|%s|", formatVersion, sch.Table)
 	for _, f := range sch.Fields {
 		if f.DBName == "" {
+			continue
+		}
+		if f.Serializer != nil {
+			// Stored as the serializer's database value and restored with the
+			// serializer's Scan, as a database read restores it: a generic
+			// encoding would lose what the serializer keeps (a time's zone
+			// inside a JSON document).
+			enc, dec := serializerCodec(f)
+			c.fields = append(c.fields, fieldCodec{f: f, enc: enc, dec: dec, row: true})
+			fmt.Fprintf(h, "%s:%s:%s:ser=%T;", f.DBName, f.FieldType.PkgPath(), f.FieldType.String(), f.Serializer)
 			continue
 		}
 		enc, dec := codecFor(f.FieldType)
@@ -173,7 +184,11 @@ func (c *rowCodec) appendRow(dst []byte, rv reflect.Value) (out []byte, err erro
 	}
 	for i := range c.fields {
 		fc := &c.fields[i]
-		if err := fc.enc(s.enc, fc.f.ReflectValueOf(nilCtx, rv)); err != nil {
+		v := rv
+		if !fc.row {
+			v = fc.f.ReflectValueOf(nilCtx, rv)
+		}
+		if err := fc.enc(s.enc, v); err != nil {
 			return nil, fmt.Errorf("writethrough: encode %s.%s: %w", fc.f.Schema.Name, fc.f.Name, err)
 		}
 	}
@@ -202,7 +217,11 @@ func (c *rowCodec) decodeRow(b []byte, rv reflect.Value) (err error) {
 	}
 	for i := range c.fields {
 		fc := &c.fields[i]
-		if err := fc.dec(s.dec, fc.f.ReflectValueOf(nilCtx, rv)); err != nil {
+		v := rv
+		if !fc.row {
+			v = fc.f.ReflectValueOf(nilCtx, rv)
+		}
+		if err := fc.dec(s.dec, v); err != nil {
 			return fmt.Errorf("%w: field %s: %v", errCorrupt, fc.f.Name, err)
 		}
 	}
@@ -427,6 +446,11 @@ func encDriver(e *msgpack.Encoder, v reflect.Value) error {
 	if err != nil {
 		return err
 	}
+	return encDriverValue(e, dv, v.Type())
+}
+
+// encDriverValue stores one driver value with a tag that says its type.
+func encDriverValue(e *msgpack.Encoder, dv driver.Value, from reflect.Type) error {
 	switch x := dv.(type) {
 	case nil:
 		return e.EncodeNil()
@@ -456,7 +480,7 @@ func encDriver(e *msgpack.Encoder, v reflect.Value) error {
 	case reflect.String:
 		return encTagged(e, dvString, func() error { return e.EncodeString(rv.String()) })
 	}
-	return fmt.Errorf("%s.Value returned unsupported %T", v.Type(), dv)
+	return fmt.Errorf("%s.Value returned unsupported %T", from, dv)
 }
 
 func encTagged(e *msgpack.Encoder, tag int, val func() error) error {
@@ -469,44 +493,47 @@ func encTagged(e *msgpack.Encoder, tag int, val func() error) error {
 	return val()
 }
 
-func decDriver(d *msgpack.Decoder, v reflect.Value) error {
-	var dv any
+// decDriverValue reads what encDriverValue wrote.
+func decDriverValue(d *msgpack.Decoder) (driver.Value, error) {
 	if isNil(d) {
-		if err := d.DecodeNil(); err != nil {
-			return err
-		}
-	} else {
-		n, err := d.DecodeArrayLen()
-		if err != nil || n != 2 {
-			return fmt.Errorf("bad driver value")
-		}
-		tag, err := d.DecodeInt()
-		if err != nil {
-			return err
-		}
-		switch tag {
-		case dvInt:
-			dv, err = d.DecodeInt64()
-		case dvFloat:
-			dv, err = d.DecodeFloat64()
-		case dvBool:
-			dv, err = d.DecodeBool()
-		case dvBytes:
-			var b []byte
-			err = decBytes(d, reflect.ValueOf(&b).Elem())
-			dv = b
-		case dvString:
-			dv, err = d.DecodeString()
-		case dvTime:
-			var t time.Time
-			err = decTime(d, reflect.ValueOf(&t).Elem())
-			dv = t
-		default:
-			return fmt.Errorf("unknown driver value tag %d", tag)
-		}
-		if err != nil {
-			return err
-		}
+		return nil, d.DecodeNil()
+	}
+	n, err := d.DecodeArrayLen()
+	if err != nil || n != 2 {
+		return nil, fmt.Errorf("bad driver value")
+	}
+	tag, err := d.DecodeInt()
+	if err != nil {
+		return nil, err
+	}
+	var dv driver.Value
+	switch tag {
+	case dvInt:
+		dv, err = d.DecodeInt64()
+	case dvFloat:
+		dv, err = d.DecodeFloat64()
+	case dvBool:
+		dv, err = d.DecodeBool()
+	case dvBytes:
+		var b []byte
+		err = decBytes(d, reflect.ValueOf(&b).Elem())
+		dv = b
+	case dvString:
+		dv, err = d.DecodeString()
+	case dvTime:
+		var t time.Time
+		err = decTime(d, reflect.ValueOf(&t).Elem())
+		dv = t
+	default:
+		return nil, fmt.Errorf("unknown driver value tag %d", tag)
+	}
+	return dv, err
+}
+
+func decDriver(d *msgpack.Decoder, v reflect.Value) error {
+	dv, err := decDriverValue(d)
+	if err != nil {
+		return err
 	}
 	fresh := reflect.New(v.Type())
 	if err := fresh.Interface().(sql.Scanner).Scan(dv); err != nil {
@@ -516,7 +543,41 @@ func decDriver(d *msgpack.Decoder, v reflect.Value) error {
 	return nil
 }
 
-// Anything else (serializer fields, structs, maps) goes through msgpack's
+// serializerCodec stores a field with a GORM serializer (serializer:json,
+// gob, unixtime, or a type implementing schema.SerializerInterface) as the
+// value the serializer gives the database, and restores it through GORM's own
+// scan path for that field: a fresh serializer scans the value, then the
+// field's setter runs the serializer's Scan. Both take the whole row.
+func serializerCodec(f *schema.Field) (encFunc, decFunc) {
+	return func(e *msgpack.Encoder, row reflect.Value) error {
+			fv, _ := f.ValueOf(nilCtx, row)
+			valuer, ok := fv.(driver.Valuer)
+			if !ok {
+				return fmt.Errorf("serializer of %s gives no driver.Valuer", f.Name)
+			}
+			dv, err := valuer.Value()
+			if err != nil {
+				return err
+			}
+			return encDriverValue(e, dv, f.FieldType)
+		}, func(d *msgpack.Decoder, row reflect.Value) error {
+			dv, err := decDriverValue(d)
+			if err != nil {
+				return err
+			}
+			sv := f.NewValuePool.Get()
+			scanner, ok := sv.(sql.Scanner)
+			if !ok {
+				return fmt.Errorf("serializer of %s scans nothing", f.Name)
+			}
+			if err := scanner.Scan(dv); err != nil {
+				return err
+			}
+			return f.Set(nilCtx, row, sv)
+		}
+}
+
+// Anything else (structs, maps, slices without a serializer) goes through msgpack's
 // reflection, nested as one bin so that its length is checked.
 func encGeneric(e *msgpack.Encoder, v reflect.Value) error {
 	b, err := msgpack.Marshal(v.Interface())

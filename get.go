@@ -31,7 +31,11 @@ func Get[T any](ctx context.Context, db *gorm.DB, key any) (T, error) {
 	}
 	if ok && !inTx(db) {
 		c, cancel := p.opCtx(ctx)
-		raw, rerr := p.rdb.Get(c, k).Bytes()
+		var raw []byte
+		rerr := p.redisCall(func() (err error) {
+			raw, err = p.rdb.Get(c, k).Bytes()
+			return err
+		})
 		cancel()
 		if rerr == nil {
 			switch p.decodeInto(ctx, spec, k, raw, reflect.ValueOf(&out).Elem()) {
@@ -83,7 +87,11 @@ func GetMany[T any](ctx context.Context, db *gorm.DB, keys ...any) ([]T, error) 
 		rkeys[i] = rk
 	}
 	c, cancel := p.opCtx(ctx)
-	raws, rerr := p.getMany(c, rkeys)
+	var raws [][]byte
+	rerr := p.redisCall(func() (err error) {
+		raws, err = p.getMany(c, rkeys)
+		return err
+	})
 	cancel()
 	if rerr != nil {
 		p.stats.redisErrors.Add(1)

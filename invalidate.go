@@ -78,7 +78,7 @@ func (p *Plugin) invalidateKeys(ctx context.Context, keys []string) error {
 	}
 	c, cancel := p.opCtx(ctx)
 	defer cancel()
-	p.scripts.run(c, p.rdb, calls)
+	p.run(c, calls)
 	for _, k := range keys {
 		p.flights.Forget(k)
 	}

@@ -1,6 +1,7 @@
 package writethrough
 
 import (
+	"context"
 	"fmt"
 	"log/slog"
 	"reflect"
@@ -69,6 +70,23 @@ type Config struct {
 	// Larger rows are served from the database and their keys invalidated
 	// on write. Default 1 MiB.
 	MaxRowSize int
+	// OutboxTable is the table where Soft writes record keys that Redis
+	// could not take, to be invalidated once it answers. The plugin creates
+	// it. Default "writethrough_outbox".
+	OutboxTable string
+	// DisableOutbox turns the outbox off: Soft writes that Redis missed are
+	// then bounded only by PendingTTL and the model TTL.
+	DisableOutbox bool
+	// DrainInterval is how often the outbox drainer retries; it also runs
+	// at start-up and whenever a key is recorded. Default 1s. A negative
+	// value runs no drainer: the caller calls [Plugin.Drain].
+	DrainInterval time.Duration
+	// BreakerThreshold is the number of consecutive Redis connection
+	// failures that opens the circuit breaker. Default 5; negative disables it.
+	BreakerThreshold int
+	// BreakerCooldown is how long an open breaker keeps the plugin off
+	// Redis before it lets one probe through. Default 1s.
+	BreakerCooldown time.Duration
 	// Models are checked when the plugin is registered, so that a malformed
 	// cache tag fails db.Use instead of the first statement on the model.
 	Models []any
@@ -94,6 +112,10 @@ var prefixRE = regexp.MustCompile(`^[A-Za-z0-9_.\-:]+$`)
 // withDefaults returns a copy of c with defaults filled in, or the first
 // invalid field.
 func (c Config) withDefaults() (Config, error) {
+	manualDrain := c.DrainInterval < 0
+	if manualDrain {
+		c.DrainInterval = 0
+	}
 	durations := []struct {
 		name string
 		v    *time.Duration
@@ -104,6 +126,8 @@ func (c Config) withDefaults() (Config, error) {
 		{"LeaseTTL", &c.LeaseTTL, defaultLeaseTTL},
 		{"PendingTTL", &c.PendingTTL, defaultPendingTTL},
 		{"Timeout", &c.Timeout, defaultTimeout},
+		{"DrainInterval", &c.DrainInterval, time.Second},
+		{"BreakerCooldown", &c.BreakerCooldown, time.Second},
 	}
 	for _, d := range durations {
 		switch {
@@ -138,6 +162,21 @@ func (c Config) withDefaults() (Config, error) {
 	case c.MaxRowSize == 0:
 		c.MaxRowSize = defaultMaxRowSize
 	}
+	if manualDrain {
+		c.DrainInterval = -1
+	}
+	if c.OutboxTable == "" {
+		c.OutboxTable = "writethrough_outbox"
+	}
+	if !identRE.MatchString(c.OutboxTable) {
+		return c, &ConfigError{Field: "OutboxTable", Reason: fmt.Sprintf("%q is not an SQL identifier", c.OutboxTable)}
+	}
+	switch {
+	case c.BreakerThreshold == 0:
+		c.BreakerThreshold = 5
+	case c.BreakerThreshold < 0:
+		c.BreakerThreshold = 0
+	}
 	if c.PendingTTL <= c.Timeout {
 		return c, &ConfigError{Field: "PendingTTL", Reason: "must be longer than Timeout"}
 	}
@@ -162,6 +201,17 @@ type Plugin struct {
 
 	hook func(point, key string) // test-only interleaving points; nil in production
 
+	brk *breaker
+
+	db           *gorm.DB // the registered database, for the outbox drainer
+	outboxOnce   sync.Once
+	drainStarted atomic.Bool
+	drainMu      sync.Mutex // protects stopDrain, drainDone, closed
+	stopDrain    context.CancelFunc
+	drainDone    chan struct{}
+	closed       bool
+	wake         chan struct{}
+
 	stats counters
 }
 
@@ -173,8 +223,9 @@ const Name = "writethrough"
 // New returns a plugin that caches in rdb. The caller owns rdb. A bad cfg is
 // reported by db.Use.
 func New(rdb redis.UniversalClient, cfg Config) *Plugin {
-	p := &Plugin{rdb: rdb, inited: make(map[any]bool)}
+	p := &Plugin{rdb: rdb, inited: make(map[any]bool), wake: make(chan struct{}, 1)}
 	p.cfg, p.cfgErr = cfg.withDefaults()
+	p.brk = &breaker{threshold: p.cfg.BreakerThreshold, cooldown: p.cfg.BreakerCooldown, now: time.Now}
 	if p.cfgErr == nil && rdb == nil {
 		p.cfgErr = &ConfigError{Field: "rdb", Reason: "nil Redis client"}
 	}
@@ -198,6 +249,9 @@ func (p *Plugin) Initialize(db *gorm.DB) error {
 		}
 	}
 	p.wrapPool(db)
+	if err := p.startOutbox(db); err != nil {
+		return err
+	}
 
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -211,10 +265,6 @@ func (p *Plugin) Initialize(db *gorm.DB) error {
 	p.inited[reg] = true
 	return nil
 }
-
-// Close stops the plugin's background work. It does not close the Redis
-// client, which the caller owns.
-func (p *Plugin) Close() error { return nil }
 
 // Stats counts what the plugin did since it was created.
 type Stats struct {
@@ -230,6 +280,10 @@ type Stats struct {
 	Invalidations  uint64 // keys invalidated (Invalidate, failed writes)
 	DecodeErrors   uint64 // entries in Redis that could not be decoded (deleted)
 	RedisErrors    uint64 // Redis errors on reads (the read fell back to SQL)
+	Outboxed       uint64 // keys recorded in the outbox
+	Drained        uint64 // outbox records drained
+	Breaker        BreakerState
+	BreakerOpens   uint64 // times the circuit breaker opened
 }
 
 type counters struct {
@@ -237,6 +291,7 @@ type counters struct {
 	prepares, prepareErrors                  atomic.Uint64
 	finalizes, finalizeErrors, invalidations atomic.Uint64
 	decodeErrors, redisErrors                atomic.Uint64
+	outboxed, drained                        atomic.Uint64
 }
 
 // Stats returns a snapshot of the plugin's counters.
@@ -249,6 +304,8 @@ func (p *Plugin) Stats() Stats {
 		Finalizes: c.finalizes.Load(), FinalizeErrors: c.finalizeErrors.Load(),
 		Invalidations: c.invalidations.Load(), DecodeErrors: c.decodeErrors.Load(),
 		RedisErrors: c.redisErrors.Load(),
+		Outboxed:    c.outboxed.Load(), Drained: c.drained.Load(),
+		Breaker: p.brk.current(), BreakerOpens: p.brk.opens.Load(),
 	}
 }
 

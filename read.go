@@ -55,6 +55,7 @@ func (p *Plugin) query(orig func(*gorm.DB)) func(*gorm.DB) {
 }
 
 func (p *Plugin) serve(db *gorm.DB, orig func(*gorm.DB)) {
+	p.ensureDrainer()
 	st := db.Statement
 	spec, err := p.specOf(st.Schema)
 	if err != nil {
@@ -128,7 +129,7 @@ func (p *Plugin) heal(ctx context.Context, key string, cause error) {
 	p.stats.decodeErrors.Add(1)
 	p.logf("writethrough: undecodable cache entry deleted", "key", key, "err", cause)
 	c := &call{sc: p.scripts.invalidate, key: key}
-	p.scripts.run(ctx, p.rdb, []*call{c})
+	p.run(ctx, []*call{c})
 }
 
 func (p *Plugin) serveOne(db *gorm.DB, plan readPlan, orig func(*gorm.DB)) {
@@ -136,7 +137,11 @@ func (p *Plugin) serveOne(db *gorm.DB, plan readPlan, orig func(*gorm.DB)) {
 	spec, key := plan.spec, plan.keys[0]
 	ctx, cancel := p.opCtx(st.Context)
 	defer cancel()
-	raw, err := p.rdb.Get(ctx, key).Bytes()
+	var raw []byte
+	err := p.redisCall(func() (err error) {
+		raw, err = p.rdb.Get(ctx, key).Bytes()
+		return err
+	})
 	var res lookup
 	var elem reflect.Value
 	switch {
@@ -212,7 +217,11 @@ func (p *Plugin) load(db *gorm.DB, spec *modelSpec, key string, orig func(*gorm.
 	if tryLease {
 		ctx, cancel := p.opCtx(st.Context)
 		lease := appendHeader(make([]byte, 0, headerLen), stateLease, token, spec.codec.fp)
-		ok, err := p.rdb.SetNX(ctx, key, lease, p.cfg.LeaseTTL).Result()
+		var ok bool
+		err := p.redisCall(func() (err error) {
+			ok, err = p.rdb.SetNX(ctx, key, lease, p.cfg.LeaseTTL).Result()
+			return err
+		})
 		cancel()
 		if err != nil {
 			p.stats.redisErrors.Add(1)
@@ -252,7 +261,7 @@ func (p *Plugin) fill(parent context.Context, spec *modelSpec, key, token string
 	ctx, cancel := p.opCtx(parent)
 	defer cancel()
 	c := p.fillCall(spec, key, token, found, row)
-	p.scripts.run(ctx, p.rdb, []*call{c})
+	p.run(ctx, []*call{c})
 	p.countFill(c)
 }
 
@@ -360,7 +369,11 @@ func (p *Plugin) serveMany(db *gorm.DB, plan readPlan, orig func(*gorm.DB)) {
 	spec := plan.spec
 	ctx, cancel := p.opCtx(st.Context)
 	defer cancel()
-	raws, err := p.getMany(ctx, plan.keys)
+	var raws [][]byte
+	err := p.redisCall(func() (err error) {
+		raws, err = p.getMany(ctx, plan.keys)
+		return err
+	})
 	if err != nil {
 		p.stats.redisErrors.Add(1)
 		p.logf("writethrough: cache read failed; reading the database", "err", err)
@@ -401,13 +414,19 @@ func (p *Plugin) serveMany(db *gorm.DB, plan readPlan, orig func(*gorm.DB)) {
 	leased := map[string]bool{}
 	if len(empty) > 0 {
 		cmds := make([]*redis.BoolCmd, len(empty))
-		_, _ = p.rdb.Pipelined(ctx, func(pipe redis.Pipeliner) error {
-			for j, i := range empty {
-				cmds[j] = pipe.SetNX(ctx, plan.keys[i], lease, p.cfg.LeaseTTL)
-			}
-			return nil
+		perr := p.redisCall(func() error {
+			_, err := p.rdb.Pipelined(ctx, func(pipe redis.Pipeliner) error {
+				for j, i := range empty {
+					cmds[j] = pipe.SetNX(ctx, plan.keys[i], lease, p.cfg.LeaseTTL)
+				}
+				return nil
+			})
+			return err
 		})
 		for j, i := range empty {
+			if cmds[j] == nil || perr != nil && connectionError(perr) {
+				break
+			}
 			if ok, err := cmds[j].Result(); err == nil && ok {
 				leased[plan.keys[i]] = true
 			}
@@ -445,7 +464,7 @@ func (p *Plugin) serveMany(db *gorm.DB, plan readPlan, orig func(*gorm.DB)) {
 	p.at("read:after-db-before-fill", calls[0].key)
 	fctx, fcancel := p.opCtx(st.Context)
 	defer fcancel()
-	p.scripts.run(fctx, p.rdb, calls)
+	p.run(fctx, calls)
 	for _, c := range calls {
 		p.countFill(c)
 	}

@@ -42,10 +42,11 @@ const stateKey = "writethrough:write"
 // writeState carries one statement's bookkeeping from the before to the
 // after callback.
 type writeState struct {
-	saved reflect.Value // the statement's ReflectValue while a RETURNING slice stands in
-	bulk  bool
-	token string          // writer token without a transaction
-	early map[string]bool // keys made pending before the statement (no transaction)
+	saved  reflect.Value // the statement's ReflectValue while a RETURNING slice stands in
+	bulk   bool
+	token  string          // writer token without a transaction
+	early  map[string]bool // keys made pending before the statement (no transaction)
+	failed []string        // keys whose early prepare failed (Soft): outbox after the write
 }
 
 // target is one row a statement wrote.
@@ -62,6 +63,7 @@ func (p *Plugin) beforeWrite(kind writeKind) func(*gorm.DB) {
 		if db.Error != nil || db.DryRun {
 			return
 		}
+		p.ensureDrainer()
 		spec, err := p.specOf(db.Statement.Schema)
 		if err != nil {
 			_ = db.AddError(err)
@@ -89,7 +91,7 @@ func (p *Plugin) beforeWrite(kind writeKind) func(*gorm.DB) {
 		}
 		ctx, cancel := p.opCtx(db.Statement.Context)
 		defer cancel()
-		p.scripts.run(ctx, p.rdb, calls)
+		p.run(ctx, calls)
 		for i, c := range calls {
 			p.stats.prepares.Add(1)
 			p.flights.Forget(targets[i].key)
@@ -99,7 +101,8 @@ func (p *Plugin) beforeWrite(kind writeKind) func(*gorm.DB) {
 					_ = db.AddError(unavailable("prepare "+kind.String(), err))
 					return
 				}
-				p.logf("writethrough: prepare failed; the key is invalidated after the write", "key", c.key, "err", err)
+				p.logf("writethrough: prepare failed; the key goes to the outbox", "key", c.key, "err", err)
+				ws.failed = append(ws.failed, c.key)
 				continue
 			}
 			ws.early[targets[i].key] = true
@@ -367,6 +370,15 @@ func (p *Plugin) stageTx(db *gorm.DB, spec *modelSpec, kind writeKind, tx *hookT
 			targets[i].intent, targets[i].row = 0, nil
 		}
 	}
+	if db.RowsAffected < int64(len(targets)) {
+		// The statement missed some rows, so it holds no lock on them: what
+		// the re-read saw there may be overtaken before this prepares (a
+		// concurrent insert). Invalidate, never install.
+		for i := range targets {
+			targets[i].intent, targets[i].row = 0, nil
+		}
+	}
+	p.at("write:after-reread", targets[0].key)
 	entries := make([]*staged, len(targets))
 	calls := make([]*call, len(targets))
 	for i, t := range targets {
@@ -375,7 +387,8 @@ func (p *Plugin) stageTx(db *gorm.DB, spec *modelSpec, kind writeKind, tx *hookT
 	}
 	ctx, cancel := p.opCtx(db.Statement.Context)
 	defer cancel()
-	p.scripts.run(ctx, p.rdb, calls)
+	p.run(ctx, calls)
+	var failed []string
 	for i, c := range calls {
 		p.stats.prepares.Add(1)
 		p.flights.Forget(c.key)
@@ -386,11 +399,17 @@ func (p *Plugin) stageTx(db *gorm.DB, spec *modelSpec, kind writeKind, tx *hookT
 			if spec.mode == Strict {
 				_ = db.AddError(err)
 			} else {
-				p.logf("writethrough: prepare failed; the key is invalidated after the transaction", "key", c.key, "err", err)
+				p.logf("writethrough: prepare failed; the key goes to the outbox", "key", c.key, "err", err)
+				failed = append(failed, c.key)
 			}
 			continue
 		}
 		p.at("write:after-prepare", c.key)
+	}
+	// Soft: the keys Redis missed are recorded in the same transaction, so
+	// the record commits exactly when the write does.
+	if err := p.record(db, failed); err != nil {
+		_ = db.AddError(err)
 	}
 }
 
@@ -410,7 +429,7 @@ func (p *Plugin) stageForeign(db *gorm.DB, spec *modelSpec, kind writeKind, targ
 	}
 	ctx, cancel := p.opCtx(db.Statement.Context)
 	defer cancel()
-	p.scripts.run(ctx, p.rdb, calls)
+	p.run(ctx, calls)
 	for _, c := range calls {
 		p.flights.Forget(c.key)
 		if err := prepareErr(c); err != nil && spec.mode == Strict {
@@ -453,16 +472,17 @@ func (p *Plugin) stageAutocommit(db *gorm.DB, spec *modelSpec, ws *writeState, t
 	p.at("write:before-finalize", targets[0].key)
 	ctx, cancel := p.opCtx(db.Statement.Context)
 	defer cancel()
-	p.scripts.run(ctx, p.rdb, calls)
+	p.run(ctx, calls)
+	missed := ws.failed
 	for _, c := range fin {
 		p.stats.finalizes.Add(1)
 		if c.err != nil {
 			p.stats.finalizeErrors.Add(1)
-			p.logf("writethrough: finalize failed; the pending entry expires", "key", c.key, "err", c.err)
-			// Without the new row, at least never leave it installable.
-			p.releaseKeys(ctx, token, []string{c.key})
+			p.logf("writethrough: finalize failed; the key goes to the outbox", "key", c.key, "err", c.err)
+			missed = append(missed, c.key)
 		}
 	}
+	p.recordAfterCommit(db.Statement.Context, missed)
 	for _, t := range targets {
 		p.flights.Forget(t.key)
 	}
@@ -485,7 +505,7 @@ func (p *Plugin) releaseKeys(ctx context.Context, token string, keys []string) {
 	for i, k := range keys {
 		calls[i] = &call{sc: p.scripts.finalize, key: k, args: []any{token, "d", 1, 1}}
 	}
-	p.scripts.run(ctx, p.rdb, calls)
+	p.run(ctx, calls)
 }
 
 // finalize ends a transaction's part in each key it staged. committed is
@@ -507,13 +527,22 @@ func (p *Plugin) finalize(parent context.Context, token string, entries []*stage
 			token, mode, p.ttlMillis(e.spec), p.cfg.NegativeTTL.Milliseconds(),
 		}}
 	}
-	p.scripts.run(ctx, p.rdb, calls)
+	p.run(ctx, calls)
+	var missed []string
 	for _, c := range calls {
 		p.stats.finalizes.Add(1)
 		if c.err != nil {
 			p.stats.finalizeErrors.Add(1)
-			p.logf("writethrough: finalize failed; the pending entry expires", "key", c.key, "err", c.err)
+			p.logf("writethrough: finalize failed", "key", c.key, "err", c.err)
+			if e := byKey(entries, c.key); e != nil && !e.failed {
+				missed = append(missed, c.key) // failed ones are in the outbox already
+			}
 		}
+	}
+	if committed {
+		// A committed write whose finalize failed: the pending entry would
+		// expire on its own, but the outbox deletes it as soon as Redis answers.
+		p.recordAfterCommit(parent, missed)
 	}
 	p.at("write:after-finalize", entries[0].key)
 }
@@ -575,3 +604,12 @@ func (p *Plugin) recoverInto(db *gorm.DB) {
 }
 
 var _ = strconv.Itoa
+
+func byKey(entries []*staged, key string) *staged {
+	for _, e := range entries {
+		if e.key == key {
+			return e
+		}
+	}
+	return nil
+}

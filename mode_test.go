@@ -1,0 +1,235 @@
+package writethrough_test
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"gorm.io/gorm"
+
+	"github.com/gorm-writethrough/writethrough"
+	"github.com/gorm-writethrough/writethrough/internal/redisproc"
+	"github.com/gorm-writethrough/writethrough/internal/testenv"
+)
+
+// faultEnv is a test with a redis-server of its own, which it may break.
+type faultEnv struct {
+	*env
+	srv *redisproc.Server
+}
+
+func setupFault(t *testing.T, cfg writethrough.Config, args ...string) *faultEnv {
+	t.Helper()
+	srv := redisproc.Start(t, args...)
+	opts := srv.Options()
+	opts.ContextTimeoutEnabled = true
+	opts.MaxRetries = -1
+	rdb := redis.NewClient(opts)
+	t.Cleanup(func() { _ = rdb.Close() })
+	db := testenv.Postgres(t, nil)
+	if cfg.Prefix == "" {
+		cfg.Prefix = "fault"
+	}
+	if cfg.Timeout == 0 {
+		cfg.Timeout = 200 * time.Millisecond
+	}
+	cfg.DrainInterval = -1 // tests drain explicitly
+	p := writethrough.New(rdb, cfg)
+	require.NoError(t, db.Use(p))
+	t.Cleanup(func() { _ = p.Close() })
+	require.NoError(t, db.AutoMigrate(&User{}))
+	return &faultEnv{env: &env{db: db, rdb: rdb, prefix: cfg.Prefix, p: p}, srv: srv}
+}
+
+func (e *faultEnv) dbUser(t *testing.T, id uint) User {
+	t.Helper()
+	var u User
+	require.NoError(t, e.db.First(&u, id).Error)
+	return u
+}
+
+func TestStrictFailsAndRollsBackWhenRedisIsDown(t *testing.T) {
+	e := setupFault(t, writethrough.Config{Mode: writethrough.Strict, BreakerThreshold: -1})
+	u := User{Email: "s@x", Balance: 1}
+	require.NoError(t, e.db.Create(&u).Error)
+	e.srv.Kill()
+
+	err := e.db.Create(&User{Email: "s2@x"}).Error
+	require.ErrorIs(t, err, writethrough.ErrCacheUnavailable)
+	var n int64
+	require.NoError(t, e.db.Model(&User{}).Where("email = ?", "s2@x").Count(&n).Error)
+	assert.Zero(t, n, "the implicit transaction rolled back")
+
+	err = e.db.Model(&u).Update("balance", 2).Error
+	require.ErrorIs(t, err, writethrough.ErrCacheUnavailable)
+	assert.Equal(t, int64(1), e.dbUser(t, u.ID).Balance)
+
+	// A caller that ignores the error cannot commit the transaction.
+	tx := e.db.Begin()
+	require.ErrorIs(t, tx.Model(&u).Update("balance", 3).Error, writethrough.ErrCacheUnavailable)
+	err = tx.Commit().Error
+	require.ErrorIs(t, err, writethrough.ErrCacheUnavailable)
+	assert.Equal(t, int64(1), e.dbUser(t, u.ID).Balance)
+}
+
+func TestStrictPerModelTagOverridesSoftDefault(t *testing.T) {
+	type Ledger struct {
+		ID     uint `gorm:"primaryKey" cache:"mode:strict"`
+		Amount int
+	}
+	e := setupFault(t, writethrough.Config{BreakerThreshold: -1})
+	require.NoError(t, e.db.AutoMigrate(&Ledger{}))
+	e.srv.Kill()
+	require.NoError(t, e.db.Create(&User{Email: "soft@x"}).Error, "User is Soft")
+	require.ErrorIs(t, e.db.Create(&Ledger{Amount: 1}).Error, writethrough.ErrCacheUnavailable, "Ledger is Strict")
+}
+
+func TestSoftCommitsThenTheOutboxRemovesTheStaleEntry(t *testing.T) {
+	e := setupFault(t, writethrough.Config{BreakerThreshold: -1})
+	u := User{Email: "p@x", Balance: 1}
+	require.NoError(t, e.db.Create(&u).Error)
+	key := e.key("users", u.ID)
+	assert.Equal(t, byte(writethrough.StateCommitted), e.state(t, key))
+
+	e.srv.Pause() // keeps the old committed entry
+	require.NoError(t, e.db.Model(&u).Update("balance", 2).Error, "Soft never fails a write because of Redis")
+	assert.Equal(t, int64(2), e.dbUser(t, u.ID).Balance)
+	assert.Equal(t, uint64(1), e.p.Stats().Outboxed)
+
+	var pending int64
+	require.NoError(t, e.db.Table("writethrough_outbox").Count(&pending).Error)
+	require.Equal(t, int64(1), pending, "one record, written in the write's transaction")
+	// While Redis is paused the drain fails and keeps the record.
+	_, err := e.p.Drain(context.Background())
+	require.Error(t, err)
+	require.NoError(t, e.db.Table("writethrough_outbox").Count(&pending).Error)
+	require.Equal(t, int64(1), pending)
+
+	e.srv.Resume()
+	n, err := e.p.Drain(context.Background())
+	require.NoError(t, err)
+	assert.Equal(t, 1, n)
+	var got User
+	require.NoError(t, e.db.Scopes(writethrough.Cached).First(&got, u.ID).Error)
+	assert.Equal(t, int64(2), got.Balance, "no stale entry survives the drain")
+}
+
+func TestSoftRollbackRecordsNothing(t *testing.T) {
+	e := setupFault(t, writethrough.Config{BreakerThreshold: -1})
+	u := User{Email: "r@x", Balance: 1}
+	require.NoError(t, e.db.Create(&u).Error)
+	e.srv.Kill()
+	boom := errors.New("boom")
+	require.ErrorIs(t, e.db.Transaction(func(tx *gorm.DB) error {
+		require.NoError(t, tx.Model(&u).Update("balance", 9).Error)
+		return boom
+	}), boom)
+	var n int64
+	require.NoError(t, e.db.Table("writethrough_outbox").Count(&n).Error)
+	assert.Zero(t, n, "the outbox record rolled back with the write")
+}
+
+func TestOutOfMemoryRedisStillInvalidates(t *testing.T) {
+	for _, mode := range []writethrough.Mode{writethrough.Soft, writethrough.Strict} {
+		t.Run(mode.String(), func(t *testing.T) {
+			e := setupFault(t, writethrough.Config{Mode: mode, BreakerThreshold: -1}, "--maxmemory-policy", "noeviction")
+			ctx := context.Background()
+			u := User{Email: "oom@x", Balance: 1}
+			require.NoError(t, e.db.Create(&u).Error)
+			key := e.key("users", u.ID)
+			require.Equal(t, byte(writethrough.StateCommitted), e.state(t, key))
+			fillRedis(t, e.rdb)
+
+			err := e.db.Model(&u).Update("balance", 2).Error
+			if mode == writethrough.Strict {
+				require.ErrorIs(t, err, writethrough.ErrCacheUnavailable)
+				assert.Equal(t, int64(1), e.dbUser(t, u.ID).Balance)
+				return
+			}
+			require.NoError(t, err)
+			// The prepare was refused, but finalize deletes (allow-oom): the
+			// old value is gone at once, not after a drain.
+			assert.Equal(t, byte(0), e.state(t, key))
+			n, err := e.p.Drain(ctx)
+			require.NoError(t, err, "delete-only invalidation works out of memory")
+			assert.Equal(t, 1, n)
+			var got User
+			require.NoError(t, e.db.Scopes(writethrough.Cached).First(&got, u.ID).Error)
+			assert.Equal(t, int64(2), got.Balance)
+			require.NoError(t, writethrough.Invalidate(e.db, &User{}, u.ID), "Invalidate works out of memory")
+		})
+	}
+}
+
+// fillRedis lowers maxmemory below what Redis uses, so that commands that
+// add data are refused.
+func fillRedis(t *testing.T, rdb *redis.Client) {
+	t.Helper()
+	ctx := context.Background()
+	pipe := rdb.Pipeline()
+	for i := 0; i < 2000; i++ {
+		pipe.Set(ctx, "filler:"+uintStr(uint64(i)), string(make([]byte, 512)), 0)
+	}
+	_, err := pipe.Exec(ctx)
+	require.NoError(t, err)
+	require.NoError(t, rdb.ConfigSet(ctx, "maxmemory", "1mb").Err())
+	err = rdb.Set(ctx, "probe", "x", 0).Err()
+	require.Error(t, err)
+	require.True(t, redis.IsOOMError(err), "Redis must now refuse writes: %v", err)
+}
+
+func TestBreakerOpensAndCloses(t *testing.T) {
+	e := setupFault(t, writethrough.Config{BreakerThreshold: 2, BreakerCooldown: 50 * time.Millisecond})
+	u := User{Email: "b@x", Balance: 1}
+	require.NoError(t, e.db.Create(&u).Error)
+	e.srv.Pause()
+	var got User
+	for i := 0; i < 2; i++ {
+		require.NoError(t, e.db.Scopes(writethrough.Cached).First(&got, u.ID).Error)
+	}
+	st := e.p.Stats()
+	assert.Equal(t, writethrough.BreakerOpen, st.Breaker)
+	assert.Equal(t, uint64(1), st.BreakerOpens)
+	// Open: the read does not wait on Redis at all, and a Soft write goes
+	// straight to the outbox.
+	require.NoError(t, e.db.Scopes(writethrough.Cached).First(&got, u.ID).Error)
+	require.NoError(t, e.db.Model(&u).Update("balance", 5).Error)
+	assert.Equal(t, uint64(1), e.p.Stats().Outboxed)
+
+	e.srv.Resume()
+	require.Eventually(t, func() bool {
+		_ = e.db.Scopes(writethrough.Cached).First(&got, u.ID).Error
+		return e.p.Stats().Breaker == writethrough.BreakerClosed
+	}, 5*time.Second, 20*time.Millisecond, "a probe after the cool-down closes it")
+	_, err := e.p.Drain(context.Background())
+	require.NoError(t, err)
+	require.NoError(t, e.db.Scopes(writethrough.Cached).First(&got, u.ID).Error)
+	assert.Equal(t, int64(5), got.Balance)
+}
+
+func TestBadConfigFailsUse(t *testing.T) {
+	db := testenv.Postgres(t, nil)
+	rdb, _ := testenv.Redis(t)
+	for _, tc := range []struct {
+		field string
+		cfg   writethrough.Config
+	}{
+		{"Timeout", writethrough.Config{Timeout: -time.Second}},
+		{"OutboxTable", writethrough.Config{OutboxTable: "bad table; drop"}},
+		{"Prefix", writethrough.Config{Prefix: "has space"}},
+		{"Mode", writethrough.Config{Mode: writethrough.Mode(7)}},
+		{"Jitter", writethrough.Config{Jitter: 200}},
+	} {
+		t.Run(tc.field, func(t *testing.T) {
+			err := db.Use(writethrough.New(rdb, tc.cfg))
+			var ce *writethrough.ConfigError
+			require.ErrorAs(t, err, &ce)
+			assert.Equal(t, tc.field, ce.Field)
+			assert.ErrorIs(t, err, writethrough.ErrInvalidConfig)
+		})
+	}
+}

@@ -1,0 +1,194 @@
+package writethrough
+
+import (
+	"context"
+	"fmt"
+	"regexp"
+	"time"
+
+	"gorm.io/gorm"
+	"gorm.io/gorm/clause"
+)
+
+// The outbox keeps Soft mode's promise that the cache converges (P3) when
+// Redis fails during a write. A key whose prepare failed is recorded in the
+// outbox table inside the write's own transaction, so the record commits if
+// and only if the write does. A drainer deletes those keys once Redis answers
+// and then removes the records: at least once, safe with many processes
+// (FOR UPDATE SKIP LOCKED on PostgreSQL), and from the start, so that a crash
+// loses nothing. A finalize that fails after COMMIT is recorded the same way.
+
+// outboxRow is one key waiting to be invalidated.
+type outboxRow struct {
+	ID        uint64    `gorm:"primaryKey"`
+	CacheKey  string    `gorm:"not null"`
+	CreatedAt time.Time `gorm:"index"`
+}
+
+var identRE = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$`)
+
+const drainBatch = 256
+
+// startOutbox creates the outbox table and starts the drainer, once.
+func (p *Plugin) startOutbox(db *gorm.DB) error {
+	if p.cfg.DisableOutbox {
+		return nil
+	}
+	var err error
+	p.outboxOnce.Do(func() {
+		p.db = db.Session(&gorm.Session{NewDB: true, Logger: db.Logger})
+		if err = p.db.Table(p.cfg.OutboxTable).AutoMigrate(&outboxRow{}); err != nil {
+			err = fmt.Errorf("writethrough: create outbox table %s: %w", p.cfg.OutboxTable, err)
+			return
+		}
+	})
+	return err
+}
+
+// ensureDrainer starts the background drainer the first time the plugin
+// handles a statement: by then the application has registered its plugins
+// and callbacks (GORM does not allow registering them while statements run).
+func (p *Plugin) ensureDrainer() {
+	if p.drainStarted.Load() || p.db == nil || p.cfg.DrainInterval < 0 {
+		return
+	}
+	p.drainMu.Lock()
+	defer p.drainMu.Unlock()
+	if p.drainStarted.Load() || p.closed {
+		return
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	p.stopDrain = cancel
+	p.drainDone = make(chan struct{})
+	go p.drainLoop(ctx)
+	p.drainStarted.Store(true)
+}
+
+// record adds keys to the outbox on db's connection (the write's transaction
+// when there is one).
+func (p *Plugin) record(db *gorm.DB, keys []string) error {
+	if p.cfg.DisableOutbox || len(keys) == 0 || p.db == nil {
+		return nil
+	}
+	rows := make([]outboxRow, len(keys))
+	for i, k := range keys {
+		rows[i] = outboxRow{CacheKey: k}
+	}
+	err := db.Session(&gorm.Session{NewDB: true, SkipHooks: true}).Table(p.cfg.OutboxTable).Create(&rows).Error
+	if err != nil {
+		return fmt.Errorf("writethrough: record keys in outbox: %w", err)
+	}
+	p.stats.outboxed.Add(uint64(len(keys)))
+	p.wakeDrainer()
+	return nil
+}
+
+// recordAfterCommit records keys whose finalize failed after the write
+// committed, on a connection of its own.
+func (p *Plugin) recordAfterCommit(ctx context.Context, keys []string) {
+	if p.db == nil || len(keys) == 0 {
+		return
+	}
+	if err := p.record(p.db.WithContext(context.WithoutCancel(ctx)), keys); err != nil {
+		p.logf("writethrough: outbox record failed; keys stay until PendingTTL and their TTL", "keys", len(keys), "err", err)
+	}
+}
+
+func (p *Plugin) wakeDrainer() {
+	select {
+	case p.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (p *Plugin) drainLoop(ctx context.Context) {
+	defer close(p.drainDone)
+	t := time.NewTicker(p.cfg.DrainInterval)
+	defer t.Stop()
+	for {
+		if _, err := p.Drain(ctx); err != nil && ctx.Err() == nil {
+			p.logf("writethrough: outbox drain failed; retrying", "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		case <-p.wake:
+		}
+	}
+}
+
+// Drain invalidates every key recorded in the outbox and removes the
+// records, and returns how many it removed. The plugin's drainer calls it in
+// the background; tests and operators may call it to converge at once. It
+// stops at the first Redis error, leaving the remaining records in place.
+func (p *Plugin) Drain(ctx context.Context) (int, error) {
+	if p.db == nil {
+		return 0, nil
+	}
+	total := 0
+	for {
+		n, err := p.drainBatch(ctx)
+		total += n
+		if err != nil || n < drainBatch {
+			return total, err
+		}
+	}
+}
+
+func (p *Plugin) drainBatch(ctx context.Context) (int, error) {
+	n := 0
+	err := p.db.WithContext(ctx).Transaction(func(tx *gorm.DB) error {
+		var rows []outboxRow
+		q := tx.Table(p.cfg.OutboxTable).Order("id").Limit(drainBatch)
+		if name := tx.Dialector.Name(); name == "postgres" || name == "mysql" {
+			q = q.Clauses(clause.Locking{Strength: "UPDATE", Options: "SKIP LOCKED"})
+		}
+		if err := q.Find(&rows).Error; err != nil {
+			return err
+		}
+		if len(rows) == 0 {
+			return nil
+		}
+		seen := make(map[string]bool, len(rows))
+		keys := make([]string, 0, len(rows))
+		ids := make([]uint64, len(rows))
+		for i, r := range rows {
+			ids[i] = r.ID
+			if !seen[r.CacheKey] {
+				seen[r.CacheKey] = true
+				keys = append(keys, r.CacheKey)
+			}
+		}
+		if err := p.invalidateKeys(ctx, keys); err != nil {
+			return err
+		}
+		if err := tx.Table(p.cfg.OutboxTable).Where("id IN ?", ids).Delete(&outboxRow{}).Error; err != nil {
+			return err
+		}
+		n = len(rows)
+		return nil
+	})
+	if err != nil {
+		return 0, err
+	}
+	p.stats.drained.Add(uint64(n))
+	return n, nil
+}
+
+// Close stops the outbox drainer. It does not close the Redis client or the
+// database, which the caller owns. Records left in the outbox are drained by
+// the next process that starts the plugin.
+func (p *Plugin) Close() error {
+	p.drainMu.Lock()
+	defer p.drainMu.Unlock()
+	if p.closed {
+		return nil
+	}
+	p.closed = true
+	if p.stopDrain != nil {
+		p.stopDrain()
+		<-p.drainDone
+	}
+	return nil
+}

@@ -129,11 +129,15 @@ type Violation struct {
 	Ops    []Op // the row's operations in the window, by call time
 }
 
-func (v Violation) String() string {
+func (v Violation) String() string { return v.Format(40) }
+
+// Format lists the violation's operations, at most max of them (all when
+// max is negative).
+func (v Violation) Format(max int) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "window %d, key %d, initial %s, %d ops:", v.Window, v.Key, v.Init, len(v.Ops))
 	for i, o := range v.Ops {
-		if i == 40 {
+		if i == max {
 			fmt.Fprintf(&b, "\n  ... %d more", len(v.Ops)-i)
 			break
 		}

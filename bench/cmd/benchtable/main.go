@@ -3,15 +3,19 @@
 // as a ratio of the floor measured in the same round, and the targets of
 // the benchmark suite, met or missed.
 //
-// Run it from the bench directory:
+// Run it from the bench directory (make bench does):
 //
-//	go run ./cmd/benchtable                  # 5 rounds, about 8 minutes
-//	go run ./cmd/benchtable -count 3 -benchtime 100ms -tput-benchtime 100ms
+//	go run ./cmd/benchtable                                  # 5 rounds, 6 to 9 minutes
+//	go run ./cmd/benchtable -count 3 -tput=false             # about a minute
+//	go run ./cmd/benchtable -count 10 -benchtime 300ms -tput-benchtime 1s
 //
-// Each round runs every benchmark once, so that a burst of noise from
-// other processes hits all contenders of a round alike; a ratio is the
-// median over the rounds of the round's own ratio. At the end the
-// PostgreSQL schema and the Redis keys are removed, unless -keep.
+// Each round runs every benchmark once, in a fresh process. Inside each
+// benchmark the contender is paired with the floor, interleaved (blocks
+// of operations for latency, 100ms phases for throughput), so that a
+// ratio compares two measurements made under the same load; the table
+// shows the median over the rounds of each round's ratio, and its range.
+// At the end the PostgreSQL schema and the Redis keys are removed, unless
+// -keep.
 package main
 
 import (
@@ -34,7 +38,7 @@ func main() {
 	var (
 		count     = flag.Int("count", 5, "rounds; each runs every benchmark once (at least 5 for published numbers)")
 		benchtime = flag.String("benchtime", "150ms", "-test.benchtime of the latency, batch, update and memory workloads")
-		tputtime  = flag.String("tput-benchtime", "600ms", "-test.benchtime of each throughput workload (its phases last 100ms)")
+		tputtime  = flag.String("tput-benchtime", "400ms", "-test.benchtime of each throughput workload (its phases last 100ms)")
 		tput      = flag.Bool("tput", true, "run the throughput workloads")
 		only      = flag.String("bench", "", "run only benchmarks matching this -test.bench regexp, with -benchtime")
 		tags      = flag.String("tags", "", "build tags for the benchmark binary")

@@ -8,8 +8,8 @@ package writethrough
 // plugin is used concurrently.
 func SetHook(p *Plugin, fn func(point, key string)) { p.hook = fn }
 
-// Entry is the decoded header of a raw Redis value, for assertions.
-type Entry struct {
+// RawEntry is the decoded header of a raw Redis value, for assertions.
+type RawEntry struct {
 	State byte
 	Token string
 	Row   []byte
@@ -19,12 +19,12 @@ type Entry struct {
 }
 
 // ParseEntry decodes a raw Redis value's header.
-func ParseEntry(b []byte) (Entry, error) {
+func ParseEntry(b []byte) (RawEntry, error) {
 	e, err := parseEntry(b)
 	if err != nil {
-		return Entry{}, err
+		return RawEntry{}, err
 	}
-	out := Entry{State: e.state, Token: e.token, Row: e.row}
+	out := RawEntry{State: e.state, Token: e.token, Row: e.row}
 	if e.state == statePending {
 		out.Flags = b[headerLen]
 		out.Writers = int(b[headerLen+1])

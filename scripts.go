@@ -27,7 +27,8 @@ local HL = 'w\001L'
 local function bit(f, b) return math.floor(f / b) % 2 == 1 end
 `
 
-// prepare: register a writer (token) on the key and make it pending.
+// prepare: register a writer (token) on the key and make it pending. A new
+// episode lives PendingTTL; writers that join it do not extend it.
 // ARGV: token, fingerprint, intent flags (pendHasRow|pendDelete), row,
 // pending TTL ms, max writers. Returns 1 (sole writer), 2 (overlap), 0
 // (too many writers in flight: refused).
@@ -51,6 +52,10 @@ if v and string.len(v) >= 29 and string.sub(v, 1, 3) == HP then
     n, toks, overlap = on + 1, ot .. tok, 1
   end
   flags = flags + overlap
+  -- Joining an episode keeps its deadline: a writer that crashed cannot be
+  -- kept registered forever by the writers that follow it.
+  redis.call('SET', KEYS[1], HP .. tok .. ARGV[2] .. string.char(flags, n) .. toks .. ARGV[4], 'KEEPTTL')
+  return 1 + flags % 2
 end
 redis.call('SET', KEYS[1], HP .. tok .. ARGV[2] .. string.char(flags, n) .. toks .. ARGV[4], 'PX', ARGV[5])
 return 1 + flags % 2

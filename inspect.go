@@ -1,0 +1,88 @@
+package writethrough
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"reflect"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"gorm.io/gorm"
+)
+
+// Entry describes what Redis holds for one row, for debugging and
+// operations.
+type Entry struct {
+	Key     string
+	State   string        // "absent", "committed", "pending", "lease", "tombstone", "foreign" or "corrupt"
+	TTL     time.Duration // remaining lifetime; 0 when absent
+	Writers int           // writers in flight (pending entries)
+	Row     any           // the cached row, a pointer to a new model value (committed entries)
+	Size    int           // bytes stored
+}
+
+// Inspect reports what Redis holds for the row of model with the given
+// primary key. It changes nothing.
+func Inspect(ctx context.Context, db *gorm.DB, model any, key any) (Entry, error) {
+	p, err := pluginOf(db)
+	if err != nil {
+		return Entry{}, err
+	}
+	spec, err := p.specFor(db, model)
+	if err != nil {
+		return Entry{}, err
+	}
+	if spec == nil {
+		return Entry{}, fmt.Errorf("%w: %T has no cache tag", ErrUnsupported, model)
+	}
+	var k string
+	if ts := p.targetsIn(ctx, spec, reflect.ValueOf(key)); len(ts) == 1 {
+		k = ts[0].key
+	} else if rk, ok := spec.lookupKey(ctx, key); ok {
+		k = rk
+	} else {
+		return Entry{}, fmt.Errorf("%w: key %v does not fit %s's primary key", ErrUnsupported, key, spec.name)
+	}
+	out := Entry{Key: k, State: "absent"}
+	raw, err := p.rdb.Get(ctx, k).Bytes()
+	if errors.Is(err, redis.Nil) {
+		return out, nil
+	}
+	if err != nil {
+		return out, unavailable("inspect", err)
+	}
+	out.Size = len(raw)
+	out.TTL, _ = p.rdb.PTTL(ctx, k).Result()
+	e, err := parseEntry(raw)
+	switch {
+	case errors.Is(err, errForeign):
+		out.State = "foreign"
+		return out, nil
+	case err != nil:
+		out.State = "corrupt"
+		return out, nil
+	}
+	switch e.state {
+	case stateCommitted:
+		out.State = "committed"
+		if e.fp != spec.codec.fp {
+			out.State = "foreign"
+			return out, nil
+		}
+		row := reflect.New(spec.sch.ModelType)
+		if err := spec.codec.decodeRow(e.row, row.Elem()); err != nil {
+			out.State = "corrupt"
+			return out, nil
+		}
+		out.Row = row.Interface()
+	case statePending:
+		out.State = "pending"
+		out.Writers = int(raw[headerLen+1])
+	case stateLease:
+		out.State = "lease"
+	case stateTombstone:
+		out.State = "tombstone"
+	}
+	return out, nil
+}

@@ -6,7 +6,7 @@
 // Run it from the bench directory (make bench does):
 //
 //	go run ./cmd/benchtable                                  # 5 rounds, 6 to 9 minutes
-//	go run ./cmd/benchtable -count 3 -tput=false             # about a minute
+//	go run ./cmd/benchtable -count 3 -tput=false             # two to three minutes
 //	go run ./cmd/benchtable -count 10 -benchtime 300ms -tput-benchtime 1s
 //
 // Each round runs every benchmark once, in a fresh process. Inside each
@@ -157,6 +157,16 @@ func machine() []string {
 			}
 		}
 		f.Close()
+	}
+	if out, err := exec.Command("git", "rev-parse", "--short", "HEAD").Output(); err == nil {
+		line := "writethrough: working tree at commit " + strings.TrimSpace(string(out))
+		// The bench module builds the plugin from ../, committed or not.
+		if st, err := exec.Command("git", "-C", "..", "status", "--porcelain", "--", ":(glob)*.go").Output(); err == nil {
+			if n := strings.Count(string(st), "\n"); n > 0 {
+				line += fmt.Sprintf(", with %d uncommitted root-package files", n)
+			}
+		}
+		lines = append(lines, line)
 	}
 	if out, err := exec.Command("go", "version").Output(); err == nil {
 		lines = append(lines, strings.TrimSpace(string(out)))

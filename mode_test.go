@@ -37,7 +37,9 @@ func setupFault(t *testing.T, cfg writethrough.Config, args ...string) *faultEnv
 	if cfg.Timeout == 0 {
 		cfg.Timeout = 200 * time.Millisecond
 	}
-	cfg.DrainInterval = -1 // tests drain explicitly
+	if cfg.DrainInterval == 0 {
+		cfg.DrainInterval = -1 // tests drain explicitly
+	}
 	p := writethrough.New(rdb, cfg)
 	require.NoError(t, db.Use(p))
 	t.Cleanup(func() { _ = p.Close() })
@@ -232,4 +234,21 @@ func TestBadConfigFailsUse(t *testing.T) {
 			assert.ErrorIs(t, err, writethrough.ErrInvalidConfig)
 		})
 	}
+}
+
+func TestBackgroundDrainerConvergesAfterRedisReturns(t *testing.T) {
+	e := setupFault(t, writethrough.Config{BreakerThreshold: -1, DrainInterval: 20 * time.Millisecond})
+	u := User{Email: "bg@x", Balance: 1}
+	require.NoError(t, e.db.Create(&u).Error)
+	key := e.key("users", u.ID)
+	e.srv.Pause()
+	require.NoError(t, e.db.Model(&u).Update("balance", 2).Error)
+	e.srv.Resume()
+	require.Eventually(t, func() bool {
+		var n int64
+		return e.db.Table("writethrough_outbox").Count(&n).Error == nil && n == 0
+	}, 10*time.Second, 20*time.Millisecond, "the drainer empties the outbox once Redis answers")
+	assert.NotEqual(t, byte(writethrough.StateCommitted), e.state(t, key), "the stale balance is gone")
+	require.NoError(t, e.p.Close())
+	require.NoError(t, e.p.Close(), "Close is idempotent")
 }

@@ -66,7 +66,11 @@ func setup(t testing.TB, gcfg *gorm.Config, cfg writethrough.Config, models ...a
 	if cfg.Prefix == "" {
 		cfg.Prefix = prefix
 	}
+	if cfg.DrainInterval == 0 {
+		cfg.DrainInterval = -1 // no background statements: the SQL counter counts only the test's
+	}
 	p := writethrough.New(rdb, cfg)
+	t.Cleanup(func() { _ = p.Close() })
 	require.NoError(t, db.Use(p))
 	if len(models) == 0 {
 		models = []any{&User{}}

@@ -76,7 +76,12 @@ func (p *Plugin) beforeWrite(kind writeKind) func(*gorm.DB) {
 		db.InstanceSet(stateKey, ws)
 		targets := p.targetsOf(db, spec)
 		if len(targets) == 0 && kind != kindCreate {
-			p.swapForReturning(db, spec, kind, ws)
+			// A bulk statement: its keys come back through RETURNING, or
+			// the statement must not run (its rows would stay stale).
+			if err := p.swapForReturning(db, spec, kind, ws); err != nil {
+				_ = db.AddError(err)
+				return
+			}
 		}
 		if _, inTx := txOf(db.Statement.ConnPool); inTx || len(targets) == 0 {
 			return
@@ -248,10 +253,11 @@ func dedupe(ts []target) []target {
 // swapForReturning makes a bulk Update or Delete (no primary key in the
 // model) report the keys it touched: RETURNING the primary key into a slice
 // that stands in for the statement's ReflectValue until the after callback.
-func (p *Plugin) swapForReturning(db *gorm.DB, spec *modelSpec, kind writeKind, ws *writeState) {
+func (p *Plugin) swapForReturning(db *gorm.DB, spec *modelSpec, kind writeKind, ws *writeState) error {
 	st := db.Statement
 	if _, ok := st.Clauses["RETURNING"]; ok {
-		return
+		return fmt.Errorf("%w: bulk %s of cached model %s with a RETURNING clause; name the rows by primary key",
+			ErrUnsupported, kind, spec.name)
 	}
 	var clauses []string
 	if kind == kindUpdate {
@@ -259,8 +265,13 @@ func (p *Plugin) swapForReturning(db *gorm.DB, spec *modelSpec, kind writeKind, 
 	} else {
 		clauses = db.Callback().Delete().Clauses
 	}
-	if !utils.Contains(clauses, "RETURNING") || st.ReflectValue.Kind() != reflect.Struct {
-		return
+	if !utils.Contains(clauses, "RETURNING") {
+		return fmt.Errorf("%w: bulk %s of cached model %s needs RETURNING, which the %s dialect lacks; name the rows by primary key",
+			ErrUnsupported, kind, spec.name, db.Dialector.Name())
+	}
+	rv := st.ReflectValue
+	if rv.Kind() != reflect.Struct && !(rv.Kind() == reflect.Slice && rv.Len() == 0) {
+		return fmt.Errorf("%w: bulk %s of cached model %s into a %s", ErrUnsupported, kind, spec.name, rv.Type())
 	}
 	cols := make([]clause.Column, len(spec.pks))
 	for i, f := range spec.pks {
@@ -270,6 +281,7 @@ func (p *Plugin) swapForReturning(db *gorm.DB, spec *modelSpec, kind writeKind, 
 	ws.bulk = true
 	st.ReflectValue = reflect.New(reflect.SliceOf(spec.sch.ModelType)).Elem()
 	st.AddClause(clause.Returning{Columns: cols})
+	return nil
 }
 
 // reread loads the rows of targets as the database has them now, on the

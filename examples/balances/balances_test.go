@@ -51,9 +51,9 @@ func TestStrategiesSideBySide(t *testing.T) {
 			}
 			got := map[string]result{}
 			for _, r := range results {
-				t.Logf("%-30s reads %6d  stale %5d (max %v)  phantom %5d  sum≠total %d/%d  transfers %d+%d",
+				t.Logf("%-30s reads %6d  stale %5d (max %v)  phantom %5d  sum≠total %d/%d  wrong at rest %d  transfers %d+%d",
 					r.info.title, r.reads, r.stale, r.maxStaleness.Round(time.Millisecond), r.phantom,
-					r.sumViolations, r.sumScans, r.commits, r.rollbacks)
+					r.sumViolations, r.sumScans, r.wrongAtRest, r.commits, r.rollbacks)
 				if r.unexplained > 0 {
 					t.Errorf("%s: %d reads returned a row no transfer wrote", r.info.name, r.unexplained)
 				}
@@ -68,9 +68,9 @@ func TestStrategiesSideBySide(t *testing.T) {
 			if r := got["naive"]; r.phantom == 0 {
 				t.Errorf("naive write-through served no balance from a rolled-back transfer")
 			}
-			if r := got["writethrough"]; r.stale != 0 || r.phantom != 0 || r.sumViolations != 0 {
-				t.Errorf("writethrough: %d stale reads (longest %v), %d phantom reads, %d of %d sum scans off; %s",
-					r.stale, r.maxStaleness, r.phantom, r.sumViolations, r.sumScans, r.trouble)
+			if r := got["writethrough"]; r.stale != 0 || r.phantom != 0 || r.sumViolations != 0 || r.wrongAtRest != 0 {
+				t.Errorf("writethrough: %d stale reads (longest %v), %d phantom reads, %d of %d sum scans off, %d accounts wrong at rest; %s",
+					r.stale, r.maxStaleness, r.phantom, r.sumViolations, r.sumScans, r.wrongAtRest, r.trouble)
 			}
 		})
 	}

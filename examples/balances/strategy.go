@@ -57,7 +57,10 @@ type strategy interface {
 	// transfer runs t and returns the two rows as t wrote them.
 	// It returns errRollback (wrapped or not) when t rolled back on purpose.
 	transfer(ctx context.Context, t transfer) ([2]Account, error)
-	// close waits for the strategy's background work and releases it.
+	// settle waits for the strategy's background work (strategy 1's
+	// delayed deletes) to finish.
+	settle()
+	// close releases the strategy.
 	close() error
 	// hits returns how many reads Redis answered, of how many.
 	hits() (hits, reads uint64)
@@ -264,6 +267,7 @@ func (s *aside) transfer(ctx context.Context, t transfer) ([2]Account, error) {
 	return rows, nil
 }
 
+func (s *aside) settle()      { s.wg.Wait() }
 func (s *aside) close() error { s.wg.Wait(); return nil }
 
 // naive is strategy 2, write-through done naively: the new rows are SET
@@ -304,4 +308,5 @@ func (s *naive) transfer(ctx context.Context, t transfer) ([2]Account, error) {
 	return rows, err
 }
 
+func (s *naive) settle()      {}
 func (s *naive) close() error { return nil }

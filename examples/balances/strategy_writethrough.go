@@ -74,6 +74,7 @@ func (s *lib) transfer(ctx context.Context, t transfer) ([2]Account, error) {
 	return rows, err
 }
 
+func (s *lib) settle()      {}
 func (s *lib) close() error { return s.p.Close() }
 
 // trouble reports what the plugin counted going wrong with Redis, if anything.

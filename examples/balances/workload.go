@@ -10,6 +10,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"gorm.io/gorm"
 )
 
 // config is the workload, the same for every strategy.
@@ -83,6 +85,37 @@ type result struct {
 	bucket        time.Duration // width of one point of staleSeries
 	hits, lookups uint64        // reads Redis answered, of reads made
 	trouble       string        // what the strategy saw go wrong with Redis
+	wrongAtRest   int           // accounts read wrong through the cache once everything stopped
+	accounts      int
+}
+
+// wrongAtRest lets s finish its background work, then counts the accounts
+// whose balance read through the cache differs from the database's.
+func wrongAtRest(ctx context.Context, db *gorm.DB, s strategy, accounts int) (int, error) {
+	s.settle()
+	ids := make([]uint, accounts)
+	for i := range ids {
+		ids[i] = uint(i + 1)
+	}
+	cached, err := s.readAll(ctx, ids)
+	if err != nil {
+		return 0, err
+	}
+	var rows []Account
+	if err := db.WithContext(ctx).Order("id").Find(&rows).Error; err != nil {
+		return 0, err
+	}
+	stored, err := inOrder(rows, ids)
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for i := range ids {
+		if cached[i] != stored[i] {
+			n++
+		}
+	}
+	return n, nil
 }
 
 // run runs the workload against each selected strategy in turn, with the
@@ -153,7 +186,7 @@ type stats struct {
 }
 
 func runOne(ctx context.Context, e *env, cfg config, info strategyInfo, step string) (result, error) {
-	res := result{info: info}
+	res := result{info: info, accounts: cfg.Accounts}
 	if err := resetAccounts(ctx, e, cfg); err != nil {
 		return res, err
 	}
@@ -344,6 +377,8 @@ func runOne(ctx context.Context, e *env, cfg config, info strategyInfo, step str
 	stopProgress := progress(cfg, info, step, deadline, &st)
 	wg.Wait()
 	stopProgress()
+	res.wrongAtRest, err = wrongAtRest(ctx, db, s, cfg.Accounts)
+	noteErr(err)
 	res.hits, res.lookups = s.hits()
 	if t, ok := s.(interface{ trouble() string }); ok {
 		res.trouble = t.trouble()

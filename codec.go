@@ -55,12 +55,15 @@ var (
 	// errForeign: a well-formed entry of another format version or another
 	// build of the model; a miss, and the key is left alone.
 	errForeign = errors.New("writethrough: cache entry from another format or schema")
+	// errDecodePanic marks a corrupt row whose decoding panicked (and was
+	// recovered): always a decoder bug, which the fuzz tests look for.
+	errDecodePanic = errors.New("decoder panicked")
 )
 
 type entry struct {
 	state byte
-	token string
-	fp    string
+	token []byte // aliases the raw value
+	fp    []byte // aliases the raw value
 	row   []byte // committed only
 }
 
@@ -75,7 +78,7 @@ func parseEntry(b []byte) (entry, error) {
 	if len(b) < headerLen {
 		return entry{}, errCorrupt
 	}
-	e := entry{state: b[2], token: string(b[3:19]), fp: string(b[19:27])}
+	e := entry{state: b[2], token: b[3:19], fp: b[19:27]}
 	switch e.state {
 	case stateCommitted:
 		e.row = b[headerLen:]
@@ -208,7 +211,7 @@ func (c *rowCodec) decodeRow(b []byte, rv reflect.Value) (err error) {
 	s.dec.Reset(&s.r)
 	defer func() {
 		if r := recover(); r != nil {
-			err = fmt.Errorf("%w: %v", errCorrupt, r)
+			err = fmt.Errorf("%w: %w: %v", errCorrupt, errDecodePanic, r)
 		}
 	}()
 	n, err := s.dec.DecodeArrayLen()
@@ -352,50 +355,86 @@ func decBytes(d *msgpack.Decoder, v reflect.Value) error {
 	return nil
 }
 
-// Time: instant, then the location: 0 UTC, 1 time.Local, 2 by name (with
-// the offset, so that a zone unknown here becomes a fixed zone).
+// Time: a msgpack array [seconds, nanoseconds, location]: 0 UTC, 1
+// time.Local; or [seconds, nanoseconds, 2, offset, name] for a named zone
+// (the offset makes a zone unknown to the reader a fixed zone).
 func encTime(e *msgpack.Encoder, v reflect.Value) error {
-	t := v.Interface().(time.Time)
-	var b [32]byte
-	out := binary.BigEndian.AppendUint64(b[:0], uint64(t.Unix()))
-	out = binary.BigEndian.AppendUint32(out, uint32(t.Nanosecond()))
-	switch loc := t.Location(); loc {
-	case time.UTC:
-		out = append(out, 0)
-	case time.Local:
-		out = append(out, 1)
-	default:
-		name, off := t.Zone()
-		out = append(out, 2)
-		out = binary.BigEndian.AppendUint32(out, uint32(int32(off)))
-		out = append(out, loc.String()...)
-		_ = name
+	var t time.Time
+	if v.CanAddr() {
+		t = *v.Addr().Interface().(*time.Time)
+	} else {
+		t = v.Interface().(time.Time)
 	}
-	return e.EncodeBytes(out)
+	loc := t.Location()
+	n := 3
+	if loc != time.UTC && loc != time.Local {
+		n = 5
+	}
+	if err := e.EncodeArrayLen(n); err != nil {
+		return err
+	}
+	if err := e.EncodeInt(t.Unix()); err != nil {
+		return err
+	}
+	if err := e.EncodeInt(int64(t.Nanosecond())); err != nil {
+		return err
+	}
+	switch loc {
+	case time.UTC:
+		return e.EncodeInt(0)
+	case time.Local:
+		return e.EncodeInt(1)
+	}
+	_, off := t.Zone()
+	if err := e.EncodeInt(2); err != nil {
+		return err
+	}
+	if err := e.EncodeInt(int64(off)); err != nil {
+		return err
+	}
+	return e.EncodeString(loc.String())
 }
 
 var locCache sync.Map // string -> *time.Location (nil when unknown here)
 
 func decTime(d *msgpack.Decoder, v reflect.Value) error {
-	b, err := d.DecodeBytes()
+	n, err := d.DecodeArrayLen()
 	if err != nil {
 		return err
 	}
-	if len(b) < 13 {
-		return fmt.Errorf("short time value")
+	if n != 3 && n != 5 {
+		return fmt.Errorf("bad time value")
 	}
-	t := time.Unix(int64(binary.BigEndian.Uint64(b)), int64(binary.BigEndian.Uint32(b[8:])))
-	switch b[12] {
-	case 0:
+	sec, err := d.DecodeInt64()
+	if err != nil {
+		return err
+	}
+	nsec, err := d.DecodeInt64()
+	if err != nil {
+		return err
+	}
+	kind, err := d.DecodeInt()
+	if err != nil {
+		return err
+	}
+	if nsec < 0 || nsec >= 1e9 {
+		return fmt.Errorf("bad nanoseconds %d", nsec)
+	}
+	t := time.Unix(sec, nsec)
+	switch {
+	case kind == 0 && n == 3:
 		t = t.UTC()
-	case 1:
+	case kind == 1 && n == 3:
 		// time.Unix already returns local time.
-	case 2:
-		if len(b) < 17 {
-			return fmt.Errorf("short time zone")
+	case kind == 2 && n == 5:
+		off, err := d.DecodeInt()
+		if err != nil {
+			return err
 		}
-		off := int(int32(binary.BigEndian.Uint32(b[13:])))
-		name := string(b[17:])
+		name, err := d.DecodeString()
+		if err != nil {
+			return err
+		}
 		var loc *time.Location
 		if l, ok := locCache.Load(name); ok {
 			loc, _ = l.(*time.Location)
@@ -413,7 +452,11 @@ func decTime(d *msgpack.Decoder, v reflect.Value) error {
 		}
 		t = t.In(time.FixedZone(name, off))
 	default:
-		return fmt.Errorf("unknown time location kind %d", b[12])
+		return fmt.Errorf("unknown time location kind %d", kind)
+	}
+	if v.CanAddr() {
+		*v.Addr().Interface().(*time.Time) = t
+		return nil
 	}
 	v.Set(reflect.ValueOf(t))
 	return nil

@@ -46,7 +46,7 @@ func DecodeRow(db *gorm.DB, p *Plugin, raw []byte, dst any) error {
 	if e.state != stateCommitted {
 		return fmt.Errorf("entry in state %q holds no row", e.state)
 	}
-	if e.fp != spec.codec.fp {
+	if string(e.fp) != spec.codec.fp {
 		return fmt.Errorf("entry written by another build of %T", dst)
 	}
 	return spec.codec.decodeRow(e.row, reflect.ValueOf(dst).Elem())

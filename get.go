@@ -30,12 +30,13 @@ func Get[T any](ctx context.Context, db *gorm.DB, key any) (T, error) {
 		return out, err
 	}
 	if ok && !inTx(db) {
-		c, cancel := p.opCtx(ctx)
+		c, cancel := p.readCtx(ctx)
 		var raw []byte
-		rerr := p.redisCall(func() (err error) {
-			raw, err = p.rdb.Get(c, k).Bytes()
-			return err
-		})
+		rerr := errBreakerOpen
+		if p.brk.allow() {
+			raw, rerr = p.rdb.Get(c, k).Bytes()
+			p.brk.record(rerr)
+		}
 		cancel()
 		if rerr == nil {
 			switch p.decodeInto(ctx, spec, k, raw, reflect.ValueOf(&out).Elem()) {
@@ -86,7 +87,7 @@ func GetMany[T any](ctx context.Context, db *gorm.DB, keys ...any) ([]T, error) 
 		}
 		rkeys[i] = rk
 	}
-	c, cancel := p.opCtx(ctx)
+	c, cancel := p.readCtx(ctx)
 	var raws [][]byte
 	rerr := p.redisCall(func() (err error) {
 		raws, err = p.getMany(c, rkeys)
@@ -174,7 +175,7 @@ func fastKey[T any](db *gorm.DB, key any) (*Plugin, *modelSpec, string, bool, er
 	if len(spec.pks) != 1 {
 		return p, spec, "", false, fmt.Errorf("%w: %s has a composite primary key; pass a %s with the key set", ErrUnsupported, spec.name, spec.name)
 	}
-	k, ok := spec.lookupKey(context.Background(), key)
+	k, ok := spec.lookupKey1(key)
 	return p, spec, k, ok, nil
 }
 

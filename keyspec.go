@@ -330,6 +330,9 @@ func (s *modelSpec) normalize(ctx context.Context, f *schema.Field, v any) (any,
 		}
 		return out, true
 	}
+	if n, ok, done := fastInteger(f.FieldType, rv); done {
+		return n, ok
+	}
 	scratch := reflect.New(s.sch.ModelType).Elem()
 	if err := f.Set(ctx, scratch, rv.Interface()); err != nil {
 		return nil, false
@@ -348,6 +351,73 @@ func (s *modelSpec) normalize(ctx context.Context, f *schema.Field, v any) (any,
 	return out, true
 }
 
+// fastInteger converts an integer to a plain integer key field without
+// going through a scratch model: the key text is the same decimal either
+// way. done is false when the slow path must decide.
+func fastInteger(ft reflect.Type, rv reflect.Value) (v any, ok, done bool) {
+	neg, mag, ok, done := integerKey(ft, rv)
+	switch {
+	case !done || !ok:
+		return nil, ok, done
+	case isSigned(ft.Kind()):
+		if neg {
+			return -int64(mag), true, true
+		}
+		return int64(mag), true, true
+	}
+	return mag, true, true
+}
+
+// integerKey checks that rv, an integer of any kind, fits the plain integer
+// field type ft and is not zero, and returns its sign and magnitude.
+func integerKey(ft reflect.Type, rv reflect.Value) (neg bool, mag uint64, ok, done bool) {
+	if ft.NumMethod() != 0 {
+		return false, 0, false, false
+	}
+	switch rv.Kind() {
+	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64:
+		n := rv.Int()
+		neg, mag = n < 0, uint64(n)
+		if neg {
+			mag = uint64(-n)
+		}
+	case reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64:
+		mag = rv.Uint()
+	default:
+		return false, 0, false, false
+	}
+	if mag == 0 {
+		return false, 0, false, true
+	}
+	bits := uint(0)
+	switch ft.Kind() {
+	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64,
+		reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64:
+		bits = uint(ft.Bits())
+	default:
+		return false, 0, false, false
+	}
+	if isSigned(ft.Kind()) {
+		limit := uint64(1) << (bits - 1)
+		if neg && mag > limit || !neg && mag >= limit {
+			return false, 0, false, true
+		}
+		return neg, mag, true, true
+	}
+	if neg || bits < 64 && mag >= uint64(1)<<bits {
+		return false, 0, false, true
+	}
+	return false, mag, true, true
+}
+
+func isSigned(k reflect.Kind) bool {
+	switch k {
+	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64:
+		return true
+	}
+	return false
+}
+
 func isTextual(v any, s string) bool {
 	if st, ok := v.(fmt.Stringer); ok {
 		return strings.EqualFold(st.String(), s)
@@ -356,9 +426,49 @@ func isTextual(v any, s string) bool {
 }
 
 // lookupKey returns the key for caller-given primary-key values.
+// lookupKey1 is lookupKey for one value.
+func (s *modelSpec) lookupKey1(v any) (string, bool) {
+	if len(s.pks) == 1 && s.tmpl == nil {
+		rv := reflect.ValueOf(v)
+		if rv.Kind() == reflect.Pointer && !rv.IsNil() {
+			rv = rv.Elem()
+		}
+		if neg, mag, ok, done := integerKey(s.pks[0].FieldType, rv); done {
+			if !ok {
+				return "", false
+			}
+			var buf [96]byte
+			b := append(buf[:0], s.static...)
+			if neg {
+				b = append(b, '-')
+			}
+			return string(strconv.AppendUint(b, mag, 10)), true
+		}
+	}
+	return s.lookupKey(context.Background(), v)
+}
+
 func (s *modelSpec) lookupKey(ctx context.Context, vals ...any) (string, bool) {
 	if len(vals) != len(s.pks) {
 		return "", false
+	}
+	if len(vals) == 1 && s.tmpl == nil {
+		// The common case, an integer key, without boxing or a scratch model.
+		rv := reflect.ValueOf(vals[0])
+		if rv.Kind() == reflect.Pointer && !rv.IsNil() {
+			rv = rv.Elem()
+		}
+		if neg, mag, ok, done := integerKey(s.pks[0].FieldType, rv); done {
+			if !ok {
+				return "", false
+			}
+			var buf [96]byte
+			b := append(buf[:0], s.static...)
+			if neg {
+				b = append(b, '-')
+			}
+			return string(strconv.AppendUint(b, mag, 10)), true
+		}
 	}
 	norm := make([]any, len(vals))
 	for i, f := range s.pks {

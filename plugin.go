@@ -203,6 +203,12 @@ type Plugin struct {
 
 	brk *breaker
 
+	// ctxTimeout: bound each Redis call with a context deadline. False when
+	// the client ignores deadlines (ContextTimeoutEnabled off) or its own
+	// read and write timeouts are already within Config.Timeout.
+	ctxTimeout     bool
+	timeoutWarning string
+
 	db           *gorm.DB // the registered database, for the outbox drainer
 	outboxOnce   sync.Once
 	drainStarted atomic.Bool
@@ -226,6 +232,7 @@ func New(rdb redis.UniversalClient, cfg Config) *Plugin {
 	p := &Plugin{rdb: rdb, inited: make(map[any]bool), wake: make(chan struct{}, 1)}
 	p.cfg, p.cfgErr = cfg.withDefaults()
 	p.brk = &breaker{threshold: p.cfg.BreakerThreshold, cooldown: p.cfg.BreakerCooldown, now: time.Now}
+	p.ctxTimeout, p.timeoutWarning = deadlinePolicy(rdb, p.cfg.Timeout)
 	if p.cfgErr == nil && rdb == nil {
 		p.cfgErr = &ConfigError{Field: "rdb", Reason: "nil Redis client"}
 	}
@@ -247,6 +254,9 @@ func (p *Plugin) Initialize(db *gorm.DB) error {
 		if _, err := p.specFor(db, m); err != nil {
 			return err
 		}
+	}
+	if p.timeoutWarning != "" {
+		p.logf(p.timeoutWarning)
 	}
 	p.wrapPool(db)
 	if err := p.startOutbox(db); err != nil {
@@ -336,3 +346,29 @@ func pluginOf(db *gorm.DB) (*Plugin, error) {
 }
 
 var typeOfTime = reflect.TypeOf(time.Time{})
+
+// deadlinePolicy decides whether Redis calls need a context deadline to
+// honour Config.Timeout, and explains when they cannot honour it.
+func deadlinePolicy(rdb redis.UniversalClient, timeout time.Duration) (bool, string) {
+	var enabled bool
+	var rt, wt time.Duration
+	switch c := rdb.(type) {
+	case *redis.Client:
+		o := c.Options()
+		enabled, rt, wt = o.ContextTimeoutEnabled, o.ReadTimeout, o.WriteTimeout
+	case *redis.ClusterClient:
+		o := c.Options()
+		enabled, rt, wt = o.ContextTimeoutEnabled, o.ReadTimeout, o.WriteTimeout
+	default:
+		return true, ""
+	}
+	within := rt > 0 && rt <= timeout && wt > 0 && wt <= timeout
+	switch {
+	case within:
+		return false, ""
+	case !enabled:
+		return false, fmt.Sprintf("writethrough: the Redis client ignores context deadlines (ContextTimeoutEnabled is false), "+
+			"so Redis calls are bounded by its ReadTimeout %s and WriteTimeout %s rather than Config.Timeout %s", rt, wt, timeout)
+	}
+	return true, ""
+}

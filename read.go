@@ -109,7 +109,7 @@ func (p *Plugin) decodeInto(ctx context.Context, spec *modelSpec, key string, ra
 	}
 	switch e.state {
 	case stateCommitted:
-		if e.fp != spec.codec.fp {
+		if string(e.fp) != spec.codec.fp {
 			return lookBusy
 		}
 		if err := spec.codec.decodeRow(e.row, dst); err != nil {
@@ -135,13 +135,14 @@ func (p *Plugin) heal(ctx context.Context, key string, cause error) {
 func (p *Plugin) serveOne(db *gorm.DB, plan readPlan, orig func(*gorm.DB)) {
 	st := db.Statement
 	spec, key := plan.spec, plan.keys[0]
-	ctx, cancel := p.opCtx(st.Context)
+	ctx, cancel := p.readCtx(st.Context)
 	defer cancel()
 	var raw []byte
-	err := p.redisCall(func() (err error) {
+	err := errBreakerOpen
+	if p.brk.allow() {
 		raw, err = p.rdb.Get(ctx, key).Bytes()
-		return err
-	})
+		p.brk.record(err)
+	}
 	var res lookup
 	var elem reflect.Value
 	switch {
@@ -653,6 +654,10 @@ func (p *Plugin) whereKeys(st *gorm.Statement, spec *modelSpec, exprs []clause.E
 	default:
 		return nil, false
 	}
+	if len(raw) == 1 {
+		key, ok := spec.lookupKey(ctx, raw[0])
+		return []string{key}, ok
+	}
 	keys := make([]string, 0, len(raw))
 	seen := make(map[string]bool, len(raw))
 	for _, v := range raw {
@@ -669,6 +674,13 @@ func (p *Plugin) whereKeys(st *gorm.Statement, spec *modelSpec, exprs []clause.E
 }
 
 func flattenAnd(exprs []clause.Expression) []clause.Expression {
+	if len(exprs) == 1 {
+		switch exprs[0].(type) {
+		case clause.AndConditions, clause.Where:
+		default:
+			return exprs
+		}
+	}
 	var out []clause.Expression
 	for _, e := range exprs {
 		switch x := e.(type) {

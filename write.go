@@ -153,7 +153,7 @@ func (p *Plugin) afterWrite(kind writeKind) func(*gorm.DB) {
 		case inTx:
 			p.stageForeign(db, spec, kind, targets)
 		default:
-			p.stageAutocommit(db, spec, ws, targets)
+			p.stageAutocommit(db, spec, kind, ws, targets)
 		}
 	}
 }
@@ -453,7 +453,7 @@ func (p *Plugin) stageForeign(db *gorm.DB, spec *modelSpec, kind writeKind, targ
 
 // stageAutocommit finalizes a write that ran without a transaction: it has
 // already committed.
-func (p *Plugin) stageAutocommit(db *gorm.DB, spec *modelSpec, ws *writeState, targets []target) {
+func (p *Plugin) stageAutocommit(db *gorm.DB, spec *modelSpec, kind writeKind, ws *writeState, targets []target) {
 	if len(targets) == 0 {
 		return
 	}
@@ -468,8 +468,16 @@ func (p *Plugin) stageAutocommit(db *gorm.DB, spec *modelSpec, ws *writeState, t
 		}
 	}
 	var calls []*call
-	for _, t := range targets {
+	for i, t := range targets {
 		if !ws.early[t.key] {
+			if kind != kindCreate {
+				// Made pending only now, after the statement committed and
+				// with no lock held: a writer that finalized since the
+				// re-read goes unseen. Invalidate, never install. (A created
+				// row's database-made key was unknown to everyone else
+				// until the INSERT committed.)
+				targets[i].intent, targets[i].row = 0, nil
+			}
 			calls = append(calls, p.prepareCall(spec, token, t.key, 0, nil))
 		}
 	}
@@ -584,7 +592,24 @@ func (p *Plugin) opCtx(parent context.Context) (context.Context, context.CancelF
 	if parent == nil {
 		parent = context.Background()
 	}
+	if !p.ctxTimeout {
+		return context.WithoutCancel(parent), noCancel
+	}
 	return context.WithTimeout(context.WithoutCancel(parent), p.cfg.Timeout)
+}
+
+func noCancel() {}
+
+// readCtx bounds a read's Redis call by Config.Timeout; the caller's
+// cancellation still applies.
+func (p *Plugin) readCtx(parent context.Context) (context.Context, context.CancelFunc) {
+	if parent == nil {
+		parent = context.Background()
+	}
+	if !p.ctxTimeout {
+		return parent, noCancel
+	}
+	return context.WithTimeout(parent, p.cfg.Timeout)
 }
 
 // ttlMillis is the model's TTL with jitter, in milliseconds.

@@ -231,14 +231,17 @@ func TestWritesLeaveTheDatabaseRowInTheCache(t *testing.T) {
 					wc.wrap(t, e.db, func(db *gorm.DB) { ids = c.run(t, db, seed) })
 					require.NotEmpty(t, ids)
 					for _, id := range ids {
-						if c.missesRows && e.state(t, e.key("users", id)) == 0 {
-							continue // invalidated: absent is what it promises
+						if (c.missesRows || wc.name == "SkipDefaultTransaction") && e.state(t, e.key("users", id)) == 0 {
+							// Invalidated: a statement that matched no row, or a
+							// write without a transaction whose keys were learned
+							// after it ran. Absent is what those promise.
+							continue
 						}
 						e.assertMatchesDB(t, "users", id, &User{}, func() any { return &User{} })
 					}
 					// Rows the write did not touch keep their entries.
 					for _, s := range seed {
-						if c.missesRows && e.state(t, e.key("users", s.ID)) == 0 {
+						if (c.missesRows || wc.name == "SkipDefaultTransaction") && e.state(t, e.key("users", s.ID)) == 0 {
 							continue
 						}
 						e.assertMatchesDB(t, "users", s.ID, &User{}, func() any { return &User{} })

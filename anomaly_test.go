@@ -53,10 +53,10 @@ type AsideAccount struct {
 	Balance int64
 }
 
-// waitFor bounds every wait for another goroutine: reaching it is a failure
+// stepTimeout bounds every wait for another goroutine: reaching it is a failure
 // (a deadlock, or a goroutine that never reached its point), never a way to
 // order events.
-const waitFor = 15 * time.Second
+const stepTimeout = 15 * time.Second
 
 var errBoom = errors.New("boom")
 
@@ -131,7 +131,7 @@ func (pa *pause) wait(t testing.TB) {
 	t.Helper()
 	select {
 	case <-pa.reached:
-	case <-time.After(waitFor):
+	case <-time.After(stepTimeout):
 		t.Fatal("no goroutine reached the pause point")
 	}
 }
@@ -195,7 +195,7 @@ func (st *stepper) run(t testing.TB, writerDone <-chan struct{}, look func(point
 			st.goOn <- struct{}{}
 		case <-writerDone:
 			return seen
-		case <-time.After(waitFor):
+		case <-time.After(stepTimeout):
 			t.Fatalf("the writer neither stopped nor finished; stops so far: %v", seen)
 		}
 	}
@@ -221,7 +221,7 @@ func await[T any](t testing.TB, ch <-chan outcome[T]) outcome[T] {
 	select {
 	case o := <-ch:
 		return o
-	case <-time.After(waitFor):
+	case <-time.After(stepTimeout):
 		t.Fatal("the goroutine did not finish")
 	}
 	panic("unreachable")
@@ -922,7 +922,7 @@ func withHostPort(dsn, host, port string) string {
 // told about (a lock wait inside PostgreSQL, a commit on another
 // connection), not a wait for time to pass.
 func pollUntil(cond func() (bool, error)) error {
-	deadline := time.Now().Add(waitFor)
+	deadline := time.Now().Add(stepTimeout)
 	for {
 		ok, err := cond()
 		if err != nil || ok {
@@ -1195,7 +1195,7 @@ func TestA12NewReaderNeverJoinsALoadOlderThanTheWrite(t *testing.T) {
 			case got := <-late:
 				require.NoError(t, got.err)
 				assert.Equal(t, int64(200), got.v, "a read that began after the write must see it")
-			case <-time.After(waitFor):
+			case <-time.After(stepTimeout):
 				pa.resume()
 				t.Fatal("the new reader joined the load that began before the write")
 			}
@@ -1264,4 +1264,34 @@ func TestA10WriteOfAMissingRowNeverTombstonesAConcurrentInsert(t *testing.T) {
 			assert.Equal(t, want, got)
 		})
 	}
+}
+
+// Without a transaction, a bulk write learns its rows from RETURNING after
+// it committed, and re-reads them with no lock held: a single-key write that
+// commits and finalizes in between must not be overwritten by the bulk
+// write's older re-read.
+func TestA7BulkWriteWithoutTransactionNeverInstallsAnOverwrittenRow(t *testing.T) {
+	t.Parallel()
+	e, pts := setupAccounts(t, &gorm.Config{SkipDefaultTransaction: true})
+	a, key := e.account(t, "ann", 100)
+
+	// The bulk write committed 200 and re-read it; it has not prepared.
+	pa := pts.pauseAt("write:before-finalize", key)
+	bulk := async(func() (struct{}, error) {
+		return struct{}{}, e.db.Model(&Account{}).Where("id IN ?", []uint{a.ID}).Update("balance", 200).Error
+	})
+	pa.wait(t)
+	require.Equal(t, int64(200), e.dbAccount(t, a.ID).Balance)
+
+	require.NoError(t, e.db.Model(&Account{ID: a.ID}).Update("balance", 300).Error)
+	want := e.dbAccount(t, a.ID)
+	require.Equal(t, int64(300), want.Balance)
+
+	pa.resume()
+	require.NoError(t, await(t, bulk).err)
+	assert.NotEqual(t, int64(200), e.entry(t, key).row.Balance, "the overwritten row must not be installed")
+	e.assertConverged(t, a.ID)
+	got, err := e.cachedAccount(a.ID)
+	require.NoError(t, err)
+	assert.Equal(t, want, got)
 }

@@ -6,6 +6,7 @@ import (
 	"math/rand/v2"
 	"runtime"
 	"slices"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -24,32 +25,71 @@ import (
 //	redis/op        Redis round trips per operation (a pipeline counts once)
 //	sql/op          SQL statements per operation, BEGIN and COMMIT included
 //
-// The machine these run on is shared and noisy, so every contender's
-// benchmark also measures the floor, interleaved with its own operations:
-// floor-p50-us and floor-ops/s. Ratios taken against that paired floor
-// compare two measurements made under the same conditions, a few
+// The machine these run on is shared and noisy, so a contender's benchmark
+// also measures its references, interleaved with its own operations: the
+// floor (floor-p50-us, floor-ops/s) and, for a row whose target names
+// another contender, that contender (base-p50-us, base-ops/s). A ratio to
+// a reference compares two measurements made under the same conditions,
 // milliseconds apart.
 
 // block is how many operations a latency benchmark runs before switching
-// between the contender and its paired floor.
+// to the next reference.
 const block = 8
 
-// phase is how long a throughput benchmark runs the contender before
-// switching to its paired floor, and back. It must be long against an
-// operation's latency under load (milliseconds for the database with 64
-// goroutines), since operations still running when a phase ends count for
-// the phase they started in.
-const phase = 100 * time.Millisecond
+// phase is how long a throughput benchmark runs one party (the contender
+// or a reference) before draining and switching to the next.
+const phase = 50 * time.Millisecond
 
-// latency runs b.N operations of op, timed one by one, and as many of
-// floor, interleaved in blocks and left out of ns/op and allocations.
+// targetBases names, for the rows whose target compares them with another
+// contender than the floor, that contender ("workload/contender" →
+// contender; throughput rows by mix).
+var targetBases = map[string]string{
+	"Hit/wt-scope":            "gorm-dryrun+floor",
+	"Update/wt-scope":         "naive-wt",
+	"Throughput/r95/wt-scope": "naive-wt",
+	"Throughput/r95/wt-get":   "naive-wt",
+}
+
+// A ref is a contender measured inside another's benchmark; name prefixes
+// its metrics.
+type ref struct {
+	name string // "floor" or "base"
+	c    contender
+}
+
+// refsFor returns the references of c in workload w: the floor, then the
+// target's base if c's row has one.
+func refsFor(cs []contender, w string, c contender) []ref {
+	var refs []ref
+	if c.name != cs[0].name {
+		refs = append(refs, ref{"floor", cs[0]})
+	}
+	if base, ok := targetBases[w+"/"+c.name]; ok {
+		for _, o := range cs {
+			if o.name == base {
+				refs = append(refs, ref{"base", o})
+			}
+		}
+	}
+	return refs
+}
+
+// opFunc is the i-th operation of a latency benchmark.
+type opFunc func(ctx context.Context, i int) error
+
+// latency runs b.N operations of op, timed one by one, and as many of each
+// reference, interleaved in blocks, untimed and left out of allocations.
 // prep, if not nil, runs untimed before each operation of op.
-func latency(b *testing.B, e *env, op, floor, prep func(ctx context.Context, i int) error) {
+func latency(b *testing.B, e *env, op, prep opFunc, refs []ref, refOp func(contender) opFunc) {
 	ctx := context.Background()
 	m := startMeter(b, e, true)
-	var floorSamples []time.Duration
-	if floor != nil {
-		floorSamples = make([]time.Duration, 0, b.N)
+	refSamples := make([][]time.Duration, len(refs))
+	for i := range refs {
+		refSamples[i] = make([]time.Duration, 0, b.N)
+	}
+	refOps := make([]opFunc, len(refs))
+	for i, r := range refs {
+		refOps[i] = refOp(r.c)
 	}
 	for i := 0; i < b.N; i += block {
 		n := min(block, b.N-i)
@@ -67,41 +107,31 @@ func latency(b *testing.B, e *env, op, floor, prep func(ctx context.Context, i i
 			}
 			m.observe(time.Since(t0))
 		}
-		if floor == nil {
+		if len(refs) == 0 {
 			continue
 		}
 		m.pause()
-		for j := i; j < i+n; j++ {
-			t0 := time.Now()
-			if err := floor(ctx, j); err != nil {
-				b.Fatal(err)
+		for k, rop := range refOps {
+			for j := i; j < i+n; j++ {
+				t0 := time.Now()
+				if err := rop(ctx, j); err != nil {
+					b.Fatalf("%s %s: %v", refs[k].name, refs[k].c.name, err)
+				}
+				refSamples[k] = append(refSamples[k], time.Since(t0))
 			}
-			floorSamples = append(floorSamples, time.Since(t0))
 		}
 		m.resume()
 	}
 	m.done(b.N)
-	if floor != nil {
-		slices.Sort(floorSamples)
-		b.ReportMetric(percentile(floorSamples, 50), "floor-p50-us")
+	for k, r := range refs {
+		slices.Sort(refSamples[k])
+		b.ReportMetric(percentile(refSamples[k], 50), r.name+"-p50-us")
 	}
 }
 
-// byID adapts a per-key operation to latency's, cycling through ids.
-func byID(f func(ctx context.Context, id int64) error, ids []int64) func(context.Context, int) error {
-	if f == nil {
-		return nil
-	}
+// byID adapts a per-key operation to an opFunc, cycling through ids.
+func byID(f func(ctx context.Context, id int64) error, ids []int64) opFunc {
 	return func(ctx context.Context, i int) error { return f(ctx, ids[i%len(ids)]) }
-}
-
-// paired returns the floor's operation to interleave with c's, or nil when
-// c is the floor.
-func paired(c contender, floorOp func(ctx context.Context, id int64) error) func(ctx context.Context, id int64) error {
-	if c.name == "floor" {
-		return nil
-	}
-	return floorOp
 }
 
 // BenchmarkHit reads one cached row by key.
@@ -114,7 +144,8 @@ func BenchmarkHit(b *testing.B) {
 		}
 		b.Run(c.name, func(b *testing.B) {
 			ids := randomIDs(e.rows, 4096, 1)
-			latency(b, e, byID(c.read, ids), byID(paired(c, cs[0].read), ids), nil)
+			reads := func(c contender) opFunc { return byID(c.read, ids) }
+			latency(b, e, reads(c), nil, refsFor(cs, "Hit", c), reads)
 		})
 	}
 }
@@ -131,18 +162,19 @@ func BenchmarkMiss(b *testing.B) {
 		}
 		b.Run(c.name, func(b *testing.B) {
 			ids := randomIDs(e.rows, 4096, 2)
-			latency(b, e, byID(c.read, ids), byID(cs[0].read, ids), byID(c.evict, ids))
+			reads := func(c contender) opFunc { return byID(c.read, ids) }
+			latency(b, e, reads(c), byID(c.evict, ids), refsFor(cs, "Miss", c), reads)
 		})
 	}
 }
 
 // BenchmarkBatch10 reads 10 cached rows by key.
-func BenchmarkBatch10(b *testing.B) { benchBatch(b, 10) }
+func BenchmarkBatch10(b *testing.B) { benchBatch(b, "Batch10", 10) }
 
 // BenchmarkBatch100 reads 100 cached rows by key.
-func BenchmarkBatch100(b *testing.B) { benchBatch(b, 100) }
+func BenchmarkBatch100(b *testing.B) { benchBatch(b, "Batch100", 100) }
 
-func benchBatch(b *testing.B, size int) {
+func benchBatch(b *testing.B, w string, size int) {
 	e := getEnv(b)
 	cs := mustContenders(b, e)
 	for _, c := range cs {
@@ -151,17 +183,10 @@ func benchBatch(b *testing.B, size int) {
 		}
 		b.Run(c.name, func(b *testing.B) {
 			batches := randomBatches(e.rows, 64, size)
-			of := func(f func(context.Context, []int64) error) func(context.Context, int) error {
-				if f == nil {
-					return nil
-				}
-				return func(ctx context.Context, i int) error { return f(ctx, batches[i%len(batches)]) }
+			reads := func(c contender) opFunc {
+				return func(ctx context.Context, i int) error { return c.batch(ctx, batches[i%len(batches)]) }
 			}
-			var floor func(context.Context, []int64) error
-			if c.name != "floor" {
-				floor = cs[0].batch
-			}
-			latency(b, e, of(c.batch), of(floor), nil)
+			latency(b, e, reads(c), nil, refsFor(cs, w, c), reads)
 		})
 	}
 }
@@ -181,7 +206,8 @@ func BenchmarkUpdate(b *testing.B) {
 		}
 		b.Run(name, func(b *testing.B) {
 			ids := randomIDs(e.rows, 4096, 3)
-			latency(b, e, byID(c.update, ids), byID(paired(c, cs[0].update), ids), nil)
+			updates := func(c contender) opFunc { return byID(c.update, ids) }
+			latency(b, e, updates(c), nil, refsFor(cs, "Update", c), updates)
 		})
 	}
 }
@@ -206,13 +232,10 @@ func BenchmarkThroughput(b *testing.B) {
 					if !c.mixed {
 						continue
 					}
-					var floor *contender
-					if c.name != "floor" {
-						floor = &cs[0]
-					}
+					refs := refsFor(cs, "Throughput/"+mix.name, c)
 					name := fmt.Sprintf("%s-%s-g%d/%s", mix.name, dist, g, c.name)
 					b.Run(name, func(b *testing.B) {
-						benchMix(b, e, c, floor, g, mix.writes, zipf)
+						benchMix(b, e, c, refs, g, mix.writes, zipf)
 					})
 				}
 			}
@@ -225,17 +248,21 @@ func BenchmarkThroughput(b *testing.B) {
 // the ten hottest 36%.
 const zipfS = 1.1
 
-// benchMix runs the mix on c with goroutines goroutines. With a floor, time
-// is cut in phases that alternate between c and the floor running the same
-// mix; ops/s and floor-ops/s count each in its own phases, and the other
-// per-operation figures mix both.
-func benchMix(b *testing.B, e *env, c contender, floor *contender, goroutines, writePct int, zipf bool) {
+// benchMix runs the mix on c with goroutines goroutines. With references,
+// time is cut in phases that rotate between c and each reference running
+// the same mix; ops/s (and floor-ops/s, base-ops/s) count each party's
+// operations over its own phases, and the other per-operation figures mix
+// all parties.
+func benchMix(b *testing.B, e *env, c contender, refs []ref, goroutines, writePct int, zipf bool) {
 	procs := runtime.GOMAXPROCS(0)
 	b.SetParallelism((goroutines + procs - 1) / procs)
+	parties := []contender{c}
+	for _, r := range refs {
+		parties = append(parties, r.c)
+	}
+	ph := newPhaser(len(parties), phase)
 	var seed atomic.Uint64
-	var ops [2]atomic.Int64 // by phase: c, floor
 	m := startMeter(b, e, false)
-	start := m.start
 	b.RunParallel(func(pb *testing.PB) {
 		r := rand.New(rand.NewPCG(seed.Add(1), 0x5eed))
 		var z *rand.Zipf
@@ -250,35 +277,104 @@ func benchMix(b *testing.B, e *env, c contender, floor *contender, goroutines, w
 			} else {
 				id = r.Int64N(e.rows) + 1
 			}
-			who, ph := c, 0
-			if floor != nil && time.Since(start)/phase%2 == 1 {
-				who, ph = *floor, 1
-			}
+			write := writePct > 0 && r.IntN(100) < writePct
+			who := ph.enter()
 			var err error
-			if writePct > 0 && r.IntN(100) < writePct {
-				err = who.update(ctx, id)
+			if write {
+				err = parties[who].update(ctx, id)
 			} else {
-				err = who.read(ctx, id)
+				err = parties[who].read(ctx, id)
 			}
+			ph.exit(who)
 			if err != nil {
 				b.Error(err)
 				return
 			}
-			ops[ph].Add(1)
 		}
 	})
-	elapsed := time.Since(start)
 	m.done(b.N)
-	if floor == nil {
+	if len(refs) == 0 {
 		return
 	}
-	// Phases alternate c, floor, c, ...: split elapsed accordingly.
-	full, rest := elapsed/(2*phase), elapsed%(2*phase)
-	cTime, fTime := full*phase+min(rest, phase), full*phase+max(rest-phase, 0)
-	b.ReportMetric(float64(ops[0].Load())/cTime.Seconds(), "ops/s")
-	if ops[1].Load() > 0 {
-		b.ReportMetric(float64(ops[1].Load())/fTime.Seconds(), "floor-ops/s")
+	rates := ph.rates()
+	b.ReportMetric(rates[0], "ops/s")
+	for i, r := range refs {
+		if rates[i+1] > 0 {
+			b.ReportMetric(rates[i+1], r.name+"-ops/s")
+		}
 	}
+}
+
+// phaser rotates goroutines between parties in phases of fixed length.
+// A phase ends by draining: no operation starts until those of the ending
+// phase have finished, so that each party's time holds its own operations
+// only.
+type phaser struct {
+	length time.Duration
+
+	mu       sync.Mutex // protects the fields below
+	cond     *sync.Cond // signalled when a phase drains or switches
+	cur      int        // phases so far; the party is cur % len(ops)
+	since    time.Time  // when the current phase began
+	draining bool       // the current phase is over: wait for inflight == 0
+	inflight int
+	ops      []int64         // operations per party
+	spent    []time.Duration // phase time per party
+}
+
+func newPhaser(parties int, length time.Duration) *phaser {
+	p := &phaser{length: length, since: time.Now(), ops: make([]int64, parties), spent: make([]time.Duration, parties)}
+	p.cond = sync.NewCond(&p.mu)
+	return p
+}
+
+// enter waits until an operation may start and returns its party.
+func (p *phaser) enter() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if len(p.ops) == 1 {
+		p.inflight++
+		return 0
+	}
+	for p.draining || time.Since(p.since) >= p.length {
+		p.draining = true
+		if p.inflight == 0 {
+			now := time.Now()
+			p.spent[p.cur%len(p.ops)] += now.Sub(p.since)
+			p.cur, p.since, p.draining = p.cur+1, now, false
+			p.cond.Broadcast()
+			break
+		}
+		p.cond.Wait()
+	}
+	p.inflight++
+	return p.cur % len(p.ops)
+}
+
+// exit records the end of an operation of party.
+func (p *phaser) exit(party int) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.inflight--
+	p.ops[party]++
+	if p.draining && p.inflight == 0 {
+		p.cond.Broadcast()
+	}
+}
+
+// rates returns each party's operations per second of its own phases.
+func (p *phaser) rates() []float64 {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	spent := slices.Clone(p.spent)
+	spent[p.cur%len(p.ops)] += time.Since(p.since)
+	rates := make([]float64, len(p.ops))
+	for i, n := range p.ops {
+		if spent[i] > 0 {
+			rates[i] = float64(n) / spent[i].Seconds()
+		}
+	}
+	return rates
 }
 
 // BenchmarkMemory measures what one cached row costs Redis (MEMORY USAGE,

@@ -2,6 +2,7 @@ package bench_test
 
 import (
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -46,6 +47,48 @@ func TestMakeUserRowsAreTheDocumentedSize(t *testing.T) {
 		}
 		if n := len(buf); n < 330 || n > 400 {
 			t.Errorf("id %d: msgpack row is %d bytes, want about 360", id, n)
+		}
+	}
+}
+
+func TestPhaserNeverOverlapsParties(t *testing.T) {
+	t.Parallel()
+	const parties, goroutines, perG = 3, 8, 300
+	p := newPhaser(parties, time.Millisecond)
+	var inflight [parties]atomic.Int64
+	var wg sync.WaitGroup
+	for range goroutines {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range perG {
+				who := p.enter()
+				inflight[who].Add(1)
+				for other := range parties {
+					if other != who && inflight[other].Load() != 0 {
+						t.Errorf("party %d runs during party %d's phase", other, who)
+					}
+				}
+				time.Sleep(50 * time.Microsecond)
+				inflight[who].Add(-1)
+				p.exit(who)
+			}
+		}()
+	}
+	wg.Wait()
+	var total int64
+	for i, n := range p.ops {
+		if n == 0 {
+			t.Errorf("party %d never ran", i)
+		}
+		total += n
+	}
+	if total != goroutines*perG {
+		t.Errorf("counted %d operations, want %d", total, goroutines*perG)
+	}
+	for i, r := range p.rates() {
+		if r <= 0 {
+			t.Errorf("party %d: rate %v", i, r)
 		}
 	}
 }

@@ -231,12 +231,19 @@ func (r *results) verdicts(name string) []string {
 		var shown string
 		switch t.op {
 		case "ratio":
-			// Each side against its own paired floor, then one against
-			// the other: conditions cancel out within a round.
-			a, b := r.norm(name, t.unit), r.norm(base, t.unit)
-			per := nanSlice(r.rounds)
-			for i := range per {
-				per[i] = a[i] / b[i]
+			var per []float64
+			switch {
+			case r.get(name, "base-"+t.unit) != nil && !strings.HasSuffix(base, "/floor"):
+				// The base was measured inside the row's benchmark.
+				per = r.perRound(name, name, t.unit, div, "base-"+t.unit)
+			default:
+				// Each side against its own paired floor, then one
+				// against the other.
+				a, b := r.norm(name, t.unit), r.norm(base, t.unit)
+				per = nanSlice(r.rounds)
+				for i := range per {
+					per[i] = a[i] / b[i]
+				}
 			}
 			v = median(per)
 			shown = fmt.Sprintf("%.2f×", v)

@@ -176,10 +176,12 @@ func (p *Plugin) drainBatch(ctx context.Context) (int, error) {
 	return n, nil
 }
 
-// Close stops the outbox drainer. It does not close the Redis client or the
+// Close waits for asynchronous finalizes and stops the outbox drainer. It
+// does not close the Redis client or the
 // database, which the caller owns. Records left in the outbox are drained by
 // the next process that starts the plugin.
 func (p *Plugin) Close() error {
+	p.inflight.Wait()
 	p.drainMu.Lock()
 	defer p.drainMu.Unlock()
 	if p.closed {

@@ -87,6 +87,12 @@ type Config struct {
 	// BreakerCooldown is how long an open breaker keeps the plugin off
 	// Redis before it lets one probe through. Default 1s.
 	BreakerCooldown time.Duration
+	// AsyncFinalize lets Commit return before the staged rows are installed
+	// in Redis. Readers of a key that is still pending read the database, so
+	// the promises hold; the cost is a database read for a read that lands
+	// between Commit and the install. [Plugin.Close] waits for installs in
+	// flight. Default false: Commit returns after the install.
+	AsyncFinalize bool
 	// Models are checked when the plugin is registered, so that a malformed
 	// cache tag fails db.Use instead of the first statement on the model.
 	Models []any
@@ -217,6 +223,7 @@ type Plugin struct {
 	drainDone    chan struct{}
 	closed       bool
 	wake         chan struct{}
+	inflight     sync.WaitGroup // asynchronous finalizes
 
 	stats counters
 }

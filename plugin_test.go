@@ -211,3 +211,23 @@ func TestMissFillsThenHits(t *testing.T) {
 	assert.Equal(t, "Eve", g.Name)
 	assert.Equal(t, 1, g.finds)
 }
+
+func TestAsyncFinalizeInstallsAfterCommitReturns(t *testing.T) {
+	e := setup(t, nil, writethrough.Config{AsyncFinalize: true})
+	release := make(chan struct{})
+	writethrough.SetHook(e.p, func(point, key string) {
+		if point == "write:before-finalize" {
+			<-release
+		}
+	})
+	u := User{Email: "async@x", Balance: 1}
+	require.NoError(t, e.db.Create(&u).Error, "Create returns before the install")
+	key := e.key("users", u.ID)
+	assert.Equal(t, byte(writethrough.StatePending), e.state(t, key))
+	var got User
+	require.NoError(t, e.db.Scopes(writethrough.Cached).First(&got, u.ID).Error)
+	assert.Equal(t, "async@x", got.Email, "a read after Commit returned sees the write (from the database)")
+	close(release)
+	require.NoError(t, e.p.Close(), "Close waits for the install")
+	assert.Equal(t, byte(writethrough.StateCommitted), e.state(t, key))
+}

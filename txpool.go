@@ -199,6 +199,20 @@ func (t *hookTx) finish(committed bool) {
 	if len(entries) == 0 {
 		return
 	}
+	if t.p.cfg.AsyncFinalize {
+		// Readers of a pending key already go to the database, so the
+		// caller need not wait for the install. Forget the flights now, so
+		// that reads starting after Commit returns never join older loads.
+		for _, e := range entries {
+			t.p.flights.Forget(e.key)
+		}
+		t.p.inflight.Add(1)
+		go func() {
+			defer t.p.inflight.Done()
+			t.p.finalize(t.ctx, t.token, entries, committed)
+		}()
+		return
+	}
 	t.p.finalize(t.ctx, t.token, entries, committed)
 }
 

@@ -371,7 +371,13 @@ func (p *Plugin) stageTx(db *gorm.DB, spec *modelSpec, kind writeKind, tx *hookT
 	if len(targets) == 0 {
 		return
 	}
-	if err := p.reread(db, spec, targets); err != nil {
+	if kind == kindDelete && !spec.aside && db.RowsAffected == int64(len(targets)) {
+		// Every named row was deleted (or soft-deleted) under this
+		// transaction's lock: tombstones, no re-read needed.
+		for i := range targets {
+			targets[i].intent, targets[i].row = pendDelete, nil
+		}
+	} else if err := p.reread(db, spec, targets); err != nil {
 		// The transaction is still ours to fail; a Soft write keeps going
 		// with invalidation only.
 		if spec.mode == Strict {

@@ -24,7 +24,7 @@ func ParseEntry(b []byte) (RawEntry, error) {
 	if err != nil {
 		return RawEntry{}, err
 	}
-	out := RawEntry{State: e.state, Token: e.token, Row: e.row}
+	out := RawEntry{State: e.state, Token: string(e.token), Row: e.row}
 	if e.state == statePending {
 		out.Flags = b[headerLen]
 		out.Writers = int(b[headerLen+1])

@@ -66,7 +66,7 @@ func Inspect(ctx context.Context, db *gorm.DB, model any, key any) (Entry, error
 	switch e.state {
 	case stateCommitted:
 		out.State = "committed"
-		if e.fp != spec.codec.fp {
+		if string(e.fp) != spec.codec.fp {
 			out.State = "foreign"
 			return out, nil
 		}

@@ -117,7 +117,7 @@ func printResults(w io.Writer, results []result) {
 			fmt.Fprintf(w, "%s: %d reads returned a row no transfer wrote\n", r.info.title, r.unexplained)
 		}
 		if r.wrongAtRest > 0 {
-			fmt.Fprintf(w, "%s: once every transfer had returned and every delete had run, %d of %d accounts still read wrong through the cache (until their TTL)\n",
+			fmt.Fprintf(w, "%s: %d of %d accounts still read wrong at rest, after every transfer returned and every delete ran; they stay so until their TTL\n",
 				r.info.title, r.wrongAtRest, r.accounts)
 		}
 		if r.trouble != "" {

@@ -314,8 +314,8 @@ func runOne(ctx context.Context, e *env, cfg config, info strategyInfo, step str
 		}()
 	}
 
-	reads := make([][]read, cfg.Readers+1)
-	readLat := make([][]time.Duration, cfg.Readers+1)
+	reads := make([][]read, cfg.Readers+1) // the last one is the sum scanner's
+	readLat := make([][]time.Duration, cfg.Readers)
 	for r := range cfg.Readers {
 		wg.Add(1)
 		go func() {
@@ -394,6 +394,8 @@ func runOne(ctx context.Context, e *env, cfg config, info strategyInfo, step str
 	rl = append(rl, probeLat...)
 	for i := range reads {
 		all = append(all, reads[i]...)
+	}
+	for i := range readLat {
 		rl = append(rl, readLat[i]...)
 	}
 	wl := writeLatProbe

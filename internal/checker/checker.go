@@ -151,6 +151,8 @@ func (v Violation) Format(max int) string {
 type StaleRead struct {
 	Op        Op
 	Staleness time.Duration // from the moment the newer value was known to the read's call
+	// History is the row's window, for the first stale reads kept.
+	History *Violation
 }
 
 // Totals sums everything a Checker has seen.
@@ -282,6 +284,9 @@ func (c *Checker) CheckWindow(init map[int64]Value, start int64, ops []Op) Windo
 				c.Totals.MaxStaleness = s.Staleness
 			}
 			if len(c.Stale) < c.KeepExamples {
+				if len(c.Stale) == 0 || c.Stale[len(c.Stale)-1].History == nil || c.Stale[len(c.Stale)-1].History.Key != k {
+					s.History = &Violation{Window: window, Key: k, Init: init[k], Ops: kops}
+				}
 				c.Stale = append(c.Stale, s)
 			}
 		}
@@ -448,7 +453,7 @@ func (r *rowLog) analyse(init Value, start int64, ops []Op) (stale []StaleRead, 
 		}
 		r.insert(&state{val: w.Value, order: w.Value.order(), call: w.Call, knownAt: known})
 	}
-	// Every read proves its value existed by the time it returned.
+	// Every read of a row proves that row existed by the time it returned.
 	found := make([]*state, len(ops))
 	for i, o := range ops {
 		if o.Kind != Read {
@@ -460,7 +465,11 @@ func (r *rowLog) analyse(init Value, start int64, ops []Op) (stale []StaleRead, 
 			continue
 		}
 		found[i] = s
-		r.lower(s, o.Return)
+		if o.Value.Present {
+			// An absent read does not say which absent state it saw (before
+			// an insert, or after a delete): it proves nothing about time.
+			r.lower(s, o.Return)
+		}
 	}
 	for i, o := range ops {
 		s := found[i]

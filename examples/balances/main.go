@@ -12,6 +12,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -42,7 +43,7 @@ func mainErr() error {
 	flag.Float64Var(&cfg.RollbackRatio, "rollback-ratio", 0.1, "share of transfers rolled back on purpose")
 	flag.DurationVar(&cfg.SumInterval, "sum-interval", 100*time.Millisecond, "pause between two sum scans")
 	flag.StringVar(&names, "strategies", strings.Join(strategyNames(), ","), "comma-separated `list` of strategies to run")
-	flag.StringVar(&plot, "plot", "", "also write a chart of stale reads over time to `FILE.svg`")
+	flag.StringVar(&plot, "plot", "", "also write a chart of stale and phantom reads over time to `FILE.svg`")
 	flag.StringVar(&backend, "backend", backendAuto, "auto, real (PostgreSQL and Redis) or embedded (SQLite and miniredis)")
 	flag.Uint64Var(&cfg.Seed, "seed", 1, "seed of the transfer and read choices")
 	verbose := flag.Bool("v", false, "log the plugin's reports of cache trouble to stderr")
@@ -82,6 +83,9 @@ func mainErr() error {
 		cfg.Duration, cfg.Accounts, cfg.Writers, cfg.Readers, cfg.RollbackRatio*100, cfg.InvalidationDelay)
 
 	results, err := run(ctx, e, cfg)
+	if ctx.Err() != nil {
+		err = errors.New("interrupted")
+	}
 	if len(results) > 0 {
 		printResults(os.Stdout, results)
 		printLegend(os.Stdout)

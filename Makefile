@@ -13,7 +13,7 @@ MODULES := . $(patsubst %/go.mod,%,$(wildcard examples/go.mod bench/go.mod))
 # Soak test knobs: make soak DURATION=1h CLIENTS=64
 DURATION ?= 10m
 CLIENTS ?= 32
-# Extra arguments for demo-balances: make demo-balances ARGS="-transfers 1000"
+# Extra arguments for demo-balances: make demo-balances ARGS="-duration 5s -plot stale.svg"
 ARGS ?=
 
 .PHONY: help

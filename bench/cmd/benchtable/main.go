@@ -5,13 +5,13 @@
 //
 // Run it from the bench directory (make bench does):
 //
-//	go run ./cmd/benchtable                                  # 5 rounds, 6 to 9 minutes
-//	go run ./cmd/benchtable -count 3 -tput=false             # two to three minutes
+//	go run ./cmd/benchtable                                  # 5 rounds, 5 to 8 minutes
+//	go run ./cmd/benchtable -count 3 -tput=false             # latency only, 2 minutes
 //	go run ./cmd/benchtable -count 10 -benchtime 300ms -tput-benchtime 1s
 //
 // Each round runs every benchmark once, in a fresh process. Inside each
 // benchmark the contender is paired with the floor, interleaved (blocks
-// of operations for latency, 100ms phases for throughput), so that a
+// of operations for latency, 50ms phases for throughput), so that a
 // ratio compares two measurements made under the same load; the table
 // shows the median over the rounds of each round's ratio, and its range.
 // At the end the PostgreSQL schema and the Redis keys are removed, unless
@@ -38,7 +38,7 @@ func main() {
 	var (
 		count     = flag.Int("count", 5, "rounds; each runs every benchmark once (at least 5 for published numbers)")
 		benchtime = flag.String("benchtime", "150ms", "-test.benchtime of the latency, batch, update and memory workloads")
-		tputtime  = flag.String("tput-benchtime", "400ms", "-test.benchtime of each throughput workload (its phases last 100ms)")
+		tputtime  = flag.String("tput-benchtime", "250ms", "-test.benchtime of each throughput workload (its phases last 50ms)")
 		tput      = flag.Bool("tput", true, "run the throughput workloads")
 		only      = flag.String("bench", "", "run only benchmarks matching this -test.bench regexp, with -benchtime")
 		tags      = flag.String("tags", "", "build tags for the benchmark binary")
@@ -86,6 +86,7 @@ func run(count int, benchtime, tputtime string, tput bool, only, tags string, ro
 	}
 	res := newResults(count)
 	start := time.Now()
+	loadStart := loadAverage()
 	for round := range count {
 		for _, g := range groups {
 			fmt.Fprintf(os.Stderr, "round %d/%d %s (%s elapsed)\n", round+1, count, g.pattern, time.Since(start).Round(time.Second))
@@ -112,6 +113,8 @@ func run(count int, benchtime, tputtime string, tput bool, only, tags string, ro
 	}
 	fmt.Fprintf(os.Stderr, "done in %s\n", time.Since(start).Round(time.Second))
 	fmt.Print(header(count, benchtime, tputtime, tput, only, tags, rows))
+	fmt.Printf("- run time: %s; load average (1 min) %s at the start, %s at the end\n\n",
+		time.Since(start).Round(time.Second), loadStart, loadAverage())
 	fmt.Print(res.table())
 	return nil
 }
@@ -139,8 +142,16 @@ func header(count int, benchtime, tputtime string, tput bool, only, tags string,
 	for _, line := range machine() {
 		fmt.Fprintf(&b, "- %s\n", line)
 	}
-	b.WriteString("\n")
 	return b.String()
+}
+
+// loadAverage returns the one-minute load average, or "?".
+func loadAverage() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if f := strings.Fields(string(b)); err == nil && len(f) > 0 {
+		return f[0]
+	}
+	return "?"
 }
 
 func machine() []string {

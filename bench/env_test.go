@@ -25,7 +25,7 @@ import (
 )
 
 var (
-	flagRows = flag.Int("wt.rows", bench.DefaultRows, "rows in the users table")
+	flagRows = flag.Int("wt.rows", bench.DefaultRows, "rows in the users table (1,000 with -benchtime 1x unless given)")
 	flagKeep = flag.Bool("wt.keep", false, "keep the schema and Redis keys after the run (the runner sets it between rounds)")
 )
 
@@ -91,8 +91,23 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
+// smokeRows is the table size when the benchmarks run once each
+// (-benchtime 1x, as make test's smoke check does) and -wt.rows is not
+// given: enough to exercise every path, quick to load.
+const smokeRows = 1000
+
+// rows returns the table size to use.
+func rows() int64 {
+	set := false
+	flag.Visit(func(f *flag.Flag) { set = set || f.Name == "wt.rows" })
+	if bt := flag.Lookup("test.benchtime"); !set && bt != nil && bt.Value.String() == "1x" {
+		return smokeRows
+	}
+	return int64(*flagRows)
+}
+
 func setup(ctx context.Context) (*env, error) {
-	e := &env{rows: int64(*flagRows)}
+	e := &env{rows: rows()}
 	rdb, err := bench.NewRedis()
 	if err != nil {
 		return nil, err

@@ -255,7 +255,31 @@ func parseTemplate(sch *schema.Schema, tmpl, prefix string) ([]tmplPart, error) 
 		}
 		out = append(out, pt)
 	}
+	// Escaped components never hold a raw ':', so a ':' between any two
+	// placeholders tells where one ends; without it ("{a}{b}", "{a}-{b}"),
+	// ("ab","c") and ("a","bc") would share a key.
+	for i := 1; i < len(out); i++ {
+		if out[i].field == nil && !out[i].pkAll {
+			continue
+		}
+		for j := i - 1; j >= 0; j-- {
+			if out[j].field != nil || out[j].pkAll {
+				return nil, fmt.Errorf("placeholders %s and %s must be separated by ':', so that rows never share a key",
+					placeholderName(out[j]), placeholderName(out[i]))
+			}
+			if strings.Contains(out[j].lit, ":") {
+				break
+			}
+		}
+	}
 	return out, nil
+}
+
+func placeholderName(pt tmplPart) string {
+	if pt.pkAll {
+		return "{pk}"
+	}
+	return "{" + pt.field.DBName + "}"
 }
 
 // keyOf returns the key of the row held in rv (a struct of the model type),

@@ -11,6 +11,7 @@ import (
 	"hash/fnv"
 	"reflect"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/vmihailenco/msgpack/v5"
@@ -395,7 +396,15 @@ func encTime(e *msgpack.Encoder, v reflect.Value) error {
 	return e.EncodeString(loc.String())
 }
 
-var locCache sync.Map // string -> *time.Location (nil when unknown here)
+// locCache remembers time.LoadLocation by zone name. The names come from
+// Redis, so names that do not load are remembered only up to a bound: bytes
+// in Redis must not grow the process without limit.
+var (
+	locCache   sync.Map     // string -> *time.Location (nil when unknown here)
+	locUnknown atomic.Int64 // names stored with a nil location
+)
+
+const maxUnknownLocs = 256
 
 func decTime(d *msgpack.Decoder, v reflect.Value) error {
 	n, err := d.DecodeArrayLen()
@@ -442,7 +451,9 @@ func decTime(d *msgpack.Decoder, v reflect.Value) error {
 			if l, err := time.LoadLocation(name); err == nil && name != "" {
 				loc = l
 			}
-			locCache.Store(name, loc)
+			if loc != nil || locUnknown.Add(1) <= maxUnknownLocs {
+				locCache.Store(name, loc)
+			}
 		}
 		if loc != nil {
 			if _, o := t.In(loc).Zone(); o == off {

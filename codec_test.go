@@ -237,24 +237,24 @@ type p7Custom struct {
 	RawMsg json.RawMessage   `gorm:"type:jsonb"`
 }
 
-type p7Audit struct {
+type P7Audit struct {
 	By  string
 	At  time.Time
 	Rev *int
 }
 
-type p7Address struct {
+type P7Address struct {
 	Street string
 	City   *string
 }
 
 type p7Embed struct {
 	ID uint `gorm:"primaryKey" cache:"ttl:10m"`
-	p7Audit
-	*p7Address
+	P7Audit
+	*P7Address
 	Note    string
-	Billing p7Address  `gorm:"embedded;embeddedPrefix:billing_"`
-	Ship    *p7Address `gorm:"embedded;embeddedPrefix:ship_"`
+	Billing P7Address  `gorm:"embedded;embeddedPrefix:billing_"`
+	Ship    *P7Address `gorm:"embedded;embeddedPrefix:ship_"`
 	gorm.DeletedAt
 }
 
@@ -467,10 +467,10 @@ func p7Cases() []p7Case {
 		// embedded structs, gorm.DeletedAt
 		roundTrip("embedded/zero", &p7Embed{}, nil),
 		roundTrip("embedded/set", &p7Embed{
-			p7Audit:   p7Audit{By: "ann", At: inZone, Rev: ptr(2)},
-			p7Address: &p7Address{Street: "Main", City: ptr("Oslo")},
-			Billing:   p7Address{Street: "Bill", City: ptr("")},
-			Ship:      &p7Address{Street: "Ship"},
+			P7Audit:   P7Audit{By: "ann", At: inZone, Rev: ptr(2)},
+			P7Address: &P7Address{Street: "Main", City: ptr("Oslo")},
+			Billing:   P7Address{Street: "Bill", City: ptr("")},
+			Ship:      &P7Address{Street: "Ship"},
 		}, nil),
 		roundTrip("deleted_at/not deleted", &p7Soft{Note: "x"}, nil),
 
@@ -735,4 +735,32 @@ func TestUndecodableEntriesAreAMissAndHealed(t *testing.T) {
 			})
 		}
 	}
+}
+
+// TestEmbeddedColumnsAreCached guards the embedded round trips against
+// passing vacuously: the embedded fields are columns, and the hit holds them.
+func TestEmbeddedColumnsAreCached(t *testing.T) {
+	e := setup(t, nil, writethrough.Config{}, &p7Embed{})
+	at := time.Date(2024, 1, 2, 3, 4, 5, 6000, time.UTC)
+	row := p7Embed{
+		P7Audit:   P7Audit{By: "ann", At: at, Rev: ptr(2)},
+		P7Address: &P7Address{Street: "Main", City: ptr("Oslo")},
+		Billing:   P7Address{Street: "Bill", City: ptr("")},
+		Ship:      &P7Address{Street: "Ship"},
+	}
+	require.NoError(t, e.db.Create(&row).Error)
+	var got p7Embed
+	before := e.sqls.Load()
+	require.NoError(t, e.db.Scopes(writethrough.Cached).First(&got, row.ID).Error)
+	require.Equal(t, before, e.sqls.Load())
+	assert.Equal(t, "ann", got.By)
+	assert.True(t, at.Equal(got.At))
+	assert.Equal(t, ptr(2), got.Rev)
+	require.NotNil(t, got.P7Address)
+	assert.Equal(t, "Main", got.Street)
+	assert.Equal(t, ptr("Oslo"), got.City)
+	assert.Equal(t, ptr(""), got.Billing.City)
+	require.NotNil(t, got.Ship)
+	assert.Equal(t, "Ship", got.Ship.Street)
+	assert.Nil(t, got.Ship.City)
 }

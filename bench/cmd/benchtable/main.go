@@ -28,6 +28,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -45,15 +46,24 @@ func main() {
 		rows      = flag.Int("rows", bench.DefaultRows, "rows in the users table")
 		keep      = flag.Bool("keep", false, "keep the schema and Redis keys afterwards")
 		verbose   = flag.Bool("v", false, "echo the benchmark output")
+		raw       = flag.String("raw", "", "also write every round's go test output to this file (benchstat reads it)")
+		from      = flag.String("from", "", "print the table of a file written by -raw instead of running")
 	)
 	flag.Parse()
-	if err := run(*count, *benchtime, *tputtime, *tput, *only, *tags, *rows, *keep, *verbose); err != nil {
+	if *from != "" {
+		if err := render(*from); err != nil {
+			fmt.Fprintln(os.Stderr, "benchtable:", err)
+			os.Exit(1)
+		}
+		return
+	}
+	if err := run(*count, *benchtime, *tputtime, *tput, *only, *tags, *rows, *keep, *verbose, *raw); err != nil {
 		fmt.Fprintln(os.Stderr, "benchtable:", err)
 		os.Exit(1)
 	}
 }
 
-func run(count int, benchtime, tputtime string, tput bool, only, tags string, rows int, keep, verbose bool) (err error) {
+func run(count int, benchtime, tputtime string, tput bool, only, tags string, rows int, keep, verbose bool, raw string) (err error) {
 	if count < 1 {
 		return fmt.Errorf("-count %d: need at least one round", count)
 	}
@@ -84,6 +94,15 @@ func run(count int, benchtime, tputtime string, tput bool, only, tags string, ro
 	if only != "" {
 		groups = []group{{only, benchtime}}
 	}
+	var rawOut io.Writer = io.Discard
+	if raw != "" {
+		f, err := os.Create(raw)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		rawOut = f
+	}
 	res := newResults(count)
 	start := time.Now()
 	loadStart := loadAverage()
@@ -99,6 +118,8 @@ func run(count int, benchtime, tputtime string, tput bool, only, tags string, ro
 				cmd.Stdout = io.MultiWriter(&out, os.Stderr)
 			}
 			runErr := cmd.Run()
+			fmt.Fprintf(rawOut, "%s%d\n", roundMark, round+1)
+			rawOut.Write(out.Bytes())
 			if err := res.parse(round, &out); err != nil {
 				return err
 			}
@@ -115,6 +136,43 @@ func run(count int, benchtime, tputtime string, tput bool, only, tags string, ro
 	fmt.Print(header(count, benchtime, tputtime, tput, only, tags, rows))
 	fmt.Printf("- run time: %s; load average (1 min) %s at the start, %s at the end\n\n",
 		time.Since(start).Round(time.Second), loadStart, loadAverage())
+	fmt.Print(res.table())
+	return nil
+}
+
+// roundMark starts each round in a -raw file; go test and benchstat
+// ignore the line.
+const roundMark = "# benchtable round "
+
+// render prints the table of a file written by -raw.
+func render(path string) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	chunks := strings.Split(string(b), roundMark)[1:]
+	if len(chunks) == 0 {
+		return fmt.Errorf("%s: no %q lines: not written by -raw", path, strings.TrimSpace(roundMark))
+	}
+	rounds := 0
+	for _, c := range chunks {
+		n, _, _ := strings.Cut(c, "\n")
+		if r, err := strconv.Atoi(n); err == nil && r > rounds {
+			rounds = r
+		}
+	}
+	res := newResults(rounds)
+	for _, c := range chunks {
+		n, body, _ := strings.Cut(c, "\n")
+		r, err := strconv.Atoi(n)
+		if err != nil || r < 1 {
+			return fmt.Errorf("%s: bad round number %q", path, n)
+		}
+		if err := res.parse(r-1, strings.NewReader(body)); err != nil {
+			return err
+		}
+	}
+	fmt.Printf("- from %s (%d rounds)\n\n", path, rounds)
 	fmt.Print(res.table())
 	return nil
 }

@@ -247,6 +247,9 @@ func (r *results) verdicts(name string) []string {
 			}
 			v = median(per)
 			shown = fmt.Sprintf("%.2f×", v)
+			if lo, hi := spread(per); hi > lo {
+				shown += fmt.Sprintf(" [%.2f–%.2f]", lo, hi)
+			}
 		case "delta":
 			v = r.pairwise(name, base, t.unit, sub)
 			shown = fmt.Sprintf("%+.0f", v)

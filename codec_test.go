@@ -498,7 +498,7 @@ func TestCachedReadEqualsDatabaseRead(t *testing.T) {
 	for _, tc := range p7Cases() {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			e := setup(t, nil, writethrough.Config{}, tc.model)
+			e := setup(t, nil, calm(), tc.model)
 			tc.run(t, e)
 		})
 	}
@@ -534,7 +534,7 @@ func TestCachedReadEqualsDatabaseReadInAnotherLocalZone(t *testing.T) {
 // TestTimeKeepsLocationAndPrecision checks the time column the driver hands
 // back: the location pointer as well as the instant.
 func TestTimeKeepsLocationAndPrecision(t *testing.T) {
-	e := setup(t, nil, writethrough.Config{}, &p7Time{})
+	e := setup(t, nil, calm(), &p7Time{})
 	at := time.Date(2024, 3, 10, 12, 30, 45, 123456000, time.UTC)
 	row := p7Time{TZ: at, Naive: at, TZ3: at}
 	require.NoError(t, e.db.Create(&row).Error)
@@ -552,7 +552,7 @@ func TestTimeKeepsLocationAndPrecision(t *testing.T) {
 // TestSoftDeletedRowIsNotFoundFromTheCache: gorm.DeletedAt set by a soft
 // delete makes a scoped cached read report not found, as the database does.
 func TestSoftDeletedRowIsNotFoundFromTheCache(t *testing.T) {
-	e := setup(t, nil, writethrough.Config{}, &p7Soft{})
+	e := setup(t, nil, calm(), &p7Soft{})
 	row := p7Soft{Note: "x"}
 	require.NoError(t, e.db.Create(&row).Error)
 	require.NoError(t, e.db.Delete(&row).Error)
@@ -687,7 +687,7 @@ func TestUndecodableEntriesAreAMissAndHealed(t *testing.T) {
 				}
 				t.Parallel()
 				ctx := context.Background()
-				e := setup(t, nil, writethrough.Config{})
+				e := setup(t, nil, calm())
 				u := User{Email: "bad@x", Name: "Bea", Balance: 7}
 				require.NoError(t, e.db.Create(&u).Error)
 				other := User{Email: "other@x", Name: "Oz"}
@@ -740,7 +740,7 @@ func TestUndecodableEntriesAreAMissAndHealed(t *testing.T) {
 // TestEmbeddedColumnsAreCached guards the embedded round trips against
 // passing vacuously: the embedded fields are columns, and the hit holds them.
 func TestEmbeddedColumnsAreCached(t *testing.T) {
-	e := setup(t, nil, writethrough.Config{}, &p7Embed{})
+	e := setup(t, nil, calm(), &p7Embed{})
 	at := time.Date(2024, 1, 2, 3, 4, 5, 6000, time.UTC)
 	row := p7Embed{
 		P7Audit:   P7Audit{By: "ann", At: at, Rev: ptr(2)},
@@ -764,3 +764,7 @@ func TestEmbeddedColumnsAreCached(t *testing.T) {
 	assert.Equal(t, "Ship", got.Ship.Street)
 	assert.Nil(t, got.Ship.City)
 }
+
+// calm is the Config of tests about what is stored rather than about timing:
+// a Redis call is not cut short on a loaded machine.
+func calm() writethrough.Config { return writethrough.Config{Timeout: 2 * time.Second} }

@@ -74,7 +74,7 @@ func pttl(t *testing.T, e *env, key string) time.Duration {
 func TestTagSettingsTakeEffect(t *testing.T) {
 	t.Run("key template", func(t *testing.T) {
 		t.Parallel()
-		e := setup(t, nil, writethrough.Config{}, &kTemplate{}, &kTemplatePrefix{}, &kTemplateTable{})
+		e := setup(t, nil, calm(), &kTemplate{}, &kTemplatePrefix{}, &kTemplateTable{})
 		require.NoError(t, e.db.Create(&kTemplate{ID: 42, Name: "a"}).Error)
 		require.NoError(t, e.db.Create(&kTemplatePrefix{ID: 42, Name: "b"}).Error)
 		require.NoError(t, e.db.Create(&kTemplateTable{ID: 42, Name: "c"}).Error)
@@ -98,7 +98,7 @@ func TestTagSettingsTakeEffect(t *testing.T) {
 
 	t.Run("ttl without jitter", func(t *testing.T) {
 		t.Parallel()
-		e := setup(t, nil, writethrough.Config{}, &kTTL{})
+		e := setup(t, nil, calm(), &kTTL{})
 		require.NoError(t, e.db.Create(&kTTL{ID: 1}).Error)
 		d := pttl(t, e, e.prefix+":k_ttls:1")
 		assert.LessOrEqual(t, d, 30*time.Second)
@@ -107,7 +107,7 @@ func TestTagSettingsTakeEffect(t *testing.T) {
 
 	t.Run("ttl with jitter, words in any case and spacing", func(t *testing.T) {
 		t.Parallel()
-		e := setup(t, nil, writethrough.Config{}, &kTTLJitter{})
+		e := setup(t, nil, calm(), &kTTLJitter{})
 		lo, hi := 48*time.Minute-time.Minute, 72*time.Minute // 1h ± 20%, less test time
 		var seen []time.Duration
 		for id := int64(1); id <= 20; id++ {
@@ -128,7 +128,7 @@ func TestTagSettingsTakeEffect(t *testing.T) {
 
 	t.Run("no ttl takes Config.DefaultTTL and Config.Jitter", func(t *testing.T) {
 		t.Parallel()
-		e := setup(t, nil, writethrough.Config{DefaultTTL: 2 * time.Minute, Jitter: -1}, &kDefaultTTL{})
+		e := setup(t, nil, writethrough.Config{DefaultTTL: 2 * time.Minute, Jitter: -1, Timeout: 2 * time.Second}, &kDefaultTTL{})
 		require.NoError(t, e.db.Create(&kDefaultTTL{ID: 1}).Error)
 		d := pttl(t, e, e.prefix+":k_default_ttls:1")
 		assert.LessOrEqual(t, d, 2*time.Minute)
@@ -137,7 +137,7 @@ func TestTagSettingsTakeEffect(t *testing.T) {
 
 	t.Run("strategy aside leaves the key absent after writes", func(t *testing.T) {
 		t.Parallel()
-		e := setup(t, nil, writethrough.Config{}, &kAside{}, &kThrough{})
+		e := setup(t, nil, calm(), &kAside{}, &kThrough{})
 		key := e.prefix + ":k_asides:1"
 		require.NoError(t, e.db.Create(&kAside{ID: 1, Name: "a"}).Error)
 		assert.Equal(t, byte(0), e.state(t, key), "aside: a create only invalidates")
@@ -331,7 +331,7 @@ func TestMalformedTagFailsTheFirstStatementOnTheModel(t *testing.T) {
 		for _, st := range statements {
 			t.Run(tc.name+"/"+st.name, func(t *testing.T) {
 				t.Parallel()
-				e := setup(t, nil, writethrough.Config{})
+				e := setup(t, nil, calm())
 				require.NoError(t, e.db.AutoMigrate(tc.model))
 				var err error
 				require.NotPanics(t, func() { err = st.run(e.db, tc.model) })
@@ -510,7 +510,7 @@ func TestEveryKeyKindIsWrittenAndHit(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			e := setup(t, nil, writethrough.Config{}, tc.models...)
+			e := setup(t, nil, calm(), tc.models...)
 			tc.run(t, e)
 		})
 	}
@@ -560,7 +560,7 @@ type kUntagged struct {
 }
 
 func TestUntaggedModelCostsNoRedisCommands(t *testing.T) {
-	e := setup(t, nil, writethrough.Config{}, &kUntagged{}, &User{})
+	e := setup(t, nil, calm(), &kUntagged{}, &User{})
 	counter := &commandCounter{}
 	e.rdb.AddHook(counter)
 

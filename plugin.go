@@ -201,6 +201,7 @@ type Plugin struct {
 	specs sync.Map // reflect.Type -> *specEntry
 
 	flights singleflight.Group
+	readSeq atomic.Uint64 // orders a flight's database read against its followers' arrival
 
 	mu     sync.Mutex   // protects inited
 	inited map[any]bool // callback registries already hooked

@@ -94,7 +94,8 @@ const (
 	lookEmpty    lookup = iota // nothing there: take a lease and fill
 	lookHit                    // a committed row, decoded
 	lookNotFound               // a tombstone
-	lookBusy                   // pending, leased, or another build's entry: read SQL, do not fill
+	lookBusy                   // leased, or another build's entry: read SQL, do not fill
+	lookPending                // a write in flight: read SQL alone, do not fill
 )
 
 // decodeInto classifies raw and, for a committed entry, decodes it into dst.
@@ -119,6 +120,8 @@ func (p *Plugin) decodeInto(ctx context.Context, spec *modelSpec, key string, ra
 		return lookHit
 	case stateTombstone:
 		return lookNotFound
+	case statePending:
+		return lookPending
 	}
 	return lookBusy
 }
@@ -171,11 +174,20 @@ func (p *Plugin) serveOne(db *gorm.DB, plan readPlan, orig func(*gorm.DB)) {
 		orig(db) // Redis failed: read the database, nothing to share
 		return
 	}
-	// Empty, pending or leased: one database read per process, shared by
-	// every reader that arrives while it runs. Only an empty key is leased
-	// and filled. A write forgets the flight before it returns, so a read
-	// that starts after a write never joins a load that began before it.
+	if res == lookPending {
+		// A write is in flight and may commit at any moment, before it
+		// forgets the key's flight (or in another process, which never
+		// does): a load that began before the COMMIT must not answer a read
+		// that began after it. Read the database alone.
+		orig(db)
+		return
+	}
+	// Empty or leased: one database read per process, shared by every
+	// reader that arrives while it runs. Only an empty key is leased and
+	// filled. A write forgets the flight before it returns, so a read that
+	// starts after a write never joins a load that began before it.
 	led := false
+	arrived := p.readSeq.Add(1)
 	p.at("read:flight", key)
 	v, _, _ := p.flights.Do(key, func() (any, error) {
 		led = true
@@ -185,16 +197,44 @@ func (p *Plugin) serveOne(db *gorm.DB, plan readPlan, orig func(*gorm.DB)) {
 		return
 	}
 	lr, _ := v.(*loadResult)
-	if lr == nil || lr.failed {
-		orig(db)
+	if lr != nil && !lr.failed && arrived < lr.readSeq {
+		// This read began before the shared database read did, so that read
+		// saw every write that committed before this one began.
+		p.deliverLoaded(db, plan, lr, orig)
 		return
 	}
+	// The shared read may have begun before a write (perhaps in another
+	// process, which cannot forget this process's flights) that committed
+	// before this read began: its rows are not ours to return. Look again;
+	// the leader has usually just filled the key.
+	elem = p.target(st, plan)
+	var raw2 []byte
+	err = errBreakerOpen
+	if p.brk.allow() {
+		raw2, err = p.rdb.Get(ctx, key).Bytes()
+		p.brk.record(err)
+	}
+	if err == nil {
+		switch p.decodeInto(ctx, spec, key, raw2, elem) {
+		case lookHit:
+			p.deliver(db, plan, []reflect.Value{elem})
+			return
+		case lookNotFound:
+			p.deliver(db, plan, nil)
+			return
+		}
+	}
+	orig(db)
+}
+
+// deliverLoaded gives a follower the row its flight's leader read.
+func (p *Plugin) deliverLoaded(db *gorm.DB, plan readPlan, lr *loadResult, orig func(*gorm.DB)) {
 	if !lr.found {
 		p.deliver(db, plan, nil)
 		return
 	}
-	elem = p.target(st, plan)
-	if err := spec.codec.decodeRow(lr.row, elem); err != nil {
+	elem := p.target(db.Statement, plan)
+	if err := plan.spec.codec.decodeRow(lr.row, elem); err != nil {
 		orig(db)
 		return
 	}
@@ -204,9 +244,10 @@ func (p *Plugin) serveOne(db *gorm.DB, plan readPlan, orig func(*gorm.DB)) {
 // loadResult is what one database read shares with the readers that waited
 // on it.
 type loadResult struct {
-	row    []byte
-	found  bool
-	failed bool // the read failed or could not be shared: run your own
+	readSeq uint64 // p.readSeq when the database read began
+	row     []byte
+	found   bool
+	failed  bool // the read failed or could not be shared: run your own
 }
 
 // load runs the leader's database read for one key under a lease, and fills
@@ -233,12 +274,13 @@ func (p *Plugin) load(db *gorm.DB, spec *modelSpec, key string, orig func(*gorm.
 	if leased {
 		p.forceSource(db)
 	}
+	readSeq := p.readSeq.Add(1)
 	orig(db)
 	if db.Error != nil && !errors.Is(db.Error, gorm.ErrRecordNotFound) {
 		return &loadResult{failed: true}
 	}
 	rows := p.rowsOf(st)
-	lr := &loadResult{}
+	lr := &loadResult{readSeq: readSeq}
 	switch len(rows) {
 	case 0:
 	case 1:

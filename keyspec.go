@@ -89,7 +89,11 @@ func (p *Plugin) buildSpec(sch *schema.Schema) (*modelSpec, error) {
 			continue
 		}
 		if !f.PrimaryKey {
-			return nil, &TagError{Model: sch.Name, Field: f.Name, Reason: "the cache tag belongs on the primary-key field"}
+			reason := "the cache tag belongs on the primary-key field"
+			if len(sch.PrimaryFields) == 0 {
+				reason = "model has no primary key; " + reason
+			}
+			return nil, &TagError{Model: sch.Name, Field: f.Name, Reason: reason}
 		}
 		if tagField != nil && v != tag {
 			return nil, &TagError{Model: sch.Name, Field: f.Name, Reason: fmt.Sprintf("cache tags on %s and %s differ; put one tag on one primary-key field", tagField.Name, f.Name)}

@@ -274,7 +274,7 @@ func badTags() []badTag {
 		{"template with touching placeholders", &tPlaceholdersTouch{}, "A", "key:p:{a}{b}", "separated by ':'"},
 		{"template with placeholders not split by ':'", &tPlaceholdersWithoutColon{}, "A", "key:p:{a}-{B}", "{a} and {b}"},
 		{"tag on a field that is not the key", &tTagOnNonKey{}, "Email", "", "primary-key"},
-		{"tag on a model without a primary key", &tNoPrimaryKey{}, "Label", "", "primary-key"},
+		{"tag on a model without a primary key", &tNoPrimaryKey{}, "Label", "", "no primary key"},
 		{"different tags on a composite key", &tTwoTags{}, "B", "", "differ"},
 	}
 }

@@ -326,6 +326,9 @@ func faultScenarios() []*faultScenario {
 	return append(list, crashScenarios...)
 }
 
+// TestFaultMatrix runs every scenario in Soft and in Strict. The rows run
+// one at a time, not in parallel: each one measures timeouts and latency,
+// and rows sharing the CPUs would make each other's Redis slow.
 func TestFaultMatrix(t *testing.T) {
 	sh := shape()
 	rep := &faultReport{shape: sh}

@@ -614,7 +614,8 @@ func (p *Plugin) plan(db *gorm.DB, spec *modelSpec) (readPlan, bool) {
 			return readPlan{}, false
 		}
 		for _, col := range o.Columns {
-			if p.pkColumn(st, spec, col.Column) == nil {
+			// One key: any order by the primary key (First's) is moot.
+			if col.Column.Name != clause.PrimaryKey && p.pkColumn(st, spec, col.Column) == nil {
 				return readPlan{}, false
 			}
 		}

@@ -25,6 +25,11 @@ local HC = 'w\001C'
 local HT = 'w\001T'
 local HL = 'w\001L'
 local function bit(f, b) return math.floor(f / b) % 2 == 1 end
+-- pending: a well-formed pending entry (header, flags, count, its tokens).
+local function pending(v)
+  return v and string.len(v) >= 29 and string.sub(v, 1, 3) == HP
+    and string.len(v) >= 29 + 16 * string.byte(v, 29)
+end
 `
 
 // prepare: register a writer (token) on the key and make it pending. A new
@@ -37,7 +42,7 @@ local v = redis.call('GET', KEYS[1])
 local tok = ARGV[1]
 local flags = tonumber(ARGV[3])
 local n, toks = 1, tok
-if v and string.len(v) >= 29 and string.sub(v, 1, 3) == HP then
+if pending(v) then
   local of, on = string.byte(v, 28), string.byte(v, 29)
   local ot = string.sub(v, 30, 29 + 16 * on)
   local overlap = of % 2
@@ -72,7 +77,7 @@ return 1 + flags % 2
 const luaFinalize = luaPrelude + `
 local v = redis.call('GET', KEYS[1])
 if not v then return 4 end
-if string.len(v) < 29 or string.sub(v, 1, 3) ~= HP then
+if not pending(v) then
   redis.call('DEL', KEYS[1]); return 2
 end
 local tok = ARGV[1]
@@ -108,7 +113,7 @@ redis.call('DEL', KEYS[1]); return 2
 // Returns 1 marked, 0 deleted or absent.
 const luaInvalidate = luaPrelude + `
 local v = redis.call('GET', KEYS[1])
-if v and string.len(v) >= 29 and string.sub(v, 1, 3) == HP then
+if pending(v) then
   local f = string.byte(v, 28)
   if f % 2 == 0 then redis.call('SETRANGE', KEYS[1], 27, string.char(f + 1)) end
   return 1

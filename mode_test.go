@@ -12,6 +12,7 @@ import (
 	"gorm.io/gorm"
 
 	"github.com/gorm-writethrough/writethrough"
+	"github.com/gorm-writethrough/writethrough/internal/faultproxy"
 	"github.com/gorm-writethrough/writethrough/internal/redisproc"
 	"github.com/gorm-writethrough/writethrough/internal/testenv"
 )
@@ -24,8 +25,28 @@ type faultEnv struct {
 
 func setupFault(t *testing.T, cfg writethrough.Config, args ...string) *faultEnv {
 	t.Helper()
+	return setupFaultVia(t, cfg, nil, args...)
+}
+
+// setupBehindProxy reaches Redis through a fault proxy: Block makes commands
+// fail without ever reaching Redis.
+func setupBehindProxy(t *testing.T, cfg writethrough.Config) (*faultEnv, *faultproxy.Proxy) {
+	t.Helper()
+	var proxy *faultproxy.Proxy
+	e := setupFaultVia(t, cfg, func(srv *redisproc.Server) string {
+		proxy = faultproxy.New(t, srv.Addr())
+		return proxy.Addr()
+	})
+	return e, proxy
+}
+
+func setupFaultVia(t *testing.T, cfg writethrough.Config, via func(*redisproc.Server) string, args ...string) *faultEnv {
+	t.Helper()
 	srv := redisproc.Start(t, args...)
 	opts := srv.Options()
+	if via != nil {
+		opts.Addr = via(srv)
+	}
 	opts.ContextTimeoutEnabled = true
 	opts.MaxRetries = -1
 	rdb := redis.NewClient(opts)
@@ -204,7 +225,7 @@ func TestBreakerOpensAndCloses(t *testing.T) {
 
 	e.srv.Resume()
 	require.Eventually(t, func() bool {
-		_ = e.db.Scopes(writethrough.Cached).First(&got, u.ID).Error
+		_, _ = e.p.Drain(context.Background()) // the drainer's call is the probe
 		return e.p.Stats().Breaker == writethrough.BreakerClosed
 	}, 5*time.Second, 20*time.Millisecond, "a probe after the cool-down closes it")
 	_, err := e.p.Drain(context.Background())
@@ -251,4 +272,51 @@ func TestBackgroundDrainerConvergesAfterRedisReturns(t *testing.T) {
 	assert.NotEqual(t, byte(writethrough.StateCommitted), e.state(t, key), "the stale balance is gone")
 	require.NoError(t, e.p.Close())
 	require.NoError(t, e.p.Close(), "Close is idempotent")
+}
+
+func TestSoftWriterReadsItsOwnWriteWhileTheOutboxWaits(t *testing.T) {
+	e, proxy := setupBehindProxy(t, writethrough.Config{BreakerThreshold: -1})
+	u := User{Email: "own@x", Balance: 1}
+	require.NoError(t, e.db.Create(&u).Error)
+	key := e.key("users", u.ID)
+	proxy.Block() // commands fail without reaching Redis: the old entry stays
+	require.NoError(t, e.db.Model(&u).Update("balance", 2).Error)
+	proxy.Unblock()
+	require.Equal(t, byte(writethrough.StateCommitted), e.state(t, key), "Redis still holds the old row")
+
+	var got User
+	require.NoError(t, e.db.Scopes(writethrough.Cached).First(&got, u.ID).Error)
+	assert.Equal(t, int64(2), got.Balance, "this process reads the database while the key is in the outbox")
+	g, err := writethrough.Get[User](context.Background(), e.db, u.ID)
+	require.NoError(t, err)
+	assert.Equal(t, int64(2), g.Balance)
+	gs, err := writethrough.GetMany[User](context.Background(), e.db, u.ID)
+	require.NoError(t, err)
+	require.Len(t, gs, 1)
+	assert.Equal(t, int64(2), gs[0].Balance)
+
+	_, err = e.p.Drain(context.Background())
+	require.NoError(t, err)
+	require.NoError(t, e.db.Scopes(writethrough.Cached).First(&got, u.ID).Error)
+	assert.Equal(t, int64(2), got.Balance)
+	assert.Equal(t, byte(writethrough.StateCommitted), e.state(t, key), "after the drain the cache fills again")
+}
+
+func TestRolledBackOutboxRecordsDoNotKeepKeysUncached(t *testing.T) {
+	e, proxy := setupBehindProxy(t, writethrough.Config{BreakerThreshold: -1})
+	u := User{Email: "rb@x", Balance: 1}
+	require.NoError(t, e.db.Create(&u).Error)
+	require.NoError(t, writethrough.Invalidate(e.db, &User{}, u.ID))
+	proxy.Block()
+	boom := errors.New("boom")
+	require.ErrorIs(t, e.db.Transaction(func(tx *gorm.DB) error {
+		require.NoError(t, tx.Model(&u).Update("balance", 2).Error)
+		return boom
+	}), boom)
+	proxy.Unblock()
+	var got User
+	require.NoError(t, e.db.Scopes(writethrough.Cached).First(&got, u.ID).Error)
+	assert.Equal(t, int64(1), got.Balance)
+	assert.Equal(t, byte(writethrough.StateCommitted), e.state(t, e.key("users", u.ID)),
+		"the rolled-back write left the key cacheable: the read filled it")
 }

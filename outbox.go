@@ -74,6 +74,7 @@ func (p *Plugin) record(db *gorm.DB, keys []string) error {
 	for i, k := range keys {
 		rows[i] = outboxRow{CacheKey: k}
 	}
+	p.suspects.mark(keys)
 	err := db.Session(&gorm.Session{NewDB: true, SkipHooks: true}).Table(p.cfg.OutboxTable).Create(&rows).Error
 	if err != nil {
 		return fmt.Errorf("writethrough: record keys in outbox: %w", err)
@@ -138,6 +139,8 @@ func (p *Plugin) Drain(ctx context.Context) (int, error) {
 
 func (p *Plugin) drainBatch(ctx context.Context) (int, error) {
 	n := 0
+	pass := p.suspects.seq.Load()
+	var drained []string
 	err := p.db.WithContext(ctx).Transaction(func(tx *gorm.DB) error {
 		var rows []outboxRow
 		q := tx.Table(p.cfg.OutboxTable).Order("id").Limit(drainBatch)
@@ -167,11 +170,14 @@ func (p *Plugin) drainBatch(ctx context.Context) (int, error) {
 			return err
 		}
 		n = len(rows)
+		drained = keys
 		return nil
 	})
 	if err != nil {
 		return 0, err
 	}
+	// Marks made after this pass began may belong to records it did not see.
+	p.suspects.clear(drained, pass)
 	p.stats.drained.Add(uint64(n))
 	return n, nil
 }

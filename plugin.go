@@ -224,6 +224,7 @@ type Plugin struct {
 	drainDone    chan struct{}
 	closed       bool
 	wake         chan struct{}
+	suspects     suspects       // keys in the outbox, read from the database meanwhile
 	inflight     sync.WaitGroup // asynchronous finalizes
 
 	stats counters

@@ -73,6 +73,13 @@ func (p *Plugin) serve(db *gorm.DB, orig func(*gorm.DB)) {
 		orig(db)
 		return
 	}
+	if len(plan.keys) == 1 && p.suspects.is(plan.keys[0], p.cfg.PendingTTL) {
+		// Redis missed a write of this key that this process made; until the
+		// outbox has deleted the old entry, the database answers.
+		p.stats.misses.Add(1)
+		orig(db)
+		return
+	}
 	if _, inTx := txOf(st.ConnPool); inTx {
 		// A transaction may hold an old snapshot or its own uncommitted
 		// writes: read the database, never fill.
@@ -410,6 +417,13 @@ func (p *Plugin) deliver(db *gorm.DB, plan readPlan, rows []reflect.Value) {
 func (p *Plugin) serveMany(db *gorm.DB, plan readPlan, orig func(*gorm.DB)) {
 	st := db.Statement
 	spec := plan.spec
+	for _, k := range plan.keys {
+		if p.suspects.is(k, p.cfg.PendingTTL) {
+			p.stats.misses.Add(1)
+			orig(db)
+			return
+		}
+	}
 	ctx, cancel := p.opCtx(st.Context)
 	defer cancel()
 	var raws [][]byte

@@ -173,8 +173,29 @@ func (t *hookTx) Commit() error {
 // Rollback rolls back, then releases every staged key.
 func (t *hookTx) Rollback() error {
 	err := t.Tx.Rollback()
+	t.unmarkFailed()
 	t.finish(false)
 	return err
+}
+
+// unmarkFailed clears the suspect marks of keys whose outbox records this
+// transaction wrote and then rolled back.
+func (t *hookTx) unmarkFailed() {
+	t.mu.Lock()
+	if t.done {
+		t.mu.Unlock()
+		return
+	}
+	var keys []string
+	for _, e := range t.entries {
+		if e.failed {
+			keys = append(keys, e.key)
+		}
+	}
+	t.mu.Unlock()
+	if len(keys) > 0 {
+		t.p.suspects.clear(keys, t.p.suspects.seq.Load())
+	}
 }
 
 func (t *hookTx) firstKey() string {

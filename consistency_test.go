@@ -54,6 +54,11 @@ type Item struct {
 	Tag     int64
 }
 
+// itemsDDL creates the table. An INSERT computes its defaults before it
+// waits on a conflicting transaction's delete or insert of the same key, so
+// a default epoch could be older than the lifetime it follows. The triggers
+// make inserts and deletes of one id take a lock on it first, and take the
+// epoch only once the insert holds it.
 const itemsDDL = `
 CREATE SEQUENCE item_epochs;
 CREATE TABLE items (
@@ -62,7 +67,20 @@ CREATE TABLE items (
 	a       bigint NOT NULL DEFAULT 0,
 	b       bigint NOT NULL DEFAULT 0,
 	tag     bigint NOT NULL DEFAULT 0
-)`
+);
+CREATE FUNCTION item_insert() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+	PERFORM pg_advisory_xact_lock(7411, NEW.id::int);
+	NEW.version := nextval('item_epochs') << 32;
+	RETURN NEW;
+END $$;
+CREATE FUNCTION item_delete() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+	PERFORM pg_advisory_xact_lock(7411, OLD.id::int);
+	RETURN OLD;
+END $$;
+CREATE TRIGGER item_insert BEFORE INSERT ON items FOR EACH ROW EXECUTE FUNCTION item_insert();
+CREATE TRIGGER item_delete BEFORE DELETE ON items FOR EACH ROW EXECUTE FUNCTION item_delete()`
 
 func (it Item) value() checker.Value {
 	return checker.Value{Present: true, Version: it.Version, Row: fmt.Sprintf("a=%d b=%d tag=%d", it.A, it.B, it.Tag)}
@@ -161,7 +179,12 @@ func (r runReport) String() string {
 func (r runReport) details() string {
 	var b strings.Builder
 	for _, v := range r.violations {
-		fmt.Fprintf(&b, "linearizability violation: %s\n", v.Format(-1))
+		n, around := v.Culprit(50 * time.Millisecond)
+		fmt.Fprintf(&b, "linearizability violation: window %d, key %d, initial %s: the first %d of %d ops are already not linearizable; the last of them and what overlaps it:\n",
+			v.Window, v.Key, v.Init, n, len(v.Ops))
+		for _, o := range around {
+			fmt.Fprintf(&b, "  %s\n", o)
+		}
 	}
 	for _, s := range r.stale {
 		fmt.Fprintf(&b, "stale read by %s: %s\n", s.Staleness, s.Op)
@@ -192,53 +215,71 @@ func (h *harness) now() int64 { return int64(time.Since(h.start)) }
 
 var errRollback = errors.New("deliberate rollback")
 
-// run runs the workload window by window and returns the report.
-func (h *harness) run(ctx context.Context) runReport {
+// run runs the workload window by window and returns the report. Each
+// window is checked on a goroutine of its own while the next one runs.
+func (h *harness) run(ctx context.Context) (runReport, error) {
 	h.start = time.Now()
 	chk := &checker.Checker{Timeout: 20 * time.Second}
 	rep := runReport{strategy: h.s.name()}
 	init, err := h.snapshot(ctx)
 	if err != nil {
-		panic(err)
+		return rep, err
 	}
+	type window struct {
+		n     int
+		init  map[int64]checker.Value
+		start int64
+		ops   []checker.Op
+	}
+	windows := make(chan window, 2)
+	checked := make(chan struct{})
+	go func() {
+		defer close(checked)
+		for w := range windows {
+			res := chk.CheckWindow(w.init, w.start, w.ops)
+			if h.cfg.log != nil && (res.Violations > 0 || res.Phantoms > 0 || w.n%30 == 29) {
+				h.cfg.log("%s window %d: %d ops, %d violations, %d stale, %d phantoms; totals %s",
+					h.s.name(), w.n, res.Ops, res.Violations, res.StaleReads, res.Phantoms, chk.Totals)
+			}
+		}
+	}()
+	defer func() {
+		if windows != nil {
+			close(windows)
+			<-checked
+		}
+	}()
 	end := h.start.Add(h.cfg.duration)
 	rng := rand.New(rand.NewPCG(h.cfg.seed, 0x5eed))
-	for w := 0; time.Now().Before(end); w++ {
+	for n := 0; time.Now().Before(end); n++ {
 		windowStart := h.now()
 		until := time.Now().Add(h.cfg.window)
 		if until.After(end) {
 			until = end
 		}
-		var stopFaults chan struct{}
-		faultsDone := make(chan struct{})
-		if h.cfg.faults != nil {
-			stopFaults = make(chan struct{})
-			go func() {
-				defer close(faultsDone)
+		stopFaults, faultsDone := make(chan struct{}), make(chan struct{})
+		go func() {
+			defer close(faultsDone)
+			if h.cfg.faults != nil {
 				h.cfg.faults(stopFaults)
-			}()
-		} else {
-			close(faultsDone)
-		}
+			}
+		}()
 		ops, fails := h.window(ctx, until, rng.Uint64())
-		if stopFaults != nil {
-			close(stopFaults)
-		}
+		close(stopFaults)
 		<-faultsDone
 		rep.writeFails += fails
 		h.s.settle()
 		next, err := h.snapshot(ctx)
 		if err != nil {
-			panic(err)
+			return rep, err
 		}
 		h.converged(ctx, next, &rep)
-		res := chk.CheckWindow(init, windowStart, ops)
-		if h.cfg.log != nil && (res.Violations > 0 || res.Phantoms > 0 || w%30 == 29) {
-			h.cfg.log("%s window %d: %d ops, %d violations, %d stale, %d phantoms; totals %s",
-				h.s.name(), w, res.Ops, res.Violations, res.StaleReads, res.Phantoms, chk.Totals)
-		}
+		windows <- window{n: n, init: init, start: windowStart, ops: ops}
 		init = next
 	}
+	close(windows)
+	<-checked
+	windows = nil
 	rep.elapsed = time.Since(h.start)
 	rep.Totals = chk.Totals
 	rep.opsPerSec = float64(rep.Ops) / rep.elapsed.Seconds()
@@ -246,7 +287,7 @@ func (h *harness) run(ctx context.Context) runReport {
 	if ps, ok := h.s.(*pluginStrategy); ok {
 		rep.stats = "; " + ps.statsLine()
 	}
-	return rep
+	return rep, nil
 }
 
 // snapshot reads every hot row from the database, with no client running.
@@ -344,6 +385,7 @@ func (w *worker) key() int64 {
 // keys returns n distinct row ids, in ascending order: transactions that
 // write several rows lock them in id order and do not deadlock each other.
 func (w *worker) keys(n int) []int64 {
+	n = min(n, w.h.cfg.rows)
 	out := make([]int64, 0, n)
 	for len(out) < n {
 		k := w.key()
@@ -1119,7 +1161,8 @@ func TestHistoriesThroughThePluginAreLinearizable(t *testing.T) {
 			cfg.plugin.DrainInterval = -1
 			cfg.log = t.Logf
 			h := newPluginRun(t, nil, cfg)
-			rep := h.run(context.Background())
+			rep, err := h.run(context.Background())
+			require.NoError(t, err)
 			t.Logf("seed %d: %s", cfg.seed, rep)
 			requireLinearizable(t, rep)
 			require.Greater(t, rep.Reads, 300)
@@ -1145,7 +1188,8 @@ func TestCheckerCatchesBrokenStrategies(t *testing.T) {
 			cfg := boundedRun(4 * time.Second)
 			cfg.log = t.Logf
 			h := newBrokenRun(t, which, cfg)
-			rep := h.run(context.Background())
+			rep, err := h.run(context.Background())
+			require.NoError(t, err)
 			t.Logf("seed %d: %s", cfg.seed, rep)
 			require.Positive(t, rep.Violations, "the checker must catch %s", rep.strategy)
 			require.Positive(t, rep.StaleReads+rep.Phantoms)
@@ -1167,7 +1211,8 @@ func TestHistoriesWithoutTransactionsAreBounded(t *testing.T) {
 	cfg.plugin = writethrough.Config{Timeout: 5 * time.Second, DrainInterval: -1}
 	cfg.log = t.Logf
 	h := newPluginRun(t, &gorm.Config{SkipDefaultTransaction: true}, cfg)
-	rep := h.run(context.Background())
+	rep, err := h.run(context.Background())
+	require.NoError(t, err)
 	t.Logf("seed %d: %s", cfg.seed, rep)
 	t.Logf("%s", rep.details())
 	require.Zero(t, rep.Phantoms, rep.details())
@@ -1234,7 +1279,8 @@ func TestSoftModeUnderRedisFaultsIsBounded(t *testing.T) {
 	cfg := boundedRun(5 * time.Second)
 	cfg.log = t.Logf
 	h := newSoftFaultRun(t, cfg)
-	rep := h.run(context.Background())
+	rep, err := h.run(context.Background())
+	require.NoError(t, err)
 	t.Logf("seed %d: %s", cfg.seed, rep)
 	require.Zero(t, rep.Phantoms, rep.details())
 	require.Zero(t, rep.diverged, "P3 once the outbox drained\n%s", rep.details())

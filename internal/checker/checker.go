@@ -56,6 +56,9 @@ var Absent = Value{}
 
 func (v Value) String() string {
 	if !v.Present {
+		if v.Version != 0 {
+			return fmt.Sprintf("absent(deleted v%d)", v.Version)
+		}
 		return "absent"
 	}
 	return fmt.Sprintf("v%d{%s}", v.Version, v.Row)
@@ -267,7 +270,11 @@ func (c *Checker) CheckWindow(init map[int64]Value, start int64, ops []Op) Windo
 			continue
 		}
 		c.Totals.Partitions++
-		switch porcupine.CheckOperationsTimeout(rowModel(init[k]), toPorcupine(kops), c.Timeout) {
+		maybe := false
+		for _, o := range kops {
+			maybe = maybe || o.Kind == MaybeWrite
+		}
+		switch porcupine.CheckOperationsTimeout(rowModel(init[k], maybe), toPorcupine(init[k], kops), c.Timeout) {
 		case porcupine.Illegal:
 			res.Violations++
 			if len(c.Violations) < c.KeepExamples {
@@ -313,51 +320,129 @@ func (c *Checker) row(k int64) *rowLog {
 	return r
 }
 
-func toPorcupine(ops []Op) []porcupine.Operation {
-	out := make([]porcupine.Operation, len(ops))
-	for i, o := range ops {
-		out[i] = porcupine.Operation{ClientId: o.Client, Input: o, Call: o.Call, Output: o.Value, Return: o.Return}
-	}
-	return out
+// regState is the register's state: the row's value, the commit-order
+// position of the write that left it, and that of the last definite write
+// applied.
+type regState struct {
+	val     Value // normalized: every absent row is Absent
+	order   int64
+	lastDef int64
+}
+
+// input is what porcupine steps the model with: an operation, and for a
+// write the order of the definite write that committed just before it.
+type input struct {
+	op      Op
+	prevDef int64
 }
 
 // rowModel is a register holding one row, starting at init. Reads must
 // return the register's value; writes set it; maybe-writes may.
-func rowModel(init Value) porcupine.Model {
-	nm := porcupine.NondeterministicModel{
-		Init: func() []any { return []any{init.norm()} },
-		Step: func(st, input, _ any) []any {
-			cur := st.(Value)
-			op := input.(Op)
-			v := op.Value.norm()
-			switch op.Kind {
-			case Read:
-				if v == cur {
-					return []any{cur}
-				}
-				return nil
-			case Write:
-				return []any{v}
-			default:
-				if v == cur {
-					return []any{cur}
-				}
-				return []any{cur, v}
+//
+// Writes must also take effect in their commit order (Value.order): the
+// database serializes the writes of a row, and their versions say in which
+// order. So a definite write applies only right after the definite write
+// that precedes it in that order (maybe-writes in between may or may not
+// apply). This rules out no execution that could have happened, and it
+// keeps porcupine from trying every order of the writers queued on a row
+// lock.
+func rowModel(init Value, maybe bool) porcupine.Model {
+	start := regState{val: init.norm(), order: initOrder(init)}
+	start.lastDef = start.order
+	step := func(st, in any) []any {
+		cur := st.(regState)
+		x := in.(input)
+		next := regState{val: x.op.Value.norm(), order: x.op.Value.order(), lastDef: cur.lastDef}
+		switch x.op.Kind {
+		case Read:
+			if next.val == cur.val {
+				return []any{cur}
 			}
-		},
-		Hash: func(st any) uint64 {
-			v := st.(Value)
-			h := fnv.New64a()
-			fmt.Fprintf(h, "%t|%d|%s", v.Present, v.Version, v.Row)
-			return h.Sum64()
-		},
-		DescribeOperation: func(input, _ any) string {
-			op := input.(Op)
-			return fmt.Sprintf("%s %s %s", op.Source, op.Kind, op.Value)
-		},
-		DescribeState: func(st any) string { return st.(Value).String() },
+			return nil
+		case Write:
+			if cur.lastDef != x.prevDef || next.order <= cur.order {
+				return nil
+			}
+			next.lastDef = next.order
+			return []any{next}
+		default:
+			if cur.lastDef != x.prevDef || next.order <= cur.order {
+				return []any{cur}
+			}
+			return []any{cur, next}
+		}
+	}
+	hash := func(st any) uint64 {
+		v := st.(regState)
+		h := fnv.New64a()
+		fmt.Fprintf(h, "%t|%d|%s|%d|%d", v.val.Present, v.val.Version, v.val.Row, v.order, v.lastDef)
+		return h.Sum64()
+	}
+	describe := func(in, _ any) string {
+		op := in.(input).op
+		return fmt.Sprintf("%s %s %s", op.Source, op.Kind, op.Value)
+	}
+	if !maybe {
+		// Every step has at most one outcome: a plain model is cheaper
+		// than the power-set construction.
+		return porcupine.Model{
+			Init: func() any { return start },
+			Step: func(st, in, _ any) (bool, any) {
+				next := step(st, in)
+				if len(next) == 0 {
+					return false, nil
+				}
+				return true, next[0]
+			},
+			Hash:              hash,
+			DescribeOperation: describe,
+			DescribeState:     func(st any) string { return st.(regState).val.String() },
+		}
+	}
+	nm := porcupine.NondeterministicModel{
+		Init:              func() []any { return []any{start} },
+		Step:              func(st, in, _ any) []any { return step(st, in) },
+		Hash:              hash,
+		DescribeOperation: describe,
+		DescribeState:     func(st any) string { return st.(regState).val.String() },
 	}
 	return nm.ToModel()
+}
+
+// initOrder is the commit-order position of a window's initial state. An
+// absent row's deleted version is unknown (the snapshot cannot say it), but
+// every write that can follow it is an insert, which starts a new epoch:
+// lower than any will do.
+func initOrder(init Value) int64 {
+	if !init.Present {
+		return -1
+	}
+	return init.order()
+}
+
+// toPorcupine turns one row's operations into porcupine's, with each
+// write's preceding definite write.
+func toPorcupine(init Value, ops []Op) []porcupine.Operation {
+	var defs []int64
+	for _, o := range ops {
+		if o.Kind == Write {
+			defs = append(defs, o.Value.order())
+		}
+	}
+	sort.Slice(defs, func(i, j int) bool { return defs[i] < defs[j] })
+	start := initOrder(init)
+	out := make([]porcupine.Operation, len(ops))
+	for i, o := range ops {
+		in := input{op: o, prevDef: start}
+		if o.Kind != Read {
+			k := sort.Search(len(defs), func(j int) bool { return defs[j] >= o.Value.order() })
+			if k > 0 {
+				in.prevDef = defs[k-1]
+			}
+		}
+		out[i] = porcupine.Operation{ClientId: o.Client, Input: in, Call: o.Call, Output: o.Value, Return: o.Return}
+	}
+	return out
 }
 
 // seed makes sure the window's initial state is known to the analysis.
@@ -497,4 +582,35 @@ func (r *rowLog) find(o Op) *state {
 		}
 	}
 	return nil
+}
+
+// Culprit narrows a violation down: it returns the shortest prefix of the
+// row's operations (by call time) that is already not linearizable, and
+// the operations of that prefix that overlap its last one or end within
+// the given slack before it.
+func (v Violation) Culprit(slack time.Duration) (prefix int, around []Op) {
+	ops := v.Ops
+	legal := func(n int) bool {
+		maybe := false
+		for _, o := range ops[:n] {
+			maybe = maybe || o.Kind == MaybeWrite
+		}
+		return porcupine.CheckOperationsTimeout(rowModel(v.Init, maybe), toPorcupine(v.Init, ops[:n]), 10*time.Second) != porcupine.Illegal
+	}
+	lo, hi := 0, len(ops) // legal(lo), !legal(hi)
+	for hi-lo > 1 {
+		mid := (lo + hi) / 2
+		if legal(mid) {
+			lo = mid
+		} else {
+			hi = mid
+		}
+	}
+	last := ops[hi-1]
+	for _, o := range ops[:hi] {
+		if o.Return >= last.Call-int64(slack) {
+			around = append(around, o)
+		}
+	}
+	return hi, around
 }

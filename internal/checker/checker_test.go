@@ -113,6 +113,25 @@ func TestCheckWindow(t *testing.T) {
 			},
 			violations: 1, stale: 1, staleness: 3 * time.Millisecond,
 		},
+		{
+			name: "concurrent writes take effect in version order",
+			init: v1,
+			ops: []Op{
+				{Kind: Write, Value: v3, Call: 0, Return: 10 * ms},
+				{Kind: Write, Value: v2, Call: 0, Return: 10 * ms},
+				{Kind: Read, Value: v3, Call: 11 * ms, Return: 12 * ms},
+			},
+		},
+		{
+			name: "so the older version cannot be the last one",
+			init: v1,
+			ops: []Op{
+				{Kind: Write, Value: v3, Call: 0, Return: 10 * ms},
+				{Kind: Write, Value: v2, Call: 0, Return: 10 * ms},
+				{Kind: Read, Value: v2, Call: 11 * ms, Return: 12 * ms},
+			},
+			violations: 1, stale: 1, staleness: 1 * time.Millisecond,
+		},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -147,5 +166,29 @@ func TestStalenessAcrossWindows(t *testing.T) {
 	}
 	if c.Totals.Ops != 2 || c.Totals.Windows != 2 {
 		t.Fatalf("totals %+v", c.Totals)
+	}
+}
+
+// Writers queued on one row lock all overlap; with reads of every version
+// in between, the check must stay fast.
+func TestQueuedWritersCheckQuickly(t *testing.T) {
+	ms := int64(time.Millisecond)
+	var ops []Op
+	for i := int64(1); i <= 40; i++ {
+		v := present(i+1, "x")
+		ops = append(ops, Op{Key: 1, Kind: Write, Value: v, Call: 0, Return: (100 + i) * ms, Client: int(i)})
+		for r := int64(0); r < 5; r++ {
+			ops = append(ops, Op{Key: 1, Kind: Read, Value: v, Call: (100 + i) * ms, Return: (100+i)*ms + ms/2, Client: 100 + int(r)})
+		}
+	}
+	var c Checker
+	c.Timeout = 5 * time.Second
+	start := time.Now()
+	res := c.CheckWindow(map[int64]Value{1: present(1, "x")}, 0, ops)
+	if res.Violations != 0 || res.Unknown != 0 {
+		t.Fatalf("got %+v", res)
+	}
+	if d := time.Since(start); d > 2*time.Second {
+		t.Fatalf("took %s", d)
 	}
 }

@@ -453,49 +453,45 @@ func isTextual(v any, s string) bool {
 	return false
 }
 
-// lookupKey returns the key for caller-given primary-key values.
-// lookupKey1 is lookupKey for one value.
+// lookupKey1 is lookupKey for one value, without a variadic slice.
 func (s *modelSpec) lookupKey1(v any) (string, bool) {
-	if len(s.pks) == 1 && s.tmpl == nil {
-		rv := reflect.ValueOf(v)
-		if rv.Kind() == reflect.Pointer && !rv.IsNil() {
-			rv = rv.Elem()
-		}
-		if neg, mag, ok, done := integerKey(s.pks[0].FieldType, rv); done {
-			if !ok {
-				return "", false
-			}
-			var buf [96]byte
-			b := append(buf[:0], s.static...)
-			if neg {
-				b = append(b, '-')
-			}
-			return string(strconv.AppendUint(b, mag, 10)), true
-		}
+	if key, ok, done := s.intKey(v); done {
+		return key, ok
 	}
 	return s.lookupKey(context.Background(), v)
 }
 
+// intKey builds the key of an integer value for a model whose one primary
+// key is a plain integer under the default template, without boxing or a
+// scratch model. done is false when the general path must decide.
+func (s *modelSpec) intKey(v any) (key string, ok, done bool) {
+	if len(s.pks) != 1 || s.tmpl != nil {
+		return "", false, false
+	}
+	rv := reflect.ValueOf(v)
+	if rv.Kind() == reflect.Pointer && !rv.IsNil() {
+		rv = rv.Elem()
+	}
+	neg, mag, ok, done := integerKey(s.pks[0].FieldType, rv)
+	if !done || !ok {
+		return "", false, done
+	}
+	var buf [96]byte
+	b := append(buf[:0], s.static...)
+	if neg {
+		b = append(b, '-')
+	}
+	return string(strconv.AppendUint(b, mag, 10)), true, true
+}
+
+// lookupKey returns the key for caller-given primary-key values.
 func (s *modelSpec) lookupKey(ctx context.Context, vals ...any) (string, bool) {
 	if len(vals) != len(s.pks) {
 		return "", false
 	}
-	if len(vals) == 1 && s.tmpl == nil {
-		// The common case, an integer key, without boxing or a scratch model.
-		rv := reflect.ValueOf(vals[0])
-		if rv.Kind() == reflect.Pointer && !rv.IsNil() {
-			rv = rv.Elem()
-		}
-		if neg, mag, ok, done := integerKey(s.pks[0].FieldType, rv); done {
-			if !ok {
-				return "", false
-			}
-			var buf [96]byte
-			b := append(buf[:0], s.static...)
-			if neg {
-				b = append(b, '-')
-			}
-			return string(strconv.AppendUint(b, mag, 10)), true
+	if len(vals) == 1 {
+		if key, ok, done := s.intKey(vals[0]); done {
+			return key, ok
 		}
 	}
 	norm := make([]any, len(vals))

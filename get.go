@@ -29,7 +29,7 @@ func Get[T any](ctx context.Context, db *gorm.DB, key any) (T, error) {
 	if err != nil {
 		return out, err
 	}
-	if ok && !inTx(db) && !p.suspects.is(k, p.cfg.PendingTTL) {
+	if ok && !inTx(db) && !p.suspects.is(k) {
 		c, cancel := p.readCtx(ctx)
 		var raw []byte
 		rerr := errBreakerOpen
@@ -106,7 +106,7 @@ func GetMany[T any](ctx context.Context, db *gorm.DB, keys ...any) ([]T, error) 
 		if raw != nil {
 			state[i] = p.decodeInto(ctx, spec, rkeys[i], raw, reflect.ValueOf(&out[i]).Elem())
 		}
-		if (state[i] == lookHit || state[i] == lookNotFound) && p.suspects.is(rkeys[i], p.cfg.PendingTTL) {
+		if (state[i] == lookHit || state[i] == lookNotFound) && p.suspects.is(rkeys[i]) {
 			state[i] = lookBusy
 		}
 		if state[i] == lookHit || state[i] == lookNotFound {

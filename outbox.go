@@ -74,9 +74,10 @@ func (p *Plugin) record(db *gorm.DB, keys []string) error {
 	for i, k := range keys {
 		rows[i] = outboxRow{CacheKey: k}
 	}
-	p.suspects.mark(keys)
+	seq := p.suspects.mark(keys)
 	err := db.Session(&gorm.Session{NewDB: true, SkipHooks: true}).Table(p.cfg.OutboxTable).Create(&rows).Error
 	if err != nil {
+		p.suspects.clear(keys, seq)
 		return fmt.Errorf("writethrough: record keys in outbox: %w", err)
 	}
 	p.stats.outboxed.Add(uint64(len(keys)))

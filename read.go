@@ -73,7 +73,7 @@ func (p *Plugin) serve(db *gorm.DB, orig func(*gorm.DB)) {
 		orig(db)
 		return
 	}
-	if len(plan.keys) == 1 && p.suspects.is(plan.keys[0], p.cfg.PendingTTL) {
+	if len(plan.keys) == 1 && p.suspects.is(plan.keys[0]) {
 		// Redis missed a write of this key that this process made; until the
 		// outbox has deleted the old entry, the database answers.
 		p.stats.misses.Add(1)
@@ -418,7 +418,7 @@ func (p *Plugin) serveMany(db *gorm.DB, plan readPlan, orig func(*gorm.DB)) {
 	st := db.Statement
 	spec := plan.spec
 	for _, k := range plan.keys {
-		if p.suspects.is(k, p.cfg.PendingTTL) {
+		if p.suspects.is(k) {
 			p.stats.misses.Add(1)
 			orig(db)
 			return

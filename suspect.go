@@ -22,13 +22,12 @@ type suspects struct {
 }
 
 type suspect struct {
-	seq uint64
-	at  time.Time
+	seq     uint64
+	expires time.Time // zero: until drained; set when the write's outcome is unknown
 }
 
 // mark records keys as suspect before the write that recorded them commits.
-func (s *suspects) mark(keys []string) {
-	now := time.Now()
+func (s *suspects) mark(keys []string) uint64 {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.m == nil {
@@ -38,20 +37,38 @@ func (s *suspects) mark(keys []string) {
 		if _, ok := s.m[k]; !ok {
 			s.n.Add(1)
 		}
-		s.m[k] = suspect{seq: s.seq.Add(1), at: now}
+		s.m[k] = suspect{seq: s.seq.Add(1)}
+	}
+	return s.seq.Load()
+}
+
+// expire bounds the marks of keys whose write's outcome is unknown (a COMMIT
+// that failed): if their outbox records did commit, a drain clears them
+// sooner.
+func (s *suspects) expire(keys []string, after time.Duration) {
+	if s.n.Load() == 0 {
+		return
+	}
+	at := time.Now().Add(after)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, k := range keys {
+		if e, ok := s.m[k]; ok && e.expires.IsZero() {
+			e.expires = at
+			s.m[k] = e
+		}
 	}
 }
 
-// is reports whether key is suspect. Marks older than maxAge (a transaction
-// whose outcome never became known) are dropped.
-func (s *suspects) is(key string, maxAge time.Duration) bool {
+// is reports whether key is suspect.
+func (s *suspects) is(key string) bool {
 	if s.n.Load() == 0 {
 		return false
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	e, ok := s.m[key]
-	if ok && time.Since(e.at) > maxAge {
+	if ok && !e.expires.IsZero() && time.Now().After(e.expires) {
 		delete(s.m, key)
 		s.n.Add(-1)
 		return false

@@ -164,6 +164,11 @@ func (t *hookTx) Commit() error {
 	}
 	t.p.at("tx:before-commit", t.firstKey())
 	err := t.Tx.Commit()
+	if err != nil {
+		// The outbox records may or may not have committed: keep reading
+		// those keys from the database for a while, not forever.
+		t.p.suspects.expire(t.failedKeys(), t.p.cfg.PendingTTL)
+	}
 	// An error from COMMIT may hide a commit that happened: the keys are
 	// released and deleted, never installed.
 	t.finish(err == nil)
@@ -182,20 +187,24 @@ func (t *hookTx) Rollback() error {
 // transaction wrote and then rolled back.
 func (t *hookTx) unmarkFailed() {
 	t.mu.Lock()
-	if t.done {
-		t.mu.Unlock()
-		return
+	done := t.done
+	t.mu.Unlock()
+	if keys := t.failedKeys(); !done && len(keys) > 0 {
+		t.p.suspects.clear(keys, t.p.suspects.seq.Load())
 	}
+}
+
+// failedKeys lists the keys whose prepare failed (Soft: in the outbox).
+func (t *hookTx) failedKeys() []string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
 	var keys []string
 	for _, e := range t.entries {
 		if e.failed {
 			keys = append(keys, e.key)
 		}
 	}
-	t.mu.Unlock()
-	if len(keys) > 0 {
-		t.p.suspects.clear(keys, t.p.suspects.seq.Load())
-	}
+	return keys
 }
 
 func (t *hookTx) firstKey() string {

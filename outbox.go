@@ -74,10 +74,10 @@ func (p *Plugin) record(db *gorm.DB, keys []string) error {
 	for i, k := range keys {
 		rows[i] = outboxRow{CacheKey: k}
 	}
-	seq := p.suspects.mark(keys)
+	p.suspects.mark(keys)
 	err := db.Session(&gorm.Session{NewDB: true, SkipHooks: true}).Table(p.cfg.OutboxTable).Create(&rows).Error
 	if err != nil {
-		p.suspects.clear(keys, seq)
+		p.suspects.unmark(keys)
 		return fmt.Errorf("writethrough: record keys in outbox: %w", err)
 	}
 	p.stats.outboxed.Add(uint64(len(keys)))
@@ -140,8 +140,7 @@ func (p *Plugin) Drain(ctx context.Context) (int, error) {
 
 func (p *Plugin) drainBatch(ctx context.Context) (int, error) {
 	n := 0
-	pass := p.suspects.seq.Load()
-	var drained []string
+	var drained map[string]int
 	err := p.db.WithContext(ctx).Transaction(func(tx *gorm.DB) error {
 		var rows []outboxRow
 		q := tx.Table(p.cfg.OutboxTable).Order("id").Limit(drainBatch)
@@ -171,14 +170,16 @@ func (p *Plugin) drainBatch(ctx context.Context) (int, error) {
 			return err
 		}
 		n = len(rows)
-		drained = keys
+		drained = make(map[string]int, len(keys))
+		for _, r := range rows {
+			drained[r.CacheKey]++
+		}
 		return nil
 	})
 	if err != nil {
 		return 0, err
 	}
-	// Marks made after this pass began may belong to records it did not see.
-	p.suspects.clear(drained, pass)
+	p.suspects.drained(drained)
 	p.stats.drained.Add(uint64(n))
 	return n, nil
 }

@@ -13,33 +13,67 @@ import (
 // process that made the write, a Soft failure costs cache hits, not fresh
 // reads. Other processes are bounded by the drain.
 
-// suspects tracks keys recorded in the outbox and not drained yet.
+// suspects counts, per key, the outbox records this process wrote and that
+// have not been drained (or rolled back) yet.
 type suspects struct {
-	n   atomic.Int64  // entries in m, for a lock-free "none" check
-	seq atomic.Uint64 // orders marks against drain passes
-	mu  sync.Mutex    // protects m
-	m   map[string]suspect
+	n  atomic.Int64 // keys in m, for a lock-free "none" check
+	mu sync.Mutex   // protects m
+	m  map[string]suspect
 }
 
 type suspect struct {
-	seq     uint64
-	expires time.Time // zero: until drained; set when the write's outcome is unknown
+	records int       // outbox records of this key not yet drained
+	expires time.Time // zero: until drained; set when a write's outcome is unknown
 }
 
-// mark records keys as suspect before the write that recorded them commits.
-func (s *suspects) mark(keys []string) uint64 {
+// mark counts one record per key, before the write that recorded them
+// commits.
+func (s *suspects) mark(keys []string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.m == nil {
 		s.m = make(map[string]suspect)
 	}
 	for _, k := range keys {
-		if _, ok := s.m[k]; !ok {
+		e, ok := s.m[k]
+		if !ok {
 			s.n.Add(1)
 		}
-		s.m[k] = suspect{seq: s.seq.Add(1)}
+		e.records++
+		s.m[k] = e
 	}
-	return s.seq.Load()
+}
+
+// unmark takes back one record per key: it rolled back, or was never
+// written.
+func (s *suspects) unmark(keys []string) {
+	counts := make(map[string]int, len(keys))
+	for _, k := range keys {
+		counts[k]++
+	}
+	s.drained(counts)
+}
+
+// drained takes back records the drainer has processed.
+func (s *suspects) drained(counts map[string]int) {
+	if s.n.Load() == 0 {
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for k, c := range counts {
+		e, ok := s.m[k]
+		if !ok {
+			continue
+		}
+		e.records -= c
+		if e.records <= 0 {
+			delete(s.m, k)
+			s.n.Add(-1)
+			continue
+		}
+		s.m[k] = e
+	}
 }
 
 // expire bounds the marks of keys whose write's outcome is unknown (a COMMIT
@@ -74,20 +108,4 @@ func (s *suspects) is(key string) bool {
 		return false
 	}
 	return ok
-}
-
-// clear drops the marks of keys made no later than seq: their records were
-// drained, or their transaction rolled back.
-func (s *suspects) clear(keys []string, seq uint64) {
-	if s.n.Load() == 0 {
-		return
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	for _, k := range keys {
-		if e, ok := s.m[k]; ok && e.seq <= seq {
-			delete(s.m, k)
-			s.n.Add(-1)
-		}
-	}
 }

@@ -190,7 +190,7 @@ func (t *hookTx) unmarkFailed() {
 	done := t.done
 	t.mu.Unlock()
 	if keys := t.failedKeys(); !done && len(keys) > 0 {
-		t.p.suspects.clear(keys, t.p.suspects.seq.Load())
+		t.p.suspects.unmark(keys)
 	}
 }
 
@@ -265,13 +265,17 @@ func (t *hookTx) stage(spec *modelSpec, key string) *staged {
 	return e
 }
 
-func (t *hookTx) markFailed(e *staged, strict bool, err error) {
+// markFailed records a failed prepare; it reports whether the key had
+// already failed in this transaction (and so is in the outbox already).
+func (t *hookTx) markFailed(e *staged, strict bool, err error) (already bool) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	already = e.failed
 	e.failed = true
 	if strict && t.strictErr == nil {
 		t.strictErr = err
 	}
+	return already
 }
 
 // sniff follows SAVEPOINT, ROLLBACK TO SAVEPOINT and RELEASE SAVEPOINT.

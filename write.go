@@ -413,10 +413,10 @@ func (p *Plugin) stageTx(db *gorm.DB, spec *modelSpec, kind writeKind, tx *hookT
 		if err := prepareErr(c); err != nil {
 			p.stats.prepareErrors.Add(1)
 			err = unavailable("prepare "+kind.String(), err)
-			tx.markFailed(entries[i], spec.mode == Strict, err)
+			already := tx.markFailed(entries[i], spec.mode == Strict, err)
 			if spec.mode == Strict {
 				_ = db.AddError(err)
-			} else {
+			} else if !already {
 				p.logf("writethrough: prepare failed; the key goes to the outbox", "key", c.key, "err", err)
 				failed = append(failed, c.key)
 			}

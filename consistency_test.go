@@ -159,15 +159,16 @@ type runReport struct {
 	stale      []checker.StaleRead
 	phantomOps []checker.Op
 	// P3, counted over every quiescent point.
-	scans       int // keys compared
-	diverged    int // keys that held another row, or a row for an absent one
-	leftPending int // keys still pending with no write in flight
-	leftBusy    int // keys holding a lease with no read in flight
-	examplesP3  []string
-	writeFails  int // writes that failed and were rolled back
-	stats       string
-	elapsed     time.Duration
-	opsPerSec   float64
+	scans           int      // keys compared
+	diverged        int      // keys that held another row, or a row for an absent one
+	leftPending     int      // keys still pending with no write in flight
+	leftBusy        int      // keys holding a lease with no read in flight
+	examplesP3      []string // keys that diverged
+	examplesPending []string
+	writeFails      int // writes that failed and were rolled back
+	stats           string
+	elapsed         time.Duration
+	opsPerSec       float64
 }
 
 func (r runReport) String() string {
@@ -197,6 +198,9 @@ func (r runReport) details() string {
 	}
 	for _, p := range r.examplesP3 {
 		fmt.Fprintf(&b, "P3: %s\n", p)
+	}
+	for _, p := range r.examplesPending {
+		fmt.Fprintf(&b, "P3 (not served, expires with PendingTTL): %s\n", p)
 	}
 	return b.String()
 }
@@ -329,13 +333,19 @@ func (h *harness) converged(ctx context.Context, rows map[int64]checker.Value, r
 		case st == cacheBusy:
 			rep.leftBusy++
 		}
-		if bad != "" {
-			if st != cachePending {
-				rep.diverged++
+		if bad == "" {
+			continue
+		}
+		bad = fmt.Sprintf("row %d: %s", id, bad)
+		if st == cachePending {
+			if len(rep.examplesPending) < 3 {
+				rep.examplesPending = append(rep.examplesPending, bad)
 			}
-			if len(rep.examplesP3) < 5 {
-				rep.examplesP3 = append(rep.examplesP3, fmt.Sprintf("row %d: %s", id, bad))
-			}
+			continue
+		}
+		rep.diverged++
+		if len(rep.examplesP3) < 5 {
+			rep.examplesP3 = append(rep.examplesP3, bad)
 		}
 	}
 }

@@ -56,7 +56,7 @@ bench: services ## Print the comparison table (bench/cmd/benchtable)
 
 .PHONY: soak
 soak: services ## Run the soak test (DURATION=10m CLIENTS=32)
-	$(GO) test -run TestSoak -timeout 0 -count=1 . -args -soak.duration=$(DURATION) -soak.clients=$(CLIENTS)
+	$(GO) test -v -run TestSoak -timeout 0 -count=1 . -args -soak.duration=$(DURATION) -soak.clients=$(CLIENTS)
 
 .PHONY: lint
 lint: ## Fail on unformatted files, then go vet every module

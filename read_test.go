@@ -6,7 +6,6 @@ import (
 	"sync/atomic"
 	"testing"
 
-	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"gorm.io/gorm"
@@ -336,5 +335,3 @@ func TestPreloadIsNotServedFromTheCache(t *testing.T) {
 	assert.Greater(t, e.sqls.Load(), before)
 	assert.Equal(t, "red", got.Team.Name)
 }
-
-var _ = redis.Nil

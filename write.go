@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"reflect"
-	"strconv"
 	"time"
 
 	"gorm.io/gorm"
@@ -645,8 +644,6 @@ func (p *Plugin) recoverInto(db *gorm.DB) {
 		_ = db.AddError(fmt.Errorf("writethrough: internal error: %v", r))
 	}
 }
-
-var _ = strconv.Itoa
 
 func byKey(entries []*staged, key string) *staged {
 	for _, e := range entries {

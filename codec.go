@@ -233,7 +233,7 @@ func (c *rowCodec) encodeRow(dst []byte, rv reflect.Value) (out []byte, err erro
 	s.buf.Reset()
 	defer func() {
 		if r := recover(); r != nil {
-			err = fmt.Errorf("writethrough: encode row: %v", r)
+			err = fmt.Errorf("writethrough: encode row of %s: %v", c.typ, r)
 		}
 	}()
 	if err := s.enc.EncodeArrayLen(len(c.fields)); err != nil {

@@ -81,6 +81,13 @@ func (p *Plugin) specOf(sch *schema.Schema) (*modelSpec, error) {
 }
 
 func (p *Plugin) buildSpec(sch *schema.Schema) (*modelSpec, error) {
+	if sch.ModelType.Name() == "" {
+		// GORM's own many2many join table (a reflect.StructOf type) copies
+		// the tags of both sides' keys: no application tagged it, and with
+		// two different tags it would not even parse. A join model given
+		// to SetupJoinTable is named and cached by its own tag.
+		return nil, nil
+	}
 	var tagField *schema.Field
 	var tag string
 	for _, f := range sch.Fields {

@@ -54,6 +54,12 @@ type rsMember struct {
 	TeamID uint
 	Team   *rsTeam
 	Name   string
+	Tags   []rsTag `gorm:"many2many:rs_member_tags"`
+}
+
+type rsTag struct {
+	ID    uint `gorm:"primaryKey" cache:"ttl:10m"`
+	Label string
 }
 
 // rsView is another struct over rs_accounts' columns.
@@ -62,7 +68,7 @@ type rsView struct {
 	Owner string
 }
 
-var rsModels = []any{&rsAccount{}, &rsSoft{}, &rsCode{}, &rsPair{}, &rsTeam{}, &rsMember{}}
+var rsModels = []any{&rsAccount{}, &rsSoft{}, &rsCode{}, &rsPair{}, &rsTeam{}, &rsMember{}, &rsTag{}}
 
 // seedShapes writes the same rows on both sides of tw, without the cache.
 func seedShapes(t *testing.T, tw *twin) {
@@ -78,7 +84,13 @@ func seedShapes(t *testing.T, tw *twin) {
 		require.NoError(t, db.Create(&[]rsCode{{Code: "k1", Name: "one"}, {Code: "k2", Name: "two"}, {Code: "K1", Name: "upper"}}).Error)
 		require.NoError(t, db.Create(&[]rsPair{{Tenant: "t1", Seq: 1, Name: "a"}, {Tenant: "t1", Seq: 2, Name: "b"}, {Tenant: "t2", Seq: 1, Name: "c"}}).Error)
 		require.NoError(t, db.Create(&[]rsTeam{{ID: 1, Name: "red"}, {ID: 2, Name: "blue"}}).Error)
-		require.NoError(t, db.Create(&[]rsMember{{ID: 1, TeamID: 1, Name: "m1"}, {ID: 2, TeamID: 1, Name: "m2"}, {ID: 3, TeamID: 2, Name: "m3"}}).Error)
+		tags := []rsTag{{ID: 1, Label: "x"}, {ID: 2, Label: "y"}, {ID: 3, Label: "z"}}
+		require.NoError(t, db.Create(&tags).Error)
+		require.NoError(t, db.Create(&[]rsMember{
+			{ID: 1, TeamID: 1, Name: "m1", Tags: []rsTag{tags[0], tags[2]}},
+			{ID: 2, TeamID: 1, Name: "m2", Tags: []rsTag{tags[1]}},
+			{ID: 3, TeamID: 2, Name: "m3"},
+		}).Error)
 	}
 }
 
@@ -101,6 +113,7 @@ func warmShapes(t *testing.T, tw *twin) {
 	}
 	require.NoError(t, db.Find(&[]rsTeam{}, []uint{1, 2}).Error)
 	require.NoError(t, tw.cached.Scopes(writethrough.Cached).Find(&[]rsMember{}, []uint{1, 2, 3}).Error)
+	require.NoError(t, tw.cached.Scopes(writethrough.Cached).Find(&[]rsTag{}, []uint{1, 2, 3}).Error)
 }
 
 // flushCache deletes every key under the twin's prefix.
@@ -427,6 +440,20 @@ var readShapes = []readShape{
 		sort.Slice(team.Members, func(i, j int) bool { return team.Members[i].ID < team.Members[j].ID })
 		return []any{r, team}
 	}, -1},
+	{"PreloadManyToMany", func(q func() *gorm.DB) any {
+		var ms []rsMember
+		r := one(q().Preload("Tags").Find(&ms, []uint{1, 2}))
+		for _, m := range ms {
+			sort.Slice(m.Tags, func(i, j int) bool { return m.Tags[i].ID < m.Tags[j].ID })
+		}
+		return []any{r, ms}
+	}, -1},
+	{"ManyToManyAssociationFind", func(q func() *gorm.DB) any {
+		var tags []rsTag
+		err := q().Model(&rsMember{ID: 1}).Association("Tags").Find(&tags)
+		sort.Slice(tags, func(i, j int) bool { return tags[i].ID < tags[j].ID })
+		return []any{res(tags, err)}
+	}, 1},
 	{"Joins", func(q func() *gorm.DB) any {
 		var m rsMember
 		return []any{one(q().Joins("Team").First(&m, 3)), m}
@@ -514,7 +541,7 @@ func TestReadShapesWithTheCachedScope(t *testing.T) {
 		// The mark covers the statement only.
 		"PreloadBelongsTo": 1, "PreloadHasMany": 1, "NewDBSession": 1,
 		"GenericFirst": 1, "GenericFind": 1, "GenericCount": 1,
-		"BelongsToAssociationFindReused": 1, "FindInBatches": 2,
+		"BelongsToAssociationFindReused": 1, "FindInBatches": 2, "PreloadManyToMany": 2,
 	})
 }
 
@@ -529,7 +556,7 @@ func TestReadShapesWithCachedDB(t *testing.T) {
 	runShapes(t, tw, func(db *gorm.DB) *gorm.DB { return handles[db] }, map[string]int{
 		"PreloadBelongsTo": 1, "PreloadHasMany": 1, "NewDBSession": 1,
 		"GenericFirst": 1, "GenericFind": 1, "GenericCount": 1,
-		"BelongsToAssociationFindReused": 1, "FindInBatches": 2,
+		"BelongsToAssociationFindReused": 1, "FindInBatches": 2, "PreloadManyToMany": 2,
 	})
 }
 
@@ -541,7 +568,7 @@ func TestReadShapesWithCacheReads(t *testing.T) {
 	runShapes(t, tw, func(db *gorm.DB) *gorm.DB { return db }, map[string]int{
 		"PreloadBelongsTo": 0, "PreloadHasMany": 1, "NewDBSession": 0,
 		"GenericFirst": 0, "GenericFind": 0, "GenericCount": 1,
-		"BelongsToAssociationFindReused": 1, "FindInBatches": 2,
+		"BelongsToAssociationFindReused": 1, "FindInBatches": 2, "PreloadManyToMany": 1,
 	})
 }
 
@@ -678,4 +705,30 @@ func TestCachedDBHandleDoesNotPileUpConditions(t *testing.T) {
 	require.NoError(t, h.First(&c, 2).Error)
 	assert.Equal(t, before, tw.cachedSQL.Load(), "served from Redis")
 	assert.Equal(t, b, c)
+}
+
+type rsLabelled struct {
+	ID   uint `gorm:"primaryKey" cache:"key:lab:{id}"`
+	Tags []rsTag `gorm:"many2many:rs_labelled_tags"`
+}
+
+// TestManyToManyJoinTableIsNotCached: GORM builds a many-to-many join table
+// from the two models' key fields, tags included; it is not a cached model,
+// so its rows never reach Redis and a key template on one side does not
+// break writes of the association.
+func TestManyToManyJoinTableIsNotCached(t *testing.T) {
+	tw := newTwin(t, twinOpts{models: []any{&rsTag{}, &rsLabelled{}}})
+	tw.same(t, "create with associations", func(db *gorm.DB) any {
+		l := rsLabelled{ID: 1, Tags: []rsTag{{ID: 1, Label: "x"}, {ID: 2, Label: "y"}}}
+		return res(l, db.Create(&l).Error)
+	})
+	tw.same(t, "replace associations", func(db *gorm.DB) any {
+		return res(nil, db.Model(&rsLabelled{ID: 1}).Association("Tags").Replace([]rsTag{{ID: 3, Label: "z"}}))
+	})
+	tw.same(t, "preload", func(db *gorm.DB) any {
+		var l rsLabelled
+		return []any{one(db.Scopes(writethrough.Cached).Preload("Tags").First(&l, 1)), l}
+	})
+	tw.sameRows(t)
+	tw.settled(t)
 }

@@ -708,7 +708,7 @@ func TestCachedDBHandleDoesNotPileUpConditions(t *testing.T) {
 }
 
 type rsLabelled struct {
-	ID   uint `gorm:"primaryKey" cache:"key:lab:{id}"`
+	ID   uint    `gorm:"primaryKey" cache:"key:lab:{id}"`
 	Tags []rsTag `gorm:"many2many:rs_labelled_tags"`
 }
 

@@ -192,7 +192,7 @@ func (p *Plugin) serveOne(db *gorm.DB, plan readPlan, orig func(*gorm.DB)) {
 	err := errBreakerOpen
 	if p.brk.allow() {
 		raw, err = p.rdb.Get(ctx, key).Bytes()
-		p.brk.record(err)
+		p.brk.record(ctx, err)
 	}
 	var res lookup
 	var elem reflect.Value
@@ -260,7 +260,7 @@ func (p *Plugin) serveOne(db *gorm.DB, plan readPlan, orig func(*gorm.DB)) {
 	err = errBreakerOpen
 	if p.brk.allow() {
 		raw2, err = p.rdb.Get(ctx, key).Bytes()
-		p.brk.record(err)
+		p.brk.record(ctx, err)
 	}
 	if err == nil {
 		switch p.decodeInto(ctx, spec, key, raw2, elem) {
@@ -308,7 +308,7 @@ func (p *Plugin) load(db *gorm.DB, spec *modelSpec, key string, orig func(*gorm.
 		ctx, cancel := p.opCtx(st.Context)
 		lease := appendHeader(make([]byte, 0, headerLen), stateLease, token, spec.codec.fp)
 		var ok bool
-		err := p.redisCall(func() (err error) {
+		err := p.redisCall(ctx, func() (err error) {
 			ok, err = p.rdb.SetNX(ctx, key, lease, p.cfg.LeaseTTL).Result()
 			return err
 		})
@@ -474,7 +474,7 @@ func (p *Plugin) serveMany(db *gorm.DB, plan readPlan, orig func(*gorm.DB)) {
 	ctx, cancel := p.opCtx(st.Context)
 	defer cancel()
 	var raws [][]byte
-	err := p.redisCall(func() (err error) {
+	err := p.redisCall(ctx, func() (err error) {
 		raws, err = p.getMany(ctx, plan.keys)
 		return err
 	})
@@ -519,7 +519,7 @@ func (p *Plugin) serveMany(db *gorm.DB, plan readPlan, orig func(*gorm.DB)) {
 	leased := map[string]bool{}
 	if len(empty) > 0 {
 		cmds := make([]*redis.BoolCmd, len(empty))
-		perr := p.redisCall(func() error {
+		perr := p.redisCall(ctx, func() error {
 			_, err := p.rdb.Pipelined(ctx, func(pipe redis.Pipeliner) error {
 				for j, i := range empty {
 					cmds[j] = pipe.SetNX(ctx, plan.keys[i], lease, p.cfg.LeaseTTL)

@@ -69,10 +69,7 @@ func (p *Plugin) specFor(db *gorm.DB, model any) (*modelSpec, error) {
 // specOf returns the spec for a parsed schema; nil when the model is not
 // cached.
 func (p *Plugin) specOf(sch *schema.Schema) (*modelSpec, error) {
-	if sch == nil || sch.ModelType.Name() == "" {
-		// An unnamed struct is a many-to-many join table GORM built, whose
-		// fields copy the tags (cache included) of the two models' keys:
-		// never a cached model of its own.
+	if sch == nil {
 		return nil, nil
 	}
 	if e, ok := p.specs.Load(sch.ModelType); ok {

@@ -93,6 +93,16 @@ type Config struct {
 	// between Commit and the install. [Plugin.Close] waits for installs in
 	// flight. Default false: Commit returns after the install.
 	AsyncFinalize bool
+	// CacheReads serves every eligible read on the database from the cache,
+	// as if each carried the [Cached] scope: statements of sessions made with
+	// NewDB, gorm.G[T] reads, Association(...).Find, and the sub-queries of
+	// Preload (a belongs-to preload "WHERE id IN (...)" is a key lookup; a
+	// has-many preload "WHERE user_id IN (...)" runs in SQL). Only reads whose
+	// complete condition is a primary-key lookup are served; everything else,
+	// and every read inside a transaction, runs in SQL as without the plugin.
+	// [Uncached] opts one statement out. Default false: only statements
+	// marked with [Cached] (or made through [CachedDB]) are served.
+	CacheReads bool
 	// Models are checked when the plugin is registered, so that a malformed
 	// cache tag fails db.Use instead of the first statement on the model.
 	Models []any
@@ -313,7 +323,7 @@ func (p *Plugin) Initialize(db *gorm.DB) error {
 type Stats struct {
 	Hits           uint64 // reads served from Redis, including "not found"
 	Misses         uint64 // cacheable reads that went to the database
-	Bypasses       uint64 // Cached reads of a shape the cache does not serve
+	Bypasses       uint64 // reads of a cached model (or marked Cached) in a shape the cache does not serve
 	Fills          uint64 // rows (or tombstones) written by readers after a miss
 	FillsLost      uint64 // fills refused because a write or another reader won
 	Prepares       uint64 // keys staged by writes

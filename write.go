@@ -626,7 +626,7 @@ func (p *Plugin) opCtx(parent context.Context) (context.Context, context.CancelF
 	if !p.ctxTimeout {
 		return context.WithoutCancel(parent), noCancel
 	}
-	return context.WithTimeout(context.WithoutCancel(parent), p.cfg.Timeout)
+	return context.WithTimeoutCause(context.WithoutCancel(parent), p.cfg.Timeout, errOwnTimeout)
 }
 
 func noCancel() {}
@@ -640,7 +640,7 @@ func (p *Plugin) readCtx(parent context.Context) (context.Context, context.Cance
 	if !p.ctxTimeout {
 		return parent, noCancel
 	}
-	return context.WithTimeout(parent, p.cfg.Timeout)
+	return context.WithTimeoutCause(parent, p.cfg.Timeout, errOwnTimeout)
 }
 
 // ttlMillis is the model's TTL with jitter, in milliseconds.

@@ -169,7 +169,7 @@ func pgKeyTypes(db *gorm.DB, s *modelSpec) (map[string]colType, error) {
 	if version >= 120000 {
 		deterministic = "COALESCE(co.collisdeterministic, true)"
 	}
-	rows, err := q.Raw(`SELECT a.attname, COALESCE(bt.typname, t.typname), ` + deterministic + `
+	rows, err := q.Raw(`SELECT a.attname, COALESCE(bt.typname, t.typname), `+deterministic+`
 FROM pg_attribute a
 JOIN pg_type t ON t.oid = a.atttypid
 LEFT JOIN pg_type bt ON t.typtype = 'd' AND bt.oid = t.typbasetype

@@ -196,7 +196,6 @@ func orderBy[T any](rows []T, keys []any, keyOf func(T) any) []T {
 	return out
 }
 
-
 type gOrder struct {
 	ID         uint `gorm:"primaryKey" cache:"ttl:10m"`
 	CustomerID uint
@@ -350,9 +349,6 @@ func TestUUIDKeysReadTheSameRowInEverySpelling(t *testing.T) {
 		create func(db *gorm.DB, id, title string) error
 		update func(db *gorm.DB, id, title string) error
 		remove func(db *gorm.DB, id string) error
-		scoped func(db *gorm.DB, id string) any
-		get    func(db *gorm.DB, id string) any
-		many   func(db *gorm.DB, ids ...any) any
 		model  any
 		braces bool // the Go type parses "{...}"
 	}

@@ -74,7 +74,7 @@ func (p *Plugin) getFast(ctx context.Context, db *gorm.DB, spec *modelSpec, k st
 	rerr := errBreakerOpen
 	if p.brk.allow() {
 		raw, rerr = p.rdb.Get(c, k).Bytes()
-		p.brk.record(rerr)
+		p.brk.record(c, rerr)
 	}
 	cancel()
 	if rerr != nil {
@@ -145,7 +145,7 @@ func GetMany[T any](ctx context.Context, db *gorm.DB, keys ...any) ([]T, error) 
 	p.resolveKeys(db, spec)
 	c, cancel := p.readCtx(ctx)
 	var raws [][]byte
-	rerr := p.redisCall(func() (err error) {
+	rerr := p.redisCall(c, func() (err error) {
 		raws, err = p.getMany(c, rkeys)
 		return err
 	})

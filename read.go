@@ -108,6 +108,7 @@ func (p *Plugin) serve(db *gorm.DB, orig func(*gorm.DB), marked bool) {
 		orig(db)
 		return
 	}
+	p.resolveKeys(db, spec) // canonical keys (canon.go)
 	plan, ok := p.plan(db, spec)
 	if !ok {
 		p.stats.bypasses.Add(1)
@@ -163,6 +164,11 @@ func (p *Plugin) decodeInto(ctx context.Context, spec *modelSpec, key string, ra
 		}
 		if err := spec.codec.decodeRow(e.row, dst); err != nil {
 			p.heal(ctx, key, err)
+			return lookBusy
+		}
+		// canonical keys: a loose key's entry is served only under the
+		// row's own spelling.
+		if spec.looseKeys() && !spec.keyMatches(ctx, dst, key) {
 			return lookBusy
 		}
 		return lookHit
@@ -341,7 +347,13 @@ func (p *Plugin) load(db *gorm.DB, spec *modelSpec, key string, orig func(*gorm.
 		return &loadResult{failed: true}
 	}
 	p.at("read:after-db-before-fill", key)
-	if leased {
+	// canonical keys: fill only under the key of the row the database
+	// returned, and a tombstone only where no other spelling can match.
+	canonical := !spec.looseKeys()
+	if lr.found {
+		canonical = spec.keyMatches(st.Context, rows[0], key)
+	}
+	if leased && canonical {
 		p.fill(st.Context, spec, key, token, lr.found, lr.row)
 	}
 	return lr
@@ -559,7 +571,9 @@ func (p *Plugin) serveMany(db *gorm.DB, plan readPlan, orig func(*gorm.DB)) {
 		calls = append(calls, p.fillCall(spec, key, token, true, row))
 	}
 	for key := range leased {
-		if st.Schema != nil && !st.Unscoped {
+		// canonical keys: a loose key's row may have come back under
+		// another spelling; no tombstone.
+		if st.Schema != nil && !st.Unscoped && !spec.looseKeys() {
 			calls = append(calls, p.fillCall(spec, key, token, false, nil))
 		}
 	}

@@ -40,6 +40,8 @@
 #   RUN_TIMEOUT  go test -timeout of one run (default 10m)
 #   FAIL_LINES   lines of output shown per failing test (default 12)
 #   KEEP_SCRATCH 1 keeps the patched copy and prints where it is
+#   REPORT_ONLY  1 prints the report of the earlier run kept in RESULTS,
+#                running nothing
 set -euo pipefail
 
 readonly ALL_MODES="plain installed cached plain-skiptx installed-skiptx cached-skiptx"
@@ -77,73 +79,80 @@ GO=${GO:-go}
 
 # ------------------------------------------------------------------ checks
 
-[[ -n $GORM_SRC ]] || die "set GORM_SRC to a go-gorm/gorm checkout at the version in go.mod (make gorm-suite GORM_SRC=...)"
-[[ -f $GORM_SRC/model.go && -f $GORM_SRC/tests/tests_test.go ]] ||
-	die "GORM_SRC=$GORM_SRC does not look like go-gorm/gorm (no model.go or tests/tests_test.go)"
-GORM_SRC=$(cd "$GORM_SRC" && pwd)
-[[ -f $WT_SRC/go.mod ]] || die "WT_SRC=$WT_SRC has no go.mod"
-for tool in jq psql redis-cli "$GO"; do
-	have "$tool" || die "$tool is not installed"
-done
+check_inputs() {
+	local tool want_version have_version
+	[[ -n $GORM_SRC ]] || die "set GORM_SRC to a go-gorm/gorm checkout at the version in go.mod (make gorm-suite GORM_SRC=...)"
+	[[ -f $GORM_SRC/model.go && -f $GORM_SRC/tests/tests_test.go ]] ||
+		die "GORM_SRC=$GORM_SRC does not look like go-gorm/gorm (no model.go or tests/tests_test.go)"
+	GORM_SRC=$(cd "$GORM_SRC" && pwd)
+	[[ -f $WT_SRC/go.mod ]] || die "WT_SRC=$WT_SRC has no go.mod"
+	for tool in jq psql redis-cli "$GO"; do
+		have "$tool" || die "$tool is not installed"
+	done
 
-want_version=$(awk '$1 == "gorm.io/gorm" { print $2; exit }' "$WT_SRC/go.mod")
-if have_version=$(git -C "$GORM_SRC" describe --tags --exact-match 2>/dev/null); then
-	[[ $have_version == "$want_version" ]] ||
-		log "warning: GORM_SRC is at $have_version, go.mod requires gorm.io/gorm $want_version"
-else
-	log "note: cannot tell GORM_SRC's version; go.mod requires gorm.io/gorm $want_version"
-fi
+	want_version=$(awk '$1 == "gorm.io/gorm" { print $2; exit }' "$WT_SRC/go.mod")
+	if have_version=$(git -C "$GORM_SRC" describe --tags --exact-match 2>/dev/null); then
+		[[ $have_version == "$want_version" ]] ||
+			log "warning: GORM_SRC is at $have_version, go.mod requires gorm.io/gorm $want_version"
+	else
+		log "note: cannot tell GORM_SRC's version; go.mod requires gorm.io/gorm $want_version"
+	fi
+}
 
-# modes: MODES in order, each -skiptx or plain mode preceded by its baseline.
+# choose_modes sets modes: MODES in order, each preceded by the plain run of
+# its SkipDefaultTransaction setting.
 modes=()
+choose_modes() {
+	local m
+	for m in ${MODES:-$ALL_MODES}; do
+		[[ " $ALL_MODES " == *" $m "* ]] || die "unknown mode $m (modes: $ALL_MODES)"
+		if [[ $m == *-skiptx ]]; then add_mode plain-skiptx; else add_mode plain; fi
+		add_mode "$m"
+	done
+}
 add_mode() {
 	local m
 	for m in "${modes[@]}"; do [[ $m == "$1" ]] && return; done
 	modes+=("$1")
 }
-for m in ${MODES:-$ALL_MODES}; do
-	[[ " $ALL_MODES " == *" $m "* ]] || die "unknown mode $m (modes: $ALL_MODES)"
-	if [[ $m == *-skiptx ]]; then add_mode plain-skiptx; else add_mode plain; fi
-	add_mode "$m"
-done
 
 # ---------------------------------------------------------------- services
 
-redis-cli -u "$REDIS_URL" ping >/dev/null 2>&1 || die "Redis at $REDIS_URL does not answer (make services)"
+check_services() {
+	redis-cli -u "$REDIS_URL" ping >/dev/null 2>&1 || die "Redis at $REDIS_URL does not answer (make services)"
+
+	if [[ -z $GORM_DSN ]]; then
+		GORM_DSN=$DEFAULT_DSN
+		local pg=(psql -X -w -q -t -A -h 127.0.0.1 -p 5432 -U postgres -d postgres)
+		"${pg[@]}" -c 'select 1' >/dev/null 2>&1 || die "PostgreSQL on 127.0.0.1:5432 does not let user postgres in (make services)"
+		if [[ $("${pg[@]}" -c "select 1 from pg_database where datname = 'gormtest'") != 1 ]]; then
+			"${pg[@]}" -c 'create database gormtest' >/dev/null || die "cannot create database gormtest"
+			log "created database gormtest"
+		fi
+	fi
+	psql -X -w -q -t -A "$(psql_dsn "$GORM_DSN")" -c 'select 1' >/dev/null 2>&1 ||
+		die "cannot connect to GORM_DSN ($GORM_DSN)"
+}
 
 # psql does not know the pgx-only TimeZone keyword.
 psql_dsn() { sed -E 's/(^|[[:space:]])TimeZone=[^[:space:]]*//' <<<"$1"; }
 
-if [[ -z $GORM_DSN ]]; then
-	GORM_DSN=$DEFAULT_DSN
-	pg=(psql -X -w -q -t -A -h 127.0.0.1 -p 5432 -U postgres -d postgres)
-	"${pg[@]}" -c 'select 1' >/dev/null 2>&1 || die "PostgreSQL on 127.0.0.1:5432 does not let user postgres in (make services)"
-	if [[ $("${pg[@]}" -c "select 1 from pg_database where datname = 'gormtest'") != 1 ]]; then
-		"${pg[@]}" -c 'create database gormtest' >/dev/null || die "cannot create database gormtest"
-		log "created database gormtest"
-	fi
-fi
-psql -X -w -q -t -A "$(psql_dsn "$GORM_DSN")" -c 'select 1' >/dev/null 2>&1 ||
-	die "cannot connect to GORM_DSN ($GORM_DSN)"
-
 # ------------------------------------------------------------------ scratch
 
-scratch=$(mktemp -d "${TMPDIR:-/tmp}/gorm-suite.XXXXXX")
-RESULTS=${RESULTS:-$(mktemp -d "${TMPDIR:-/tmp}/gorm-suite-results.XXXXXX")}
-mkdir -p "$RESULTS"
-RESULTS=$(cd "$RESULTS" && pwd)
+scratch=
+src=
 prefixes=()
 
 cleanup() {
 	local p
 	for p in "${prefixes[@]}"; do delete_keys "$p"; done
+	[[ -n $scratch ]] || return 0
 	if [[ ${KEEP_SCRATCH:-} == 1 ]]; then
 		log "scratch copy kept in $scratch"
 	else
 		rm -rf "$scratch"
 	fi
 }
-trap cleanup EXIT
 
 # delete_keys removes every Redis key under a prefix.
 delete_keys() {
@@ -151,10 +160,15 @@ delete_keys() {
 		xargs -r -n 500 redis-cli -u "$REDIS_URL" unlink >/dev/null 2>&1 || true
 }
 
-src=$scratch/gorm
-mkdir -p "$src"
-tar -C "$GORM_SRC" --exclude=.git -cf - . | tar -C "$src" -xf -
-cp "$src/model.go" "$scratch/model.go.orig"
+# make_scratch copies GORM_SRC, without its .git, to a new scratch directory.
+make_scratch() {
+	trap cleanup EXIT
+	scratch=$(mktemp -d "${TMPDIR:-/tmp}/gorm-suite.XXXXXX")
+	src=$scratch/gorm
+	mkdir -p "$src"
+	tar -C "$GORM_SRC" --exclude=.git -cf - . | tar -C "$src" -xf -
+	cp "$src/model.go" "$scratch/model.go.orig"
+}
 
 # patch_helper writes the Go file added to the scratch tests: the one place
 # that says how the plugin is installed. The cached modes mark every read
@@ -338,66 +352,94 @@ counts() {
 }
 
 # failure_lines prints the first FAIL_LINES lines a test (and its subtests)
-# wrote, without go test's own bookkeeping lines and terminal colours.
+# wrote, without go test's own bookkeeping lines, GORM's slow-statement
+# reports and terminal colours.
 failure_lines() {
 	local mode=$1 test=$2
 	jq -r --arg t "$test" 'select(.Action == "output" and .Test != null
 		and (.Test == $t or (.Test | startswith($t + "/")))) | .Output' "$RESULTS/$mode.json" |
-		sed -E 's/\x1b\[[0-9;]*m//g' |
+		sed -E -e 's/\x1b\[[0-9;]*m//g' -e 's/\r//g' |
 		grep -Ev '^[[:space:]]*(=== (RUN|PAUSE|CONT|NAME)|--- (PASS|SKIP))' |
-		awk -v n="$FAIL_LINES" 'NF && ++i <= n { print "        " $0 }'
+		awk -v n="$FAIL_LINES" '
+			/SLOW SQL >=/ { slow = 1; next }   # GORM logger: slow statements,
+			slow && /^\[[0-9.]+ms\]/ { slow = 0; next } # two lines each
+			{ slow = 0 }
+			/ testing postgres\.\.\.$/ { next }
+			NF && ++i <= n { print "        " $0 }'
 }
 
 expected_reason() {
 	awk -F'\t' -v t="$1" '$1 == t { print $2; exit }' <<<"$EXPECTED"
 }
 
+# report prints each mode's counts and its difference from plain; it fails
+# when a difference is not in EXPECTED.
+report() {
+	log
+	log "==> summary (top-level tests)"
+	for mode in "${modes[@]}"; do
+		printf '  %-18s %s\n' "$mode" "$(counts "$mode")"
+	done
+
+	local mode baseline line test reason unexpected=0 lost gained
+	for mode in "${modes[@]}"; do
+		[[ $mode == plain || $mode == plain-skiptx ]] && continue
+		baseline=plain
+		[[ $mode == *-skiptx ]] && baseline=plain-skiptx
+		# Tests that pass in the baseline and fail, skip or never finish here.
+		mapfile -t lost < <(join -a1 -e missing -o 0,2.2 \
+			<(awk '$2 == "pass" { print $1 }' "$RESULTS/$baseline.status") \
+			"$RESULTS/$mode.status" | awk '$2 != "pass"')
+		mapfile -t gained < <(join -o 0 \
+			<(awk '$2 != "pass" { print $1 }' "$RESULTS/$baseline.status") \
+			<(awk '$2 == "pass" { print $1 }' "$RESULTS/$mode.status"))
+		log
+		log "==> $mode vs $baseline: ${#lost[@]} passing test(s) no longer pass"
+		for line in "${lost[@]}"; do
+			test=${line%% *}
+			reason=$(expected_reason "$test")
+			if [[ -n $reason ]]; then
+				log "  ${line} (expected: $reason)"
+			else
+				unexpected=$((unexpected + 1))
+				log "  ${line}"
+				failure_lines "$mode" "$test"
+			fi
+		done
+		((${#gained[@]} == 0)) || log "  passing only with the plugin: ${gained[*]}"
+	done
+
+	log
+	if ((unexpected > 0)); then
+		log "gorm-suite: $unexpected unexpected difference(s); full output in $RESULTS"
+		return 1
+	fi
+	log "gorm-suite: no unexpected difference; full output in $RESULTS"
+}
+
 # --------------------------------------------------------------------- main
 
+if [[ ${REPORT_ONLY:-} == 1 ]]; then
+	# Print the report of an earlier run kept in RESULTS.
+	[[ -n ${RESULTS:-} && -f $RESULTS/tests.list ]] || die "REPORT_ONLY=1 needs RESULTS, the directory of an earlier run"
+	for m in $ALL_MODES; do
+		[[ -s $RESULTS/$m.status ]] && add_mode "$m"
+	done
+	report
+	exit
+fi
+
+check_inputs
+choose_modes
+check_services
+RESULTS=${RESULTS:-$(mktemp -d "${TMPDIR:-/tmp}/gorm-suite-results.XXXXXX")}
+mkdir -p "$RESULTS"
+RESULTS=$(cd "$RESULTS" && pwd)
 log "GORM_SRC=$GORM_SRC"
 log "WT_SRC=$WT_SRC"
 log "results in $RESULTS"
+make_scratch
 patch
 list_tests
 for mode in "${modes[@]}"; do run_mode "$mode"; done
-
-log
-log "==> summary (top-level tests)"
-for mode in "${modes[@]}"; do
-	printf '  %-18s %s\n' "$mode" "$(counts "$mode")"
-done
-
-unexpected=0
-for mode in "${modes[@]}"; do
-	[[ $mode == plain || $mode == plain-skiptx ]] && continue
-	baseline=plain
-	[[ $mode == *-skiptx ]] && baseline=plain-skiptx
-	# Tests that pass in the baseline and fail, skip or never finish here.
-	mapfile -t lost < <(join -a1 -e missing -o 0,2.2 \
-		<(awk '$2 == "pass" { print $1 }' "$RESULTS/$baseline.status") \
-		"$RESULTS/$mode.status" | awk '$2 != "pass"')
-	mapfile -t gained < <(join -o 0 \
-		<(awk '$2 != "pass" { print $1 }' "$RESULTS/$baseline.status") \
-		<(awk '$2 == "pass" { print $1 }' "$RESULTS/$mode.status"))
-	log
-	log "==> $mode vs $baseline: ${#lost[@]} passing test(s) no longer pass"
-	for line in "${lost[@]}"; do
-		test=${line%% *}
-		reason=$(expected_reason "$test")
-		if [[ -n $reason ]]; then
-			log "  ${line} (expected: $reason)"
-		else
-			unexpected=$((unexpected + 1))
-			log "  ${line}"
-			failure_lines "$mode" "$test"
-		fi
-	done
-	((${#gained[@]} == 0)) || log "  passing only with the plugin: ${gained[*]}"
-done
-
-log
-if ((unexpected > 0)); then
-	log "gorm-suite: $unexpected unexpected difference(s); full output in $RESULTS"
-	exit 1
-fi
-log "gorm-suite: no unexpected difference; full output in $RESULTS"
+report

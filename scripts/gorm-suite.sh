@@ -59,7 +59,7 @@ readonly ALONE='^TestUpdateReturning$'
 # test name, a tab, the reason.
 readonly EXPECTED="\
 TestPreparedStmtLruFromTransaction	expects GORM's prepared-statement cache empty after its TTL; the outbox drainer's poll keeps a statement alive
-TestPreparedStmtDeadlock	asserts exactly two prepared statements; the plugin's own statements add more"
+TestPreparedStmtDeadlock	asserts exactly two prepared statements; the plugin's re-read after each write of a cached model is a third"
 
 log() { printf '%s\n' "$*"; }
 die() {

@@ -13,6 +13,7 @@ import (
 	"github.com/redis/go-redis/v9"
 	"golang.org/x/sync/singleflight"
 	"gorm.io/gorm"
+	"gorm.io/gorm/schema"
 )
 
 // Mode says what a write does when Redis cannot take part in it.
@@ -199,6 +200,13 @@ type Plugin struct {
 	scripts *scriptSet
 
 	specs sync.Map // reflect.Type -> *specEntry
+
+	tablesMu sync.Mutex              // protects tables
+	tables   map[string][]*modelSpec // relation name -> cached models on it (tables.go)
+
+	cascMu   sync.Mutex               // protects cascSeen and cascades
+	cascSeen map[*schema.Schema]bool  // schemas whose relations are recorded
+	cascades map[string][]cascadeRule // parent table -> foreign keys onto it with actions (cascade.go)
 
 	flights singleflight.Group
 	readSeq atomic.Uint64 // orders a flight's database read against its followers' arrival

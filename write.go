@@ -9,6 +9,7 @@ import (
 
 	"gorm.io/gorm"
 	"gorm.io/gorm/clause"
+	"gorm.io/gorm/schema"
 	"gorm.io/gorm/utils"
 )
 
@@ -41,11 +42,22 @@ const stateKey = "writethrough:write"
 // writeState carries one statement's bookkeeping from the before to the
 // after callback.
 type writeState struct {
+	spec   *modelSpec    // the cached model whose table the statement writes (nil: none)
 	saved  reflect.Value // the statement's ReflectValue while a RETURNING slice stands in
 	bulk   bool
 	token  string          // writer token without a transaction
 	early  map[string]bool // keys made pending before the statement (no transaction)
 	failed []string        // keys whose early prepare failed (Soft): outbox after the write
+
+	savedDest any  // the statement's Dest while a RETURNING slice stands in (tables.go)
+	destSwap  bool // savedDest is set
+
+	moved   []target // keys the rows had before an update that assigns their primary key
+	renamed []target // keys those rows have after it (keychange.go)
+
+	cascaded       []string // keys of rows a foreign-key action changes, pending under token (no transaction)
+	cascadeFailed  []string // of those, keys Redis missed (Soft): outbox after the write
+	cascadeParents int      // parent rows locked to find them; -1 when nothing cascades (cascade.go)
 }
 
 // target is one row a statement wrote.
@@ -54,6 +66,7 @@ type target struct {
 	pk     []any
 	intent int    // pendHasRow, pendDelete, or 0 (invalidate only)
 	row    []byte // encoded row for pendHasRow
+	moved  bool   // the key the row had before its primary key was assigned
 }
 
 func (p *Plugin) beforeWrite(kind writeKind) func(*gorm.DB) {
@@ -63,21 +76,72 @@ func (p *Plugin) beforeWrite(kind writeKind) func(*gorm.DB) {
 			return
 		}
 		p.ensureDrainer()
-		spec, err := p.specOf(db.Statement.Schema)
+		own, err := p.specOf(db.Statement.Schema)
 		if err != nil {
 			_ = db.AddError(err)
 			return
 		}
-		if spec == nil || !sameTable(db, spec) {
+		// The table the statement writes, which may be a cached model's
+		// even when the statement's model is not (tables.go).
+		spec, err := p.writtenSpec(db, own)
+		if err != nil {
+			_ = db.AddError(err)
 			return
 		}
-		ws := &writeState{}
+		// Rows that foreign-key actions will change (cascade.go), whether
+		// or not the statement's own model is cached.
+		cascaded, parents, err := p.cascadeTargets(db, kind)
+		if err != nil {
+			_ = db.AddError(err)
+			return
+		}
+		if spec == nil && parents < 0 {
+			return
+		}
+		ws := &writeState{spec: spec, cascadeParents: parents}
 		db.InstanceSet(stateKey, ws)
-		targets := p.targetsOf(db, spec)
+		if err := p.stageCascade(db, ws, cascaded); err != nil {
+			_ = db.AddError(err)
+			return
+		}
+		if spec == nil {
+			return
+		}
+		targets := p.writtenRows(db, spec, kind)
+		switch kind {
+		case kindUpdate:
+			// A primary-key change: name the keys before and after.
+			renamed, err := p.movedTargets(db, spec, targets)
+			if err != nil {
+				_ = db.AddError(err)
+				return
+			}
+			if len(renamed) > 0 {
+				for _, t := range targets {
+					t.moved = true
+					ws.moved = append(ws.moved, t)
+				}
+				ws.renamed = renamed
+				targets = append(targets, renamed...)
+			}
+		case kindCreate:
+			if err := upsertMovesKey(db.Statement, spec); err != nil {
+				_ = db.AddError(err)
+				return
+			}
+			if err := createNamesRows(db.Statement, spec, targets); err != nil {
+				_ = db.AddError(err)
+				return
+			}
+		}
 		if len(targets) == 0 && kind != kindCreate {
 			// A bulk statement: its keys come back through RETURNING, or
 			// the statement must not run (its rows would stay stale).
-			if err := p.swapForReturning(db, spec, kind, ws); err != nil {
+			swap := p.swapForReturning
+			if foreignType(db.Statement, spec) {
+				swap = p.swapForTableReturning
+			}
+			if err := swap(db, spec, kind, ws); err != nil {
 				_ = db.AddError(err)
 				return
 			}
@@ -87,7 +151,9 @@ func (p *Plugin) beforeWrite(kind writeKind) func(*gorm.DB) {
 		}
 		// No transaction: make the keys pending before the statement, so that
 		// no reader fills them while it runs.
-		ws.token = newToken()
+		if ws.token == "" {
+			ws.token = newToken()
+		}
 		ws.early = make(map[string]bool, len(targets))
 		calls := make([]*call, len(targets))
 		for i, t := range targets {
@@ -130,21 +196,32 @@ func (p *Plugin) afterWrite(kind writeKind) func(*gorm.DB) {
 			db.Statement.ReflectValue = ws.saved
 			delete(db.Statement.Clauses, "RETURNING")
 		}
-		spec, _ := p.specOf(db.Statement.Schema)
-		if spec == nil || db.DryRun {
+		if ws.destSwap {
+			db.Statement.Dest = ws.savedDest
+		}
+		if db.DryRun {
 			return
 		}
 		tx, inTx := txOf(db.Statement.ConnPool)
+		p.endCascade(db, ws, tx, inTx)
+		spec := ws.spec
+		if spec == nil {
+			return
+		}
 		if db.Error != nil {
 			if !inTx && len(ws.early) > 0 {
 				p.releaseEarly(db.Statement.Context, spec, ws)
 			}
 			return
 		}
-		targets := p.targetsOf(db, spec)
+		targets := p.writtenRows(db, spec, kind)
 		if bulkRows.IsValid() {
 			targets = append(targets, p.targetsIn(db.Statement.Context, spec, bulkRows)...)
 		}
+		// A primary-key change: the new keys, then the old ones (moved), so
+		// that a key named both ways counts as the row's.
+		targets = append(targets, ws.renamed...)
+		targets = append(targets, ws.moved...)
 		targets = dedupe(targets)
 		switch {
 		case tx != nil:
@@ -157,6 +234,36 @@ func (p *Plugin) afterWrite(kind writeKind) func(*gorm.DB) {
 	}
 }
 
+// endCascade finishes what a statement's foreign-key actions staged: a
+// statement that wrote more parent rows than were locked fails (their
+// children were not named); without a transaction the pending child keys
+// are deleted now.
+func (p *Plugin) endCascade(db *gorm.DB, ws *writeState, tx *hookTx, inTx bool) {
+	if ws.cascadeParents >= 0 && db.Error == nil && db.RowsAffected > int64(ws.cascadeParents) {
+		err := fmt.Errorf("%w: the statement wrote %d rows of %s but locked %d to find the rows its foreign keys cascade to (rows began to match meanwhile); retry",
+			ErrUnsupported, db.RowsAffected, db.Statement.Table, ws.cascadeParents)
+		if inTx {
+			_ = db.AddError(err)
+			if tx != nil {
+				tx.fail(err)
+			}
+		} else {
+			p.logf("writethrough: cascaded rows may stay cached until their TTL", "err", err)
+		}
+	}
+	if inTx {
+		return
+	}
+	if len(ws.cascaded) > 0 {
+		ctx, cancel := p.opCtx(db.Statement.Context)
+		p.releaseKeys(ctx, ws.token, ws.cascaded)
+		cancel()
+	}
+	if db.Error == nil {
+		p.recordAfterCommit(db.Statement.Context, ws.cascadeFailed)
+	}
+}
+
 // sameTable reports whether the statement writes the model's own table (not
 // db.Table("other")).
 func sameTable(db *gorm.DB, spec *modelSpec) bool {
@@ -164,18 +271,37 @@ func sameTable(db *gorm.DB, spec *modelSpec) bool {
 	return st.TableExpr == nil && (st.Table == "" || st.Table == spec.sch.Table)
 }
 
+// writtenRows is targetsOf for a statement of kind: the map of an update or a
+// delete without a model (db.Table("t").Updates(map...)) is what it
+// assigns, not a row.
+func (p *Plugin) writtenRows(db *gorm.DB, spec *modelSpec, kind writeKind) []target {
+	if kind != kindCreate && db.Statement.Schema == nil {
+		return nil
+	}
+	return p.targetsOf(db, spec)
+}
+
 // targetsOf returns the rows named by the statement's model or destination:
 // a struct, a slice of structs, or maps (Create with a map).
 func (p *Plugin) targetsOf(db *gorm.DB, spec *modelSpec) []target {
 	st := db.Statement
-	ts := p.targetsIn(st.Context, spec, st.ReflectValue)
-	if len(ts) == 0 && st.Model != nil && st.Model != st.Dest {
-		ts = p.targetsIn(st.Context, spec, reflect.ValueOf(st.Model))
+	var other *schema.Schema // a struct of another type written into spec's table
+	if st.Schema != nil && st.Schema.ModelType != spec.sch.ModelType {
+		other = st.Schema
+	}
+	ts := p.targetsInAs(st.Context, spec, other, st.ReflectValue)
+	if len(ts) == 0 && st.Model != nil && !sameValue(st.Model, st.Dest) {
+		ts = p.targetsInAs(st.Context, spec, other, reflect.ValueOf(st.Model))
 	}
 	return ts
 }
 
 func (p *Plugin) targetsIn(ctx context.Context, spec *modelSpec, rv reflect.Value) []target {
+	return p.targetsInAs(ctx, spec, nil, rv)
+}
+
+// targetsInAs is targetsIn for rows that may be structs of other's type.
+func (p *Plugin) targetsInAs(ctx context.Context, spec *modelSpec, other *schema.Schema, rv reflect.Value) []target {
 	for rv.IsValid() && (rv.Kind() == reflect.Pointer || rv.Kind() == reflect.Interface) {
 		if rv.IsNil() {
 			return nil
@@ -202,6 +328,26 @@ func (p *Plugin) targetsIn(ctx context.Context, spec *modelSpec, rv reflect.Valu
 					return
 				}
 				pk[i] = val
+			}
+			out = append(out, target{key: spec.keyFromValues(pk), pk: pk})
+		case v.Kind() == reflect.Struct && other != nil && v.Type() == other.ModelType:
+			// A struct of another type written into the model's table:
+			// its key columns, converted as GORM converts them.
+			fields := fieldsByColumn(spec, other)
+			if fields == nil {
+				return
+			}
+			pk := make([]any, len(spec.pks))
+			for i, f := range fields {
+				val, zero := f.ValueOf(ctx, v)
+				if zero {
+					return
+				}
+				n, ok := spec.normalize(ctx, spec.pks[i], val)
+				if !ok {
+					return
+				}
+				pk[i] = n
 			}
 			out = append(out, target{key: spec.keyFromValues(pk), pk: pk})
 		case v.Kind() == reflect.Map && v.Type().Key().Kind() == reflect.String:
@@ -387,7 +533,7 @@ func (p *Plugin) stageTx(db *gorm.DB, spec *modelSpec, kind writeKind, tx *hookT
 			targets[i].intent, targets[i].row = 0, nil
 		}
 	}
-	if db.RowsAffected < int64(len(targets)) {
+	if db.RowsAffected < int64(namedRows(targets)) {
 		// The statement missed some rows, so it holds no lock on them: what
 		// the re-read saw there may be overtaken before this prepares (a
 		// concurrent insert). Invalidate, never install.

@@ -200,6 +200,7 @@ func (p *Plugin) cascadeTargets(db *gorm.DB, kind writeKind) (keys []specKey, pa
 			}
 			var children []map[string]any
 			err = db.Session(&gorm.Session{NewDB: true, SkipHooks: true}).
+				Set("gorm:db_resolver:write", struct{}{}).
 				Model(reflect.New(r.child.ModelType).Interface()).Unscoped().
 				Select(dedupeStrings(sel)).Where(clause.IN{Column: col, Values: vals}).
 				Clauses(clause.Locking{Strength: "UPDATE"}).Find(&children).Error
@@ -246,7 +247,9 @@ func (p *Plugin) cascadeTargets(db *gorm.DB, kind writeKind) (keys []specKey, pa
 func (p *Plugin) parentQuery(db *gorm.DB) (*gorm.DB, bool) {
 	st := db.Statement
 	sch := st.Schema
-	q := db.Session(&gorm.Session{NewDB: true, SkipHooks: true}).Model(reflect.New(sch.ModelType).Interface())
+	q := db.Session(&gorm.Session{NewDB: true, SkipHooks: true}).
+		Set("gorm:db_resolver:write", struct{}{}). // never a replica
+		Model(reflect.New(sch.ModelType).Interface())
 	q.Statement.Table, q.Statement.TableExpr = st.Table, st.TableExpr
 	if st.Unscoped {
 		q = q.Unscoped()

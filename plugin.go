@@ -96,6 +96,11 @@ type Config struct {
 	AsyncFinalize bool
 	// Models are checked when the plugin is registered, so that a malformed
 	// cache tag fails db.Use instead of the first statement on the model.
+	// The plugin also learns their tables and foreign keys then: a write
+	// that names a cached model's table without the model
+	// (db.Table("accounts")), or a delete whose foreign keys cascade to a
+	// cached model, is recognised only for models the plugin has seen
+	// (listed here, or used by a statement before).
 	Models []any
 	// Logger receives reports of cache trouble that does not fail the
 	// statement (a Redis error on a read, a failed finalize). Nil is silent.

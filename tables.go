@@ -239,6 +239,7 @@ func sameTableRef(db *gorm.DB, ref tableRef, spec *modelSpec) (bool, error) {
 	}
 	var same sql.NullBool
 	err := db.Session(&gorm.Session{NewDB: true, SkipHooks: true}).
+		Set("gorm:db_resolver:write", struct{}{}).
 		Raw("SELECT to_regclass(?)::oid = to_regclass(?)::oid", ref.quoted(), mref.quoted()).
 		Scan(&same).Error
 	if err != nil {

@@ -78,18 +78,25 @@ func (b *breaker) allow() bool {
 	return true
 }
 
-// record takes the outcome of a call that allow let through.
-func (b *breaker) record(err error) {
+// record takes the outcome of a call that allow let through. ctx is the
+// context the call ran with: the caller's, or one the plugin derived from it
+// with [Plugin.opCtx] or [Plugin.readCtx].
+func (b *breaker) record(ctx context.Context, err error) {
 	if b.threshold <= 0 {
 		return
 	}
-	failed := connectionError(err)
+	out := classify(ctx, err)
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.probing = false
-	if !failed {
+	switch out {
+	case callOK:
 		b.fails = 0
 		b.state = BreakerClosed
+		return
+	case callAborted:
+		// The caller gave up: it says nothing about Redis. A half-open
+		// breaker lets the next call probe instead.
 		return
 	}
 	b.fails++
@@ -107,9 +114,43 @@ func (b *breaker) current() BreakerState {
 	return b.state
 }
 
-// connectionError tells Redis being unreachable or slow (which counts
-// against the breaker) from Redis answering with an error reply, such as OOM
-// or a script error (which does not: Redis is there).
+// errOwnTimeout is the cause of the contexts that bound Redis calls by
+// Config.Timeout (see opCtx and readCtx): when one ends, Redis was too slow,
+// which counts against the breaker. A context that ended for any other cause
+// ended because the caller cancelled it or its own deadline passed.
+var errOwnTimeout = errors.New("writethrough: Redis call exceeded Config.Timeout")
+
+// callOutcome is what one Redis call tells the breaker about Redis.
+type callOutcome int
+
+const (
+	callOK      callOutcome = iota // Redis answered (a value, nil, or an error reply)
+	callFailed                     // Redis unreachable, or slower than Config.Timeout
+	callAborted                    // the caller cancelled, or its deadline passed first
+)
+
+// classify tells a failure of Redis itself (a connection error, the
+// plugin's own Timeout), which counts against the breaker, from Redis
+// answering with an error reply such as OOM or a script error (Redis is
+// there) and from the caller giving up (a cancelled context, or a caller's
+// deadline shorter than Timeout), neither of which says anything about
+// Redis. Six reads with a cancelled context must not make the next write
+// with a live context fail.
+func classify(ctx context.Context, err error) callOutcome {
+	if !connectionError(err) {
+		return callOK
+	}
+	if ctx != nil && ctx.Err() != nil && !errors.Is(context.Cause(ctx), errOwnTimeout) {
+		return callAborted // the caller's context ended, not the plugin's Timeout
+	}
+	if errors.Is(err, context.Canceled) {
+		return callAborted // only a caller cancels a call in flight
+	}
+	return callFailed
+}
+
+// connectionError tells an error of the connection to Redis, or a context
+// that ended, from Redis answering (a value, redis.Nil, an error reply).
 func connectionError(err error) bool {
 	if err == nil || errors.Is(err, redis.Nil) {
 		return false
@@ -134,15 +175,15 @@ func (p *Plugin) run(ctx context.Context, calls []*call) {
 			break
 		}
 	}
-	p.brk.record(failed)
+	p.brk.record(ctx, failed)
 }
 
-// redisCall wraps one Redis operation with the breaker.
-func (p *Plugin) redisCall(fn func() error) error {
+// redisCall wraps one Redis operation, run with ctx, with the breaker.
+func (p *Plugin) redisCall(ctx context.Context, fn func() error) error {
 	if !p.brk.allow() {
 		return errBreakerOpen
 	}
 	err := fn()
-	p.brk.record(err)
+	p.brk.record(ctx, err)
 	return err
 }

@@ -42,8 +42,16 @@ func (p *Plugin) registerCallbacks(db *gorm.DB) error {
 			return cb.Update().After("gorm:after_update").Before("gorm:commit_or_rollback_transaction").
 				Register(Name+":after_update", p.afterWrite(kindUpdate))
 		}},
+		{"returned_update", func() error {
+			return cb.Update().After("gorm:update").Before("gorm:save_after_associations").
+				Register(Name+":returned_update", restoreReturning)
+		}},
 		{"before_delete", func() error {
 			return cb.Delete().Before("gorm:delete").Register(Name+":before_delete", p.beforeWrite(kindDelete))
+		}},
+		{"returned_delete", func() error {
+			return cb.Delete().After("gorm:delete").Before("gorm:after_delete").
+				Register(Name+":returned_delete", restoreReturning)
 		}},
 		{"after_delete", func() error {
 			return cb.Delete().After("gorm:after_delete").Before("gorm:commit_or_rollback_transaction").

@@ -35,7 +35,7 @@ func Get[T any](ctx context.Context, db *gorm.DB, key any) (T, error) {
 		rerr := errBreakerOpen
 		if p.brk.allow() {
 			raw, rerr = p.rdb.Get(c, k).Bytes()
-			p.brk.record(rerr)
+			p.brk.record(c, rerr)
 		}
 		cancel()
 		if rerr == nil {
@@ -89,7 +89,7 @@ func GetMany[T any](ctx context.Context, db *gorm.DB, keys ...any) ([]T, error) 
 	}
 	c, cancel := p.readCtx(ctx)
 	var raws [][]byte
-	rerr := p.redisCall(func() (err error) {
+	rerr := p.redisCall(c, func() (err error) {
 		raws, err = p.getMany(c, rkeys)
 		return err
 	})

@@ -93,27 +93,16 @@ func (p *Plugin) specOf(sch *schema.Schema) (*modelSpec, error) {
 }
 
 func (p *Plugin) buildSpec(sch *schema.Schema) (*modelSpec, error) {
-	var tagField *schema.Field
-	var tag string
-	for _, f := range sch.Fields {
-		v, ok := f.Tag.Lookup("cache")
-		if !ok {
-			continue
-		}
-		if !f.PrimaryKey {
-			reason := "the cache tag belongs on the primary-key field"
-			if len(sch.PrimaryFields) == 0 {
-				reason = "model has no primary key; " + reason
-			}
-			return nil, &TagError{Model: sch.Name, Field: f.Name, Reason: reason}
-		}
-		if tagField != nil && v != tag {
-			return nil, &TagError{Model: sch.Name, Field: f.Name, Reason: fmt.Sprintf("cache tags on %s and %s differ; put one tag on one primary-key field", tagField.Name, f.Name)}
-		}
-		tagField, tag = f, v
-	}
-	if tagField == nil {
+	if sch.ModelType.Name() == "" {
+		// A join model GORM generated for a many2many field: it copies both
+		// sides' key fields, cache tags included, but the user never wrote
+		// it. It runs as plain GORM. A join model declared with
+		// SetupJoinTable is a named type and follows its own tag.
 		return nil, nil
+	}
+	tagField, tagName, tag, err := findTag(sch)
+	if err != nil || tagField == nil {
+		return nil, err
 	}
 	spec := &modelSpec{
 		sch:    sch,
@@ -124,7 +113,7 @@ func (p *Plugin) buildSpec(sch *schema.Schema) (*modelSpec, error) {
 		mode:   p.cfg.Mode,
 	}
 	if len(spec.pks) == 0 {
-		return nil, &TagError{Model: sch.Name, Field: tagField.Name, Reason: "model has no primary key"}
+		return nil, &TagError{Model: sch.Name, Field: tagName, Reason: "model has no primary key"}
 	}
 	tmpl := ""
 	for _, word := range strings.Split(tag, ";") {
@@ -135,7 +124,7 @@ func (p *Plugin) buildSpec(sch *schema.Schema) (*modelSpec, error) {
 		k, v, ok := strings.Cut(word, ":")
 		k, v = strings.ToLower(strings.TrimSpace(k)), strings.TrimSpace(v)
 		bad := func(reason string) error {
-			return &TagError{Model: sch.Name, Field: tagField.Name, Word: word, Reason: reason}
+			return &TagError{Model: sch.Name, Field: tagName, Word: word, Reason: reason}
 		}
 		if !ok || v == "" {
 			return nil, bad("want key:value (keys: ttl, key, mode, strategy, jitter)")
@@ -185,7 +174,7 @@ func (p *Plugin) buildSpec(sch *schema.Schema) (*modelSpec, error) {
 	} else {
 		parts, err := parseTemplate(sch, tmpl, p.cfg.Prefix)
 		if err != nil {
-			return nil, &TagError{Model: sch.Name, Field: tagField.Name, Word: "key:" + tmpl, Reason: err.Error()}
+			return nil, &TagError{Model: sch.Name, Field: tagName, Word: "key:" + tmpl, Reason: err.Error()}
 		}
 		spec.tmpl = parts
 	}
@@ -196,10 +185,109 @@ func (p *Plugin) buildSpec(sch *schema.Schema) (*modelSpec, error) {
 	}
 	codec, err := newRowCodec(sch)
 	if err != nil {
-		return nil, &TagError{Model: sch.Name, Field: tagField.Name, Reason: err.Error()}
+		return nil, &TagError{Model: sch.Name, Field: tagName, Reason: err.Error()}
 	}
 	spec.codec = codec
 	return spec, nil
+}
+
+// findTag finds the model's cache tag: on a primary-key field, or on an
+// embedded struct (gorm.Model) that holds the primary key, where it applies
+// to that key. field is the primary-key field the tag applies to and name
+// the struct field that carries it ("ID", "Model"); field is nil when the
+// model has no tag. A tag the plugin cannot use is an error, never ignored:
+// on a column that is not the key, on an embedded struct without the key, on
+// a field GORM does not map (gorm:"-", unexported), on an association.
+func findTag(sch *schema.Schema) (field *schema.Field, name, tag string, err error) {
+	byPath := make(map[string]*schema.Field, len(sch.Fields))
+	under := map[string][]*schema.Field{} // embedded struct path -> its columns
+	for _, f := range sch.Fields {
+		byPath[strings.Join(f.BindNames, ".")] = f
+		for i := 1; i < len(f.BindNames); i++ {
+			prefix := strings.Join(f.BindNames[:i], ".")
+			under[prefix] = append(under[prefix], f)
+		}
+	}
+	bad := func(path, reason string) error {
+		return &TagError{Model: sch.Name, Field: path, Reason: reason}
+	}
+	take := func(f *schema.Field, path, v string) error {
+		if field != nil && v != tag {
+			return bad(path, fmt.Sprintf("cache tags on %s and %s differ; put one tag on the primary-key field", name, path))
+		}
+		if field == nil {
+			field, name, tag = f, path, v
+		}
+		return nil
+	}
+	noKey := ""
+	if len(sch.PrimaryFields) == 0 {
+		noKey = "model has no primary key; "
+	}
+	var walk func(t reflect.Type, path []string, seen map[reflect.Type]bool) error
+	walk = func(t reflect.Type, path []string, seen map[reflect.Type]bool) error {
+		for i := 0; i < t.NumField(); i++ {
+			sf := t.Field(i)
+			p := strings.Join(append(path[:len(path):len(path)], sf.Name), ".")
+			f := byPath[p]
+			inner := under[p]
+			v, tagged := sf.Tag.Lookup("cache")
+			if tagged {
+				switch {
+				case f != nil && f.DBName != "" && f.PrimaryKey:
+					if err := take(f, p, v); err != nil {
+						return err
+					}
+				case f != nil && f.DBName != "":
+					return bad(p, noKey+"the cache tag belongs on the primary-key field (or on an embedded gorm.Model)")
+				case f != nil && sch.Relationships.Relations[f.Name] != nil:
+					return bad(p, "an association is not cached by its field's tag; tag the primary-key field of "+
+						f.FieldType.String()+" itself (and of this model)")
+				case f != nil && hasSetting(f, "-"):
+					return bad(p, `the field is ignored by GORM (gorm:"-"), so the cache tag applies to nothing; put it on the primary-key field`)
+				case f != nil:
+					return bad(p, "the field is not a column, so the cache tag applies to nothing; put it on the primary-key field")
+				case len(inner) > 0:
+					n := 0
+					for _, c := range inner {
+						if c.PrimaryKey {
+							n++
+							if err := take(c, p, v); err != nil {
+								return err
+							}
+						}
+					}
+					if n == 0 {
+						return bad(p, noKey+"a cache tag on an embedded struct applies to the primary key it holds, and "+
+							sf.Type.String()+" holds none; put the tag on the primary-key field")
+					}
+				default:
+					return bad(p, "GORM does not map this field (unexported or ignored), so the cache tag applies to nothing; put it on the primary-key field")
+				}
+			}
+			ft := sf.Type
+			for ft.Kind() == reflect.Pointer {
+				ft = ft.Elem()
+			}
+			if f == nil && len(inner) > 0 && ft.Kind() == reflect.Struct && !seen[ft] {
+				seen[ft] = true
+				if err := walk(ft, append(path[:len(path):len(path)], sf.Name), seen); err != nil {
+					return err
+				}
+				delete(seen, ft)
+			}
+		}
+		return nil
+	}
+	if err := walk(sch.ModelType, nil, map[reflect.Type]bool{sch.ModelType: true}); err != nil {
+		return nil, "", "", err
+	}
+	return field, name, tag, nil
+}
+
+func hasSetting(f *schema.Field, name string) bool {
+	_, ok := f.TagSettings[name]
+	return ok
 }
 
 // parseTemplate parses a key template such as "user:{id}". Placeholders are

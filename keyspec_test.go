@@ -276,6 +276,13 @@ func badTags() []badTag {
 		{"tag on a field that is not the key", &tTagOnNonKey{}, "Email", "", "primary-key"},
 		{"tag on a model without a primary key", &tNoPrimaryKey{}, "Label", "", "no primary key"},
 		{"different tags on a composite key", &tTwoTags{}, "B", "", "differ"},
+		{"misspelt word", &tMisspelt{}, "ID", "tll:10m", "unknown key"},
+		{"tag on an embedded struct without the key", &tEmbedNoKey{}, "TAudit", "", "holds none"},
+		{"tag on a column of an embedded struct that is not the key", &tEmbedTagOnColumn{}, "TBase.Note", "", "primary-key"},
+		{"tag on a field GORM ignores", &tIgnoredField{}, "Skip", "", `gorm:"-"`},
+		{"tag on an unexported field", &tUnexportedField{}, "hidden", "", "does not map"},
+		{"tag on an association", &tTagOnAssociation{}, "Team", "", "association"},
+		{"tag on gorm.Model differs from the key's", &tTwoTagsEmbedded{}, "ID", "", "differ"},
 	}
 }
 

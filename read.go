@@ -10,6 +10,7 @@ import (
 	"github.com/redis/go-redis/v9"
 	"gorm.io/gorm"
 	"gorm.io/gorm/clause"
+	"gorm.io/gorm/schema"
 )
 
 const cachedKey = "writethrough:cached"
@@ -151,7 +152,7 @@ func (p *Plugin) serveOne(db *gorm.DB, plan readPlan, orig func(*gorm.DB)) {
 	err := errBreakerOpen
 	if p.brk.allow() {
 		raw, err = p.rdb.Get(ctx, key).Bytes()
-		p.brk.record(err)
+		p.brk.record(ctx, err)
 	}
 	var res lookup
 	var elem reflect.Value
@@ -219,7 +220,7 @@ func (p *Plugin) serveOne(db *gorm.DB, plan readPlan, orig func(*gorm.DB)) {
 	err = errBreakerOpen
 	if p.brk.allow() {
 		raw2, err = p.rdb.Get(ctx, key).Bytes()
-		p.brk.record(err)
+		p.brk.record(ctx, err)
 	}
 	if err == nil {
 		switch p.decodeInto(ctx, spec, key, raw2, elem) {
@@ -267,7 +268,7 @@ func (p *Plugin) load(db *gorm.DB, spec *modelSpec, key string, orig func(*gorm.
 		ctx, cancel := p.opCtx(st.Context)
 		lease := appendHeader(make([]byte, 0, headerLen), stateLease, token, spec.codec.fp)
 		var ok bool
-		err := p.redisCall(func() (err error) {
+		err := p.redisCall(ctx, func() (err error) {
 			ok, err = p.rdb.SetNX(ctx, key, lease, p.cfg.LeaseTTL).Result()
 			return err
 		})
@@ -391,7 +392,13 @@ func (p *Plugin) deliver(db *gorm.DB, plan readPlan, rows []reflect.Value) {
 	st := db.Statement
 	if plan.multi {
 		rv := st.ReflectValue
-		list := reflect.MakeSlice(rv.Type(), 0, len(rows))
+		// As GORM's scan: reuse the caller's backing array when it has one.
+		var list reflect.Value
+		if rv.Cap() > 0 {
+			list = rv.Slice(0, 0)
+		} else {
+			list = reflect.MakeSlice(rv.Type(), 0, max(len(rows), 1))
+		}
 		ptr := rv.Type().Elem().Kind() == reflect.Pointer
 		for _, r := range rows {
 			if ptr {
@@ -427,7 +434,7 @@ func (p *Plugin) serveMany(db *gorm.DB, plan readPlan, orig func(*gorm.DB)) {
 	ctx, cancel := p.opCtx(st.Context)
 	defer cancel()
 	var raws [][]byte
-	err := p.redisCall(func() (err error) {
+	err := p.redisCall(ctx, func() (err error) {
 		raws, err = p.getMany(ctx, plan.keys)
 		return err
 	})
@@ -471,7 +478,7 @@ func (p *Plugin) serveMany(db *gorm.DB, plan readPlan, orig func(*gorm.DB)) {
 	leased := map[string]bool{}
 	if len(empty) > 0 {
 		cmds := make([]*redis.BoolCmd, len(empty))
-		perr := p.redisCall(func() error {
+		perr := p.redisCall(ctx, func() error {
 			_, err := p.rdb.Pipelined(ctx, func(pipe redis.Pipeliner) error {
 				for j, i := range empty {
 					cmds[j] = pipe.SetNX(ctx, plan.keys[i], lease, p.cfg.LeaseTTL)
@@ -563,14 +570,18 @@ func (p *Plugin) getMany(ctx context.Context, keys []string) ([][]byte, error) {
 
 var allowedClauses = map[string]bool{"WHERE": true, "LIMIT": true, "ORDER BY": true}
 
-// plan recognises a lookup by primary key from the statement's clauses,
-// before GORM builds any SQL.
+// plan recognises a lookup by primary key, before GORM builds any SQL. The
+// rule: the statement is served (or filled) only when the complete condition
+// GORM will send — its WHERE clause, the key GORM adds from a struct
+// destination, and the model's soft-delete clause — says "the row whose key
+// is K" (or, for a slice destination, "the rows whose keys are K1..Kn") and
+// nothing else. Anything else runs as plain GORM and never fills.
 func (p *Plugin) plan(db *gorm.DB, spec *modelSpec) (readPlan, bool) {
 	st := db.Statement
 	sch := spec.sch
 	if st.SQL.Len() != 0 || !sameTable(db, spec) || st.Unscoped || st.Distinct ||
 		len(st.Joins) != 0 || len(st.Selects) != 0 || len(st.Omits) != 0 ||
-		len(st.Preloads) != 0 || len(st.ColumnMapping) != 0 {
+		len(st.ColumnMapping) != 0 || !onlySoftDelete(sch) {
 		return readPlan{}, false
 	}
 	for name := range st.Clauses {
@@ -592,28 +603,29 @@ func (p *Plugin) plan(db *gorm.DB, spec *modelSpec) (readPlan, bool) {
 		return readPlan{}, false
 	}
 
-	var keys []string
+	var conds []clause.Expression
 	if c, ok := st.Clauses["WHERE"]; ok {
 		w, ok := c.Expression.(clause.Where)
 		if !ok {
 			return readPlan{}, false
 		}
-		keys, ok = p.whereKeys(st, spec, w.Exprs)
-		if !ok {
+		conds = flattenAnd(w.Exprs)
+		if len(conds) == 0 {
 			return readPlan{}, false
 		}
-	} else if !plan.multi {
-		// First(&User{ID: 1}): the condition comes from the destination.
-		key, ok := spec.keyOf(st.Context, rv)
-		if !ok {
-			return readPlan{}, false
+	}
+	if !plan.multi {
+		// GORM's BuildQuerySQL adds a condition for every non-zero key field
+		// of a struct destination: First(&a, 2) on an a that holds row 1
+		// asks for "id = 2 AND id = 1".
+		for _, f := range sch.PrimaryFields {
+			if v, zero := f.ValueOf(st.Context, rv); !zero {
+				conds = append(conds, clause.Eq{Column: clause.Column{Table: st.Table, Name: f.DBName}, Value: v})
+			}
 		}
-		keys = []string{key}
 	}
-	if len(keys) == 0 {
-		return readPlan{}, false
-	}
-	if !plan.multi && len(keys) != 1 {
+	keys, ok := p.condKeys(st, spec, conds)
+	if !ok || len(keys) == 0 || !plan.multi && len(keys) != 1 {
 		return readPlan{}, false
 	}
 	if c, ok := st.Clauses["LIMIT"]; ok {
@@ -638,96 +650,180 @@ func (p *Plugin) plan(db *gorm.DB, spec *modelSpec) (readPlan, bool) {
 	return plan, true
 }
 
+// onlySoftDelete reports whether the clauses GORM adds to every query on
+// the model are at most gorm.DeletedAt's "deleted_at IS NULL", which the
+// cache models (a soft-deleted row is a tombstone). Other query clauses
+// (a zerovalue soft delete, plugins' own) run in SQL.
+func onlySoftDelete(sch *schema.Schema) bool {
+	for _, c := range sch.QueryClauses {
+		sd, ok := c.(gorm.SoftDeleteQueryClause)
+		if !ok || sd.ZeroValue.Valid {
+			return false
+		}
+	}
+	return true
+}
+
 // exprRE matches "id = ?", "users.id IN ?", "\"id\" in (?)".
 var exprRE = regexp.MustCompile("^\\s*(?:[`\"]?(\\w+)[`\"]?\\.)?[`\"]?(\\w+)[`\"]?\\s*(=|(?i:in))\\s*(\\(\\s*\\?\\s*\\)|\\?)\\s*$")
 
-// whereKeys turns WHERE expressions that pin every primary-key column into
-// keys. Anything else is not a lookup.
-func (p *Plugin) whereKeys(st *gorm.Statement, spec *modelSpec, exprs []clause.Expression) ([]string, bool) {
-	exprs = flattenAnd(exprs)
-	if len(exprs) == 0 {
+// condKeys turns the conditions of a statement, ANDed, into the keys they
+// select. Every condition must pin primary-key columns to values, and the
+// conditions must agree: "id = 2 AND id = 1" (GORM finds nothing) is not a
+// lookup, "id = 2 AND id = 2" is. Anything else is not a lookup.
+func (p *Plugin) condKeys(st *gorm.Statement, spec *modelSpec, conds []clause.Expression) ([]string, bool) {
+	if len(conds) == 0 {
 		return nil, false
 	}
 	ctx := st.Context
 	if len(spec.pks) > 1 {
-		// Composite keys: one equality per primary-key column.
-		vals := make([]any, len(spec.pks))
-		for _, e := range exprs {
-			eq, ok := e.(clause.Eq)
-			if !ok || isList(eq.Value) {
-				return nil, false
-			}
-			f := p.pkColumn(st, spec, eq.Column)
-			if f == nil {
+		// Composite keys: one value per primary-key column, from equalities.
+		vals := make([][]any, len(spec.pks))
+		for _, e := range conds {
+			f, vs, ok := p.pkCond(st, spec, e)
+			if !ok || len(vs) != 1 {
 				return nil, false
 			}
 			for i, pk := range spec.pks {
 				if pk == f {
-					if vals[i] != nil {
-						return nil, false
-					}
-					vals[i] = eq.Value
+					vals[i] = append(vals[i], vs[0])
 				}
 			}
 		}
-		key, ok := spec.lookupKey(ctx, vals...)
+		tuple := make([]any, len(vals))
+		for i, vs := range vals {
+			if len(vs) == 0 {
+				return nil, false
+			}
+			tuple[i] = vs[0]
+		}
+		key, ok := spec.lookupKey(ctx, tuple...)
 		if !ok {
 			return nil, false
+		}
+		for i, vs := range vals {
+			for _, v := range vs[1:] {
+				alt := append([]any(nil), tuple...)
+				alt[i] = v
+				if k, ok := spec.lookupKey(ctx, alt...); !ok || k != key {
+					return nil, false
+				}
+			}
 		}
 		return []string{key}, true
 	}
-	if len(exprs) != 1 {
-		return nil, false
-	}
-	var raw []any
-	switch e := exprs[0].(type) {
-	case clause.IN:
-		if p.pkColumn(st, spec, e.Column) == nil {
+	var keys []string
+	var first map[string]bool
+	for _, e := range conds {
+		_, vs, ok := p.pkCond(st, spec, e)
+		if !ok || len(vs) == 0 {
 			return nil, false
 		}
-		for _, v := range e.Values {
-			raw = appendValues(raw, v)
+		set := make(map[string]bool, len(vs))
+		var ks []string
+		for _, v := range vs {
+			key, ok := spec.lookupKey(ctx, v)
+			if !ok {
+				return nil, false
+			}
+			if !set[key] {
+				set[key] = true
+				ks = append(ks, key)
+			}
 		}
-	case clause.Eq:
-		if p.pkColumn(st, spec, e.Column) == nil {
+		if first == nil {
+			first, keys = set, ks
+			continue
+		}
+		// Every further condition must name the same keys.
+		if len(set) != len(first) {
 			return nil, false
 		}
-		raw = appendValues(raw, e.Value)
-	case clause.Expr:
-		m := exprRE.FindStringSubmatch(e.SQL)
-		if m == nil || len(e.Vars) != 1 || e.WithoutParentheses {
-			return nil, false
-		}
-		if m[1] != "" && m[1] != spec.sch.Table && m[1] != st.Table {
-			return nil, false
-		}
-		if m[2] != spec.pks[0].DBName {
-			return nil, false
-		}
-		if m[3] == "=" && isList(e.Vars[0]) {
-			return nil, false
-		}
-		raw = appendValues(raw, e.Vars[0])
-	default:
-		return nil, false
-	}
-	if len(raw) == 1 {
-		key, ok := spec.lookupKey(ctx, raw[0])
-		return []string{key}, ok
-	}
-	keys := make([]string, 0, len(raw))
-	seen := make(map[string]bool, len(raw))
-	for _, v := range raw {
-		key, ok := spec.lookupKey(ctx, v)
-		if !ok {
-			return nil, false
-		}
-		if !seen[key] {
-			seen[key] = true
-			keys = append(keys, key)
+		for k := range set {
+			if !first[k] {
+				return nil, false
+			}
 		}
 	}
 	return keys, true
+}
+
+// pkCond reads one condition of the form GORM builds as "pk = v" or
+// "pk IN (v...)" and returns the primary-key field and the values. It
+// refuses values that are not plain values (NULL, subqueries, expressions
+// are refused later by the key conversion) and shapes whose SQL is not the
+// plain comparison.
+func (p *Plugin) pkCond(st *gorm.Statement, spec *modelSpec, e clause.Expression) (*schemaField, []any, bool) {
+	var f *schemaField
+	var vals []any
+	switch x := e.(type) {
+	case clause.IN:
+		if f = p.pkColumn(st, spec, x.Column); f == nil {
+			return nil, nil, false
+		}
+		if len(x.Values) == 1 {
+			if l, ok := x.Values[0].([]any); ok {
+				vals = l // built as IN (...)
+				break
+			}
+		}
+		vals = x.Values
+	case clause.Eq:
+		if f = p.pkColumn(st, spec, x.Column); f == nil {
+			return nil, nil, false
+		}
+		switch x.Value.(type) {
+		case []string, []int, []int32, []int64, []uint, []uint32, []uint64, []any:
+			vals = appendValues(nil, x.Value) // built as IN (...)
+		default:
+			vals = []any{x.Value}
+		}
+	case clause.Expr:
+		m := exprRE.FindStringSubmatch(x.SQL)
+		if m == nil || len(x.Vars) != 1 || x.WithoutParentheses {
+			return nil, nil, false
+		}
+		if m[1] != "" && m[1] != spec.sch.Table && m[1] != st.Table {
+			return nil, nil, false
+		}
+		for _, pk := range spec.pks {
+			if pk.DBName == m[2] {
+				f = pk
+			}
+		}
+		if f == nil {
+			return nil, nil, false
+		}
+		// "= ?" and "IN (?)" take one value; "IN ?" a list. The other
+		// spellings build SQL that fails or compares rows.
+		list, parens := isList(x.Vars[0]), strings.HasPrefix(m[4], "(")
+		in := m[3] != "="
+		if list && (!in || parens) || !list && in && !parens {
+			return nil, nil, false
+		}
+		vals = appendValues(nil, x.Vars[0])
+	default:
+		return nil, nil, false
+	}
+	for _, v := range vals {
+		if isList(v) || isNullValue(v) {
+			return nil, nil, false
+		}
+	}
+	return f, vals, true
+}
+
+// isNullValue reports a value GORM sends as NULL.
+func isNullValue(v any) bool {
+	if v == nil {
+		return true
+	}
+	rv := reflect.ValueOf(v)
+	switch rv.Kind() {
+	case reflect.Pointer, reflect.Interface, reflect.Map, reflect.Slice:
+		return rv.IsNil()
+	}
+	return false
 }
 
 func flattenAnd(exprs []clause.Expression) []clause.Expression {

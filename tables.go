@@ -7,7 +7,6 @@ import (
 	"strings"
 
 	"gorm.io/gorm"
-	"gorm.io/gorm/clause"
 	"gorm.io/gorm/schema"
 )
 
@@ -268,8 +267,6 @@ func foreignType(st *gorm.Statement, spec *modelSpec) bool {
 	return st.Schema == nil || st.Schema.ModelType != spec.sch.ModelType
 }
 
-var typeOfMapSlice = reflect.TypeOf([]map[string]any{})
-
 // createNamesRows refuses a Create of maps into a cached model's table
 // (db.Table("accounts").Create(map...)) that leaves out the primary key:
 // without the model GORM returns no generated key, so the new row's key,
@@ -291,78 +288,4 @@ func createNamesRows(st *gorm.Statement, spec *modelSpec, targets []target) erro
 			ErrUnsupported, spec.sch.Table, spec.name, spec.pks[0].DBName)
 	}
 	return nil
-}
-
-// swapForTableReturning is swapForReturning for a statement whose rows are
-// not the cached model's structs (db.Table("accounts") with a map, a struct
-// of another type): RETURNING the primary key into a slice of maps, which
-// stands in for the ReflectValue (an update scans there) and, for a delete,
-// for the Dest (a delete scans there) until the after callback.
-func (p *Plugin) swapForTableReturning(db *gorm.DB, spec *modelSpec, kind writeKind, ws *writeState) error {
-	st := db.Statement
-	if _, ok := st.Clauses["RETURNING"]; ok {
-		return fmt.Errorf("%w: bulk %s of table %s of cached model %s with a RETURNING clause; name the rows by primary key",
-			ErrUnsupported, kind, st.Table, spec.name)
-	}
-	var clauses []string
-	if kind == kindUpdate {
-		clauses = db.Callback().Update().Clauses
-	} else {
-		clauses = db.Callback().Delete().Clauses
-	}
-	if !containsString(clauses, "RETURNING") {
-		return fmt.Errorf("%w: bulk %s of table %s of cached model %s needs RETURNING, which the %s dialect lacks; name the rows by primary key",
-			ErrUnsupported, kind, st.Table, spec.name, db.Dialector.Name())
-	}
-	if kind == kindUpdate {
-		// Dest is what the update assigns; GORM scans RETURNING into the
-		// ReflectValue. An update of a struct that is also its Dest would
-		// no longer see its own fields assigned.
-		if st.Schema != nil && sameValue(st.Dest, st.Model) {
-			return fmt.Errorf("%w: bulk update of table %s of cached model %s through a %T; name the rows by primary key",
-				ErrUnsupported, st.Table, spec.name, st.Dest)
-		}
-	}
-	rows := reflect.New(typeOfMapSlice)
-	ws.saved = st.ReflectValue
-	ws.bulk = true
-	st.ReflectValue = rows.Elem()
-	if kind == kindDelete {
-		ws.savedDest, ws.destSwap = st.Dest, true
-		st.Dest = rows.Interface()
-	}
-	cols := make([]clause.Column, len(spec.pks))
-	for i, f := range spec.pks {
-		cols[i] = clause.Column{Name: f.DBName}
-	}
-	st.AddClause(clause.Returning{Columns: cols})
-	return nil
-}
-
-func containsString(ss []string, s string) bool {
-	for _, x := range ss {
-		if x == s {
-			return true
-		}
-	}
-	return false
-}
-
-// sameValue is GORM's Dest == Model test without its panic on values that
-// cannot be compared (maps, slices, structs holding them): those are the
-// same when they share their storage.
-func sameValue(a, b any) bool {
-	ta, tb := reflect.TypeOf(a), reflect.TypeOf(b)
-	if ta != tb {
-		return false
-	}
-	if ta == nil || ta.Comparable() {
-		return a == b
-	}
-	va, vb := reflect.ValueOf(a), reflect.ValueOf(b)
-	switch va.Kind() {
-	case reflect.Map, reflect.Slice, reflect.Pointer, reflect.Func, reflect.Chan:
-		return va.Pointer() == vb.Pointer()
-	}
-	return false
 }

@@ -46,6 +46,8 @@ type twinOpts struct {
 	models []any
 	// ddl runs on both sides after the migration (triggers, constraints).
 	ddl []string
+	// setup runs on both sides before the migration (SetupJoinTable).
+	setup func(db *gorm.DB) error
 }
 
 // twinNow is both sides' clock, so that autoCreateTime and autoUpdateTime
@@ -80,6 +82,9 @@ func newTwin(t testing.TB, o twinOpts) *twin {
 	t.Cleanup(func() { _ = tw.p.Close() })
 	require.NoError(t, tw.cached.Use(tw.p))
 	for _, db := range []*gorm.DB{tw.plain, tw.cached} {
+		if o.setup != nil {
+			require.NoError(t, o.setup(db))
+		}
 		require.NoError(t, db.AutoMigrate(o.models...))
 		for _, stmt := range o.ddl {
 			require.NoError(t, db.Exec(stmt).Error, stmt)

@@ -10,7 +10,6 @@ import (
 	"gorm.io/gorm"
 	"gorm.io/gorm/clause"
 	"gorm.io/gorm/schema"
-	"gorm.io/gorm/utils"
 )
 
 // The write protocol (docs/design.md, "Writes"):
@@ -42,15 +41,11 @@ const stateKey = "writethrough:write"
 // writeState carries one statement's bookkeeping from the before to the
 // after callback.
 type writeState struct {
-	spec   *modelSpec    // the cached model whose table the statement writes (nil: none)
-	saved  reflect.Value // the statement's ReflectValue while a RETURNING slice stands in
-	bulk   bool
+	spec   *modelSpec      // the cached model whose table the statement writes (nil: none)
+	ret    *returningPool  // a bulk statement's key capture (nil otherwise)
 	token  string          // writer token without a transaction
 	early  map[string]bool // keys made pending before the statement (no transaction)
 	failed []string        // keys whose early prepare failed (Soft): outbox after the write
-
-	savedDest any  // the statement's Dest while a RETURNING slice stands in (tables.go)
-	destSwap  bool // savedDest is set
 
 	moved   []target // keys the rows had before an update that assigns their primary key
 	renamed []target // keys those rows have after it (keychange.go)
@@ -137,14 +132,12 @@ func (p *Plugin) beforeWrite(kind writeKind) func(*gorm.DB) {
 		if len(targets) == 0 && kind != kindCreate {
 			// A bulk statement: its keys come back through RETURNING, or
 			// the statement must not run (its rows would stay stale).
-			swap := p.swapForReturning
-			if foreignType(db.Statement, spec) {
-				swap = p.swapForTableReturning
-			}
-			if err := swap(db, spec, kind, ws); err != nil {
+			r, err := p.installReturning(db, spec, kind)
+			if err != nil {
 				_ = db.AddError(err)
 				return
 			}
+			ws.ret = r
 		}
 		if _, inTx := txOf(db.Statement.ConnPool); inTx || len(targets) == 0 {
 			return
@@ -190,15 +183,7 @@ func (p *Plugin) afterWrite(kind writeKind) func(*gorm.DB) {
 		if ws == nil {
 			return
 		}
-		var bulkRows reflect.Value
-		if ws.bulk {
-			bulkRows = db.Statement.ReflectValue
-			db.Statement.ReflectValue = ws.saved
-			delete(db.Statement.Clauses, "RETURNING")
-		}
-		if ws.destSwap {
-			db.Statement.Dest = ws.savedDest
-		}
+		restoreReturning(db)
 		if db.DryRun {
 			return
 		}
@@ -215,8 +200,19 @@ func (p *Plugin) afterWrite(kind writeKind) func(*gorm.DB) {
 			return
 		}
 		targets := p.writtenRows(db, spec, kind)
-		if bulkRows.IsValid() {
-			targets = append(targets, p.targetsIn(db.Statement.Context, spec, bulkRows)...)
+		affected := db.RowsAffected
+		if r := ws.ret; r != nil {
+			if !r.ran && db.RowsAffected > 0 {
+				// The statement reached the database some other way: its
+				// rows cannot be named.
+				_ = db.AddError(fmt.Errorf("%w: bulk %s of cached model %s did not run through the plugin's RETURNING",
+					ErrUnsupported, kind, spec.name))
+				return
+			}
+			targets = append(targets, p.targetsIn(db.Statement.Context, spec, r.captured())...)
+			// GORM counts one row for RETURNING into a struct; the captured
+			// keys are every row the statement wrote.
+			affected = int64(len(r.rows))
 		}
 		// A primary-key change: the new keys, then the old ones (moved), so
 		// that a key named both ways counts as the row's.
@@ -225,7 +221,7 @@ func (p *Plugin) afterWrite(kind writeKind) func(*gorm.DB) {
 		targets = dedupe(targets)
 		switch {
 		case tx != nil:
-			p.stageTx(db, spec, kind, tx, targets)
+			p.stageTx(db, spec, kind, tx, targets, affected)
 		case inTx:
 			p.stageForeign(db, spec, kind, targets)
 		default:
@@ -262,6 +258,60 @@ func (p *Plugin) endCascade(db *gorm.DB, ws *writeState, tx *hookTx, inTx bool) 
 	if db.Error == nil {
 		p.recordAfterCommit(db.Statement.Context, ws.cascadeFailed)
 	}
+}
+
+// sameValue reports whether a and b are the same value without comparing
+// interfaces that hold slices, maps or funcs (which panics): pointers and
+// other comparable values by ==, slices by their first element's address
+// and length, anything else as different.
+func sameValue(a, b any) bool {
+	if a == nil || b == nil {
+		return a == nil && b == nil
+	}
+	ta, tb := reflect.TypeOf(a), reflect.TypeOf(b)
+	if ta != tb {
+		return false
+	}
+	if ta.Comparable() {
+		va := reflect.ValueOf(a)
+		if va.Kind() == reflect.Interface || va.Kind() == reflect.Struct || va.Kind() == reflect.Array {
+			// May hold uncomparable values at run time.
+			return false
+		}
+		return a == b
+	}
+	va, vb := reflect.ValueOf(a), reflect.ValueOf(b)
+	if va.Kind() == reflect.Slice {
+		return va.Len() == vb.Len() && (va.Len() == 0 || va.Pointer() == vb.Pointer())
+	}
+	return false
+}
+
+// upsertMayMatch reports whether a Create's ON CONFLICT may have updated a
+// row that existed before the statement under a key the statement did not
+// name beforehand (a conflict on a column other than the primary key). Such
+// a row is not new, so without a lock its re-read cannot be installed.
+func upsertMayMatch(st *gorm.Statement, spec *modelSpec) bool {
+	c, ok := st.Clauses["ON CONFLICT"]
+	if !ok {
+		return false
+	}
+	oc, ok := c.Expression.(clause.OnConflict)
+	if !ok {
+		return true
+	}
+	if oc.DoNothing {
+		return false // rows that conflicted return no key
+	}
+	if oc.OnConstraint != "" || len(oc.Columns) != len(spec.pks) {
+		return true
+	}
+	for i, col := range oc.Columns {
+		if col.Name != spec.pks[i].DBName {
+			return true
+		}
+	}
+	return false
 }
 
 // sameTable reports whether the statement writes the model's own table (not
@@ -395,40 +445,6 @@ func dedupe(ts []target) []target {
 	return out
 }
 
-// swapForReturning makes a bulk Update or Delete (no primary key in the
-// model) report the keys it touched: RETURNING the primary key into a slice
-// that stands in for the statement's ReflectValue until the after callback.
-func (p *Plugin) swapForReturning(db *gorm.DB, spec *modelSpec, kind writeKind, ws *writeState) error {
-	st := db.Statement
-	if _, ok := st.Clauses["RETURNING"]; ok {
-		return fmt.Errorf("%w: bulk %s of cached model %s with a RETURNING clause; name the rows by primary key",
-			ErrUnsupported, kind, spec.name)
-	}
-	var clauses []string
-	if kind == kindUpdate {
-		clauses = db.Callback().Update().Clauses
-	} else {
-		clauses = db.Callback().Delete().Clauses
-	}
-	if !utils.Contains(clauses, "RETURNING") {
-		return fmt.Errorf("%w: bulk %s of cached model %s needs RETURNING, which the %s dialect lacks; name the rows by primary key",
-			ErrUnsupported, kind, spec.name, db.Dialector.Name())
-	}
-	rv := st.ReflectValue
-	if rv.Kind() != reflect.Struct && !(rv.Kind() == reflect.Slice && rv.Len() == 0) {
-		return fmt.Errorf("%w: bulk %s of cached model %s into a %s", ErrUnsupported, kind, spec.name, rv.Type())
-	}
-	cols := make([]clause.Column, len(spec.pks))
-	for i, f := range spec.pks {
-		cols[i] = clause.Column{Name: f.DBName}
-	}
-	ws.saved = st.ReflectValue
-	ws.bulk = true
-	st.ReflectValue = reflect.New(reflect.SliceOf(spec.sch.ModelType)).Elem()
-	st.AddClause(clause.Returning{Columns: cols})
-	return nil
-}
-
 // reread loads the rows of targets as the database has them now, on the
 // statement's own connection (inside its transaction, when there is one),
 // and fills in each target's intent and row.
@@ -512,11 +528,11 @@ func schemaToQueryValues(table string, names []string, pks [][]any) (any, []any)
 // stageTx prepares every target inside the transaction. Strict: a failure
 // fails the statement and the transaction cannot commit. Soft: the key is
 // only invalidated after the transaction.
-func (p *Plugin) stageTx(db *gorm.DB, spec *modelSpec, kind writeKind, tx *hookTx, targets []target) {
+func (p *Plugin) stageTx(db *gorm.DB, spec *modelSpec, kind writeKind, tx *hookTx, targets []target, affected int64) {
 	if len(targets) == 0 {
 		return
 	}
-	if kind == kindDelete && !spec.aside && db.RowsAffected == int64(len(targets)) {
+	if kind == kindDelete && !spec.aside && affected == int64(len(targets)) {
 		// Every named row was deleted (or soft-deleted) under this
 		// transaction's lock: tombstones, no re-read needed.
 		for i := range targets {
@@ -533,7 +549,7 @@ func (p *Plugin) stageTx(db *gorm.DB, spec *modelSpec, kind writeKind, tx *hookT
 			targets[i].intent, targets[i].row = 0, nil
 		}
 	}
-	if db.RowsAffected < int64(namedRows(targets)) {
+	if affected < int64(namedRows(targets)) {
 		// The statement missed some rows, so it holds no lock on them: what
 		// the re-read saw there may be overtaken before this prepares (a
 		// concurrent insert). Invalidate, never install.
@@ -621,7 +637,7 @@ func (p *Plugin) stageAutocommit(db *gorm.DB, spec *modelSpec, kind writeKind, w
 	var calls []*call
 	for i, t := range targets {
 		if !ws.early[t.key] {
-			if kind != kindCreate {
+			if kind != kindCreate || upsertMayMatch(db.Statement, spec) {
 				// Made pending only now, after the statement committed and
 				// with no lock held: a writer that finalized since the
 				// re-read goes unseen. Invalidate, never install. (A created
@@ -746,7 +762,7 @@ func (p *Plugin) opCtx(parent context.Context) (context.Context, context.CancelF
 	if !p.ctxTimeout {
 		return context.WithoutCancel(parent), noCancel
 	}
-	return context.WithTimeout(context.WithoutCancel(parent), p.cfg.Timeout)
+	return context.WithTimeoutCause(context.WithoutCancel(parent), p.cfg.Timeout, errOwnTimeout)
 }
 
 func noCancel() {}
@@ -760,7 +776,7 @@ func (p *Plugin) readCtx(parent context.Context) (context.Context, context.Cance
 	if !p.ctxTimeout {
 		return parent, noCancel
 	}
-	return context.WithTimeout(parent, p.cfg.Timeout)
+	return context.WithTimeoutCause(parent, p.cfg.Timeout, errOwnTimeout)
 }
 
 // ttlMillis is the model's TTL with jitter, in milliseconds.

@@ -2,12 +2,11 @@ package writethrough_test
 
 import (
 	"context"
-	"errors"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
-	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"gorm.io/gorm"
@@ -113,6 +112,25 @@ func cachedReadsAgree[T any](t *testing.T, tw *twin, ids ...any) {
 	assert.Equal(t, before, tw.cachedSQL.Load(), "second pass of cached reads must be served from Redis")
 }
 
+// reset empties the twin's tables on both sides and its keys in Redis, so
+// that one twin serves many cases.
+func (tw *twin) reset(t testing.TB) {
+	t.Helper()
+	for _, db := range []*gorm.DB{tw.plain, tw.cached} {
+		var tables []string
+		for _, m := range tw.models {
+			tables = append(tables, `"`+tw.schema(t, db, m).Table+`"`)
+		}
+		require.NoError(t, db.Exec("TRUNCATE "+strings.Join(tables, ", ")+" RESTART IDENTITY CASCADE").Error)
+	}
+	ctx := context.Background()
+	iter := tw.rdb.Scan(ctx, 0, tw.prefix+":*", 1000).Iterator()
+	for iter.Next(ctx) {
+		require.NoError(t, tw.rdb.Del(ctx, iter.Val()).Err())
+	}
+	require.NoError(t, iter.Err())
+}
+
 func currentSchema(t testing.TB, db *gorm.DB) string {
 	var s string
 	require.NoError(t, db.Raw("SELECT current_schema()").Scan(&s).Error)
@@ -188,15 +206,18 @@ func TestWritesNamingACachedTableKeepTheCache(t *testing.T) {
 		}},
 	}
 	bothTxModes(t, func(t *testing.T, gcfg func() *gorm.Config) {
+		tw := newTwin(t, twinOpts{models: []any{&KAccount{}}, gorm: gcfg})
+		for _, db := range []*gorm.DB{tw.plain, tw.cached} {
+			other := currentSchema(t, db) + "_o"
+			require.NoError(t, db.Exec("CREATE SCHEMA "+other).Error)
+			t.Cleanup(func() { _ = db.Exec("DROP SCHEMA " + other + " CASCADE").Error })
+			require.NoError(t, db.Exec("CREATE TABLE "+other+".k_accounts (id bigint primary key, owner text, balance bigint)").Error)
+			require.NoError(t, db.Exec("INSERT INTO "+other+".k_accounts VALUES (1, 'x', 0)").Error)
+		}
 		for _, tc := range cases {
 			t.Run(tc.name, func(t *testing.T) {
-				tw := newTwin(t, twinOpts{models: []any{&KAccount{}}, gorm: gcfg})
+				tw.reset(t)
 				for _, db := range []*gorm.DB{tw.plain, tw.cached} {
-					other := currentSchema(t, db) + "_o"
-					require.NoError(t, db.Exec("CREATE SCHEMA "+other).Error)
-					t.Cleanup(func() { _ = db.Exec("DROP SCHEMA " + other + " CASCADE").Error })
-					require.NoError(t, db.Exec("CREATE TABLE "+other+".k_accounts (id bigint primary key, owner text, balance bigint)").Error)
-					require.NoError(t, db.Exec("INSERT INTO "+other+".k_accounts VALUES (1, 'x', 0)").Error)
 					require.NoError(t, db.Create(&[]KAccount{{ID: 1, Owner: "a"}, {ID: 2, Owner: "b"}, {ID: 3, Owner: "b"}}).Error)
 				}
 				cachedReadsAgree[KAccount](t, tw, 1, 2, 3, 4, 5) // 4 and 5 are "not found" in the cache
@@ -307,9 +328,10 @@ func TestPrimaryKeyChangeMovesTheCachedRow(t *testing.T) {
 		}},
 	}
 	bothTxModes(t, func(t *testing.T, gcfg func() *gorm.Config) {
+		tw := newTwin(t, twinOpts{models: []any{&KProduct{}}, gorm: gcfg})
 		for _, tc := range cases {
 			t.Run(tc.name, func(t *testing.T) {
-				tw := newTwin(t, twinOpts{models: []any{&KProduct{}}, gorm: gcfg})
+				tw.reset(t)
 				for _, db := range []*gorm.DB{tw.plain, tw.cached} {
 					require.NoError(t, db.Create(&[]KProduct{{SKU: "A", Code: "ca"}, {SKU: "B", Code: "cb"}}).Error)
 				}
@@ -366,9 +388,10 @@ func TestPrimaryKeyChangesThatCannotBeNamedAreRefused(t *testing.T) {
 		}},
 	}
 	bothTxModes(t, func(t *testing.T, gcfg func() *gorm.Config) {
+		tw := newTwin(t, twinOpts{models: []any{&KProduct{}}, gorm: gcfg})
 		for _, tc := range cases {
 			t.Run(tc.name, func(t *testing.T) {
-				tw := newTwin(t, twinOpts{models: []any{&KProduct{}}, gorm: gcfg})
+				tw.reset(t)
 				require.NoError(t, tw.cached.Create(&[]KProduct{{SKU: "A", Code: "ca"}, {SKU: "B", Code: "cb"}}).Error)
 				for _, id := range []string{"A", "B", "NEW"} {
 					_ = tw.cached.Scopes(writethrough.Cached).First(&KProduct{}, "sku = ?", id).Error
@@ -541,9 +564,10 @@ func TestForeignKeyActionsInvalidateCachedChildren(t *testing.T) {
 		}},
 	}
 	bothTxModes(t, func(t *testing.T, gcfg func() *gorm.Config) {
+		tw := newTwin(t, twinOpts{models: []any{&KOrg{}, &KTeam{}, &KMember{}, &KLead{}, &KBadge{}}, gorm: gcfg})
 		for _, tc := range cases {
 			t.Run(tc.name, func(t *testing.T) {
-				tw := newTwin(t, twinOpts{models: []any{&KOrg{}, &KTeam{}, &KMember{}, &KLead{}, &KBadge{}}, gorm: gcfg})
+				tw.reset(t)
 				seedTree(t, tw.plain)
 				seedTree(t, tw.cached)
 				readTree(t, tw)
@@ -555,7 +579,3 @@ func TestForeignKeyActionsInvalidateCachedChildren(t *testing.T) {
 		}
 	})
 }
-
-var _ = context.Background
-var _ = errors.Is
-var _ = redis.Nil

@@ -14,6 +14,15 @@ import (
 // a write in flight is marked so that it is deleted, not installed, when the
 // write ends. The returned error wraps ErrCacheUnavailable when Redis fails.
 //
+// Called with a transaction (the tx of db.Transaction or db.Begin), it
+// invalidates at the transaction's end rather than at once: the keys stay
+// pending until then, so that no reader fills them with the rows the
+// transaction is replacing, and are deleted after COMMIT (and after
+// ROLLBACK). When Redis fails, a Strict model's Invalidate returns the error
+// and the transaction's Commit rolls back instead; a Soft model's keys are
+// recorded in the outbox in the same transaction and Invalidate returns nil
+// (an error when the outbox is disabled).
+//
 // For a composite primary key pass model values with the key set, or one
 // []any per row holding the key columns in schema order. Keys are values,
 // never SQL; one that does not fit the primary key gives an error wrapping
@@ -67,7 +76,67 @@ func Invalidate(db *gorm.DB, model any, keys ...any) error {
 	for _, t := range append(targets, more...) {
 		rkeys = append(rkeys, t.key)
 	}
+	if tx, inTx := txOf(db.Statement.ConnPool); inTx {
+		keys := make([]specKey, len(rkeys))
+		for i, k := range rkeys {
+			keys[i] = specKey{spec: spec, key: k}
+		}
+		if tx == nil {
+			return p.pendForeign(ctx, keys, "invalidate")
+		}
+		return p.stageInvalidations(db, tx, keys, "invalidate")
+	}
 	return p.invalidateKeys(ctx, rkeys)
+}
+
+// stageInvalidations makes keys pending in tx with no row: they are deleted
+// when tx ends, committed or rolled back, and no reader fills them before.
+// A key Redis refused fails the call and the transaction (Strict), or is
+// recorded in the outbox in the same transaction (Soft).
+func (p *Plugin) stageInvalidations(db *gorm.DB, tx *hookTx, keys []specKey, what string) error {
+	if len(keys) == 0 {
+		return nil
+	}
+	entries := make([]*staged, len(keys))
+	calls := make([]*call, len(keys))
+	for i, k := range keys {
+		entries[i] = tx.stage(k.spec, k.key)
+		calls[i] = p.prepareCall(k.spec, tx.token, k.key, 0, nil)
+	}
+	ctx, cancel := p.opCtx(db.Statement.Context)
+	defer cancel()
+	p.run(ctx, calls)
+	var failed []string
+	var strictErr error
+	for i, c := range calls {
+		p.stats.prepares.Add(1)
+		p.stats.invalidations.Add(1)
+		p.flights.Forget(c.key)
+		err := prepareErr(c)
+		if err == nil {
+			continue
+		}
+		p.stats.prepareErrors.Add(1)
+		err = unavailable(what, err)
+		strict := keys[i].spec.mode == Strict
+		already := tx.markFailed(entries[i], strict, err)
+		switch {
+		case strict:
+			if strictErr == nil {
+				strictErr = err
+			}
+		case !already:
+			p.logf("writethrough: prepare failed; the key goes to the outbox", "key", c.key, "err", err)
+			failed = append(failed, c.key)
+		}
+	}
+	if strictErr != nil {
+		return strictErr
+	}
+	if len(failed) > 0 && (p.cfg.DisableOutbox || p.db == nil) {
+		return unavailable(what, fmt.Errorf("%d keys not invalidated and no outbox", len(failed)))
+	}
+	return p.record(db, failed)
 }
 
 func (p *Plugin) invalidateKeys(ctx context.Context, keys []string) error {

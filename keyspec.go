@@ -80,7 +80,19 @@ func (p *Plugin) specOf(sch *schema.Schema) (*modelSpec, error) {
 		return e.(*specEntry).spec, e.(*specEntry).err
 	}
 	spec, err := p.buildSpec(sch)
-	e, _ := p.specs.LoadOrStore(sch.ModelType, &specEntry{spec: spec, err: err})
+	e, loaded := p.specs.LoadOrStore(sch.ModelType, &specEntry{spec: spec, err: err})
+	if !loaded {
+		// Writes that name the table rather than the model, and the
+		// foreign keys that cascade from or to it (tables.go, cascade.go).
+		if spec != nil {
+			p.indexTable(spec)
+		}
+		for _, s := range p.noteSchema(sch) {
+			if s != sch {
+				_, _ = p.specOf(s) // index the cached models it reaches
+			}
+		}
+	}
 	return e.(*specEntry).spec, e.(*specEntry).err
 }
 

@@ -13,6 +13,7 @@ import (
 	"github.com/redis/go-redis/v9"
 	"golang.org/x/sync/singleflight"
 	"gorm.io/gorm"
+	"gorm.io/gorm/schema"
 )
 
 // Mode says what a write does when Redis cannot take part in it.
@@ -105,6 +106,11 @@ type Config struct {
 	CacheReads bool
 	// Models are checked when the plugin is registered, so that a malformed
 	// cache tag fails db.Use instead of the first statement on the model.
+	// The plugin also learns their tables and foreign keys then: a write
+	// that names a cached model's table without the model
+	// (db.Table("accounts")), or a delete whose foreign keys cascade to a
+	// cached model, is recognised only for models the plugin has seen
+	// (listed here, or used by a statement before).
 	Models []any
 	// Logger receives reports of cache trouble that does not fail the
 	// statement (a Redis error on a read, a failed finalize). Nil is silent.
@@ -209,6 +215,13 @@ type Plugin struct {
 	scripts *scriptSet
 
 	specs sync.Map // reflect.Type -> *specEntry
+
+	tablesMu sync.Mutex              // protects tables
+	tables   map[string][]*modelSpec // relation name -> cached models on it (tables.go)
+
+	cascMu   sync.Mutex               // protects cascSeen and cascades
+	cascSeen map[*schema.Schema]bool  // schemas whose relations are recorded
+	cascades map[string][]cascadeRule // parent table -> foreign keys onto it with actions (cascade.go)
 
 	flights singleflight.Group
 	readSeq atomic.Uint64 // orders a flight's database read against its followers' arrival

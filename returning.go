@@ -57,6 +57,10 @@ func (r *returningPool) keyColumns(aliased bool) string {
 			b.WriteByte(',')
 		}
 		c := clause.Column{Table: clause.CurrentTable, Name: f.DBName}
+		if r.st.Table == "" {
+			// db.Table(`"t" a`): GORM finds no name to qualify with.
+			c.Table = ""
+		}
 		if aliased {
 			c.Alias = keyAlias(i)
 		}

@@ -278,6 +278,16 @@ func (t *hookTx) markFailed(e *staged, strict bool, err error) (already bool) {
 	return already
 }
 
+// fail makes Commit roll back and return err: the transaction wrote rows
+// whose keys the plugin could not name.
+func (t *hookTx) fail(err error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.strictErr == nil {
+		t.strictErr = err
+	}
+}
+
 // sniff follows SAVEPOINT, ROLLBACK TO SAVEPOINT and RELEASE SAVEPOINT.
 func (t *hookTx) sniff(query string) {
 	q := strings.TrimSpace(query)

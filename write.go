@@ -9,6 +9,7 @@ import (
 
 	"gorm.io/gorm"
 	"gorm.io/gorm/clause"
+	"gorm.io/gorm/schema"
 )
 
 // The write protocol (docs/design.md, "Writes"):
@@ -40,11 +41,19 @@ const stateKey = "writethrough:write"
 // writeState carries one statement's bookkeeping from the before to the
 // after callback.
 type writeState struct {
+	spec   *modelSpec      // the cached model whose table the statement writes (nil: none)
 	ret    *returningPool  // a bulk statement's key capture (nil otherwise)
 	canon  []target        // canonical keys: other spellings of the rows named (loose keys)
 	token  string          // writer token without a transaction
 	early  map[string]bool // keys made pending before the statement (no transaction)
 	failed []string        // keys whose early prepare failed (Soft): outbox after the write
+
+	moved   []target // keys the rows had before an update that assigns their primary key
+	renamed []target // keys those rows have after it (keychange.go)
+
+	cascaded       []string // keys of rows a foreign-key action changes, pending under token (no transaction)
+	cascadeFailed  []string // of those, keys Redis missed (Soft): outbox after the write
+	cascadeParents int      // parent rows locked to find them; -1 when nothing cascades (cascade.go)
 }
 
 // target is one row a statement wrote.
@@ -53,6 +62,7 @@ type target struct {
 	pk     []any
 	intent int    // pendHasRow, pendDelete, or 0 (invalidate only)
 	row    []byte // encoded row for pendHasRow
+	moved  bool   // the key the row had before its primary key was assigned
 }
 
 func (p *Plugin) beforeWrite(kind writeKind) func(*gorm.DB) {
@@ -62,18 +72,65 @@ func (p *Plugin) beforeWrite(kind writeKind) func(*gorm.DB) {
 			return
 		}
 		p.ensureDrainer()
-		spec, err := p.specOf(db.Statement.Schema)
+		own, err := p.specOf(db.Statement.Schema)
 		if err != nil {
 			_ = db.AddError(err)
 			return
 		}
-		if spec == nil || !sameTable(db, spec) {
+		// The table the statement writes, which may be a cached model's
+		// even when the statement's model is not (tables.go).
+		spec, err := p.writtenSpec(db, own)
+		if err != nil {
+			_ = db.AddError(err)
+			return
+		}
+		// Rows that foreign-key actions will change (cascade.go), whether
+		// or not the statement's own model is cached.
+		cascaded, parents, err := p.cascadeTargets(db, kind)
+		if err != nil {
+			_ = db.AddError(err)
+			return
+		}
+		if spec == nil && parents < 0 {
+			return
+		}
+		ws := &writeState{spec: spec, cascadeParents: parents}
+		db.InstanceSet(stateKey, ws)
+		if err := p.stageCascade(db, ws, cascaded); err != nil {
+			_ = db.AddError(err)
+			return
+		}
+		if spec == nil {
 			return
 		}
 		p.resolveKeys(db, spec)
-		ws := &writeState{}
-		db.InstanceSet(stateKey, ws)
-		targets := p.targetsOf(db, spec)
+		targets := p.writtenRows(db, spec, kind)
+		switch kind {
+		case kindUpdate:
+			// A primary-key change: name the keys before and after.
+			renamed, err := p.movedTargets(db, spec, targets)
+			if err != nil {
+				_ = db.AddError(err)
+				return
+			}
+			if len(renamed) > 0 {
+				for _, t := range targets {
+					t.moved = true
+					ws.moved = append(ws.moved, t)
+				}
+				ws.renamed = renamed
+				targets = append(targets, renamed...)
+			}
+		case kindCreate:
+			if err := upsertMovesKey(db.Statement, spec); err != nil {
+				_ = db.AddError(err)
+				return
+			}
+			if err := createNamesRows(db.Statement, spec, targets); err != nil {
+				_ = db.AddError(err)
+				return
+			}
+		}
 		// canonical keys (canon.go): a loose key may name its row under
 		// another spelling; learn the row's own key before the statement.
 		if kind != kindCreate {
@@ -97,7 +154,9 @@ func (p *Plugin) beforeWrite(kind writeKind) func(*gorm.DB) {
 		}
 		// No transaction: make the keys pending before the statement, so that
 		// no reader fills them while it runs.
-		ws.token = newToken()
+		if ws.token == "" {
+			ws.token = newToken()
+		}
 		ws.early = make(map[string]bool, len(targets))
 		calls := make([]*call, len(targets))
 		for i, t := range targets {
@@ -135,18 +194,22 @@ func (p *Plugin) afterWrite(kind writeKind) func(*gorm.DB) {
 			return
 		}
 		restoreReturning(db)
-		spec, _ := p.specOf(db.Statement.Schema)
-		if spec == nil || db.DryRun {
+		if db.DryRun {
 			return
 		}
 		tx, inTx := txOf(db.Statement.ConnPool)
+		p.endCascade(db, ws, tx, inTx)
+		spec := ws.spec
+		if spec == nil {
+			return
+		}
 		if db.Error != nil {
 			if !inTx && len(ws.early) > 0 {
 				p.releaseEarly(db.Statement.Context, spec, ws)
 			}
 			return
 		}
-		targets := p.targetsOf(db, spec)
+		targets := p.writtenRows(db, spec, kind)
 		affected := db.RowsAffected
 		if r := ws.ret; r != nil {
 			if !r.ran && db.RowsAffected > 0 {
@@ -171,7 +234,12 @@ func (p *Plugin) afterWrite(kind writeKind) func(*gorm.DB) {
 			}
 			ws.canon = more
 		}
-		targets = dedupe(append(targets, ws.canon...)) // canonical keys
+		// A primary-key change: the new keys, then the old ones (moved), so
+		// that a key named both ways counts as the row's.
+		targets = append(targets, ws.renamed...)
+		targets = append(targets, ws.moved...)
+		targets = append(targets, ws.canon...) // canonical keys
+		targets = dedupe(targets)
 		switch {
 		case tx != nil:
 			p.stageTx(db, spec, kind, tx, targets, affected)
@@ -180,6 +248,36 @@ func (p *Plugin) afterWrite(kind writeKind) func(*gorm.DB) {
 		default:
 			p.stageAutocommit(db, spec, kind, ws, targets)
 		}
+	}
+}
+
+// endCascade finishes what a statement's foreign-key actions staged: a
+// statement that wrote more parent rows than were locked fails (their
+// children were not named); without a transaction the pending child keys
+// are deleted now.
+func (p *Plugin) endCascade(db *gorm.DB, ws *writeState, tx *hookTx, inTx bool) {
+	if ws.cascadeParents >= 0 && db.Error == nil && db.RowsAffected > int64(ws.cascadeParents) {
+		err := fmt.Errorf("%w: the statement wrote %d rows of %s but locked %d to find the rows its foreign keys cascade to (rows began to match meanwhile); retry",
+			ErrUnsupported, db.RowsAffected, db.Statement.Table, ws.cascadeParents)
+		if inTx {
+			_ = db.AddError(err)
+			if tx != nil {
+				tx.fail(err)
+			}
+		} else {
+			p.logf("writethrough: cascaded rows may stay cached until their TTL", "err", err)
+		}
+	}
+	if inTx {
+		return
+	}
+	if len(ws.cascaded) > 0 {
+		ctx, cancel := p.opCtx(db.Statement.Context)
+		p.releaseKeys(ctx, ws.token, ws.cascaded)
+		cancel()
+	}
+	if db.Error == nil {
+		p.recordAfterCommit(db.Statement.Context, ws.cascadeFailed)
 	}
 }
 
@@ -244,18 +342,37 @@ func sameTable(db *gorm.DB, spec *modelSpec) bool {
 	return st.TableExpr == nil && (st.Table == "" || st.Table == spec.sch.Table)
 }
 
+// writtenRows is targetsOf for a statement of kind: the map of an update or a
+// delete without a model (db.Table("t").Updates(map...)) is what it
+// assigns, not a row.
+func (p *Plugin) writtenRows(db *gorm.DB, spec *modelSpec, kind writeKind) []target {
+	if kind != kindCreate && db.Statement.Schema == nil {
+		return nil
+	}
+	return p.targetsOf(db, spec)
+}
+
 // targetsOf returns the rows named by the statement's model or destination:
 // a struct, a slice of structs, or maps (Create with a map).
 func (p *Plugin) targetsOf(db *gorm.DB, spec *modelSpec) []target {
 	st := db.Statement
-	ts := p.targetsIn(st.Context, spec, st.ReflectValue)
+	var other *schema.Schema // a struct of another type written into spec's table
+	if st.Schema != nil && st.Schema.ModelType != spec.sch.ModelType {
+		other = st.Schema
+	}
+	ts := p.targetsInAs(st.Context, spec, other, st.ReflectValue)
 	if len(ts) == 0 && st.Model != nil && !sameValue(st.Model, st.Dest) {
-		ts = p.targetsIn(st.Context, spec, reflect.ValueOf(st.Model))
+		ts = p.targetsInAs(st.Context, spec, other, reflect.ValueOf(st.Model))
 	}
 	return ts
 }
 
 func (p *Plugin) targetsIn(ctx context.Context, spec *modelSpec, rv reflect.Value) []target {
+	return p.targetsInAs(ctx, spec, nil, rv)
+}
+
+// targetsInAs is targetsIn for rows that may be structs of other's type.
+func (p *Plugin) targetsInAs(ctx context.Context, spec *modelSpec, other *schema.Schema, rv reflect.Value) []target {
 	for rv.IsValid() && (rv.Kind() == reflect.Pointer || rv.Kind() == reflect.Interface) {
 		if rv.IsNil() {
 			return nil
@@ -282,6 +399,26 @@ func (p *Plugin) targetsIn(ctx context.Context, spec *modelSpec, rv reflect.Valu
 					return
 				}
 				pk[i] = val
+			}
+			out = append(out, target{key: spec.keyFromValues(pk), pk: pk})
+		case v.Kind() == reflect.Struct && other != nil && v.Type() == other.ModelType:
+			// A struct of another type written into the model's table:
+			// its key columns, converted as GORM converts them.
+			fields := fieldsByColumn(spec, other)
+			if fields == nil {
+				return
+			}
+			pk := make([]any, len(spec.pks))
+			for i, f := range fields {
+				val, zero := f.ValueOf(ctx, v)
+				if zero {
+					return
+				}
+				n, ok := spec.normalize(ctx, spec.pks[i], val)
+				if !ok {
+					return
+				}
+				pk[i] = n
 			}
 			out = append(out, target{key: spec.keyFromValues(pk), pk: pk})
 		case v.Kind() == reflect.Map && v.Type().Key().Kind() == reflect.String:
@@ -433,7 +570,7 @@ func (p *Plugin) stageTx(db *gorm.DB, spec *modelSpec, kind writeKind, tx *hookT
 			targets[i].intent, targets[i].row = 0, nil
 		}
 	}
-	if affected < int64(len(targets)) {
+	if affected < int64(namedRows(targets)) {
 		// The statement missed some rows, so it holds no lock on them: what
 		// the re-read saw there may be overtaken before this prepares (a
 		// concurrent insert). Invalidate, never install.

@@ -41,32 +41,32 @@ var (
 	diffEvery  = flag.Int("diff.every", 25, "TestDifferential: compare rows and Redis after this many calls")
 )
 
-// diffDefaultSkip lists the forms left out by default, each with the item of
-// issue 9 whose fix it waits for. It should be empty.
-var diffDefaultSkip = map[string]string{}
+// diffDefaultSkip lists the forms and variants left out by default, each
+// with the item of issue 9 whose fix it waits for. It should be empty.
+var diffDefaultSkip = map[string]string{
+	"get":         "item 2: Get with a string key runs it as SQL when the cache misses",
+	"uuid-upper":  "item 4: a UUID key in upper case names another Redis key",
+	"uuid-braces": "item 4: a UUID key in braces names another Redis key",
+	"table-write": "item 5: db.Table(name) writes leave the cached row stale",
+	"pk-change":   "item 6: a primary-key change leaves the old key's row in Redis",
+}
 
 // --- models: a shop and a bank ---
 
 // dfCustomer is a shop customer: gorm.Model's columns (soft delete), orders
 // (has many) and tags (many2many with an untagged model).
 type dfCustomer struct {
-	ID        uint `gorm:"primaryKey" cache:"ttl:10m"`
-	CreatedAt time.Time
-	UpdatedAt time.Time
-	DeletedAt gorm.DeletedAt `gorm:"index"`
-	Name      string
-	Email     string
-	Tier      int
-	Orders    []dfOrder `gorm:"foreignKey:CustomerID"`
-	Tags      []dfTag   `gorm:"many2many:df_customer_tags"`
+	gorm.Model `cache:"ttl:10m"`
+	Name       string
+	Email      string
+	Tier       int
+	Orders     []dfOrder `gorm:"foreignKey:CustomerID"`
+	Tags       []dfTag   `gorm:"many2many:df_customer_tags"`
 }
 
 // dfOrder belongs to a customer and has lines.
 type dfOrder struct {
-	ID         uint `gorm:"primaryKey" cache:"ttl:10m"`
-	CreatedAt  time.Time
-	UpdatedAt  time.Time
-	DeletedAt  gorm.DeletedAt `gorm:"index"`
+	gorm.Model `cache:"ttl:10m"`
 	CustomerID uint
 	Customer   *dfCustomer
 	Status     string
@@ -594,7 +594,7 @@ func genUpdate(g *dfGen) dfOp {
 	default:
 		id, st := g.id("order"), g.status()
 		return dfOp{desc: fmt.Sprintf("Model(&dfOrder{ID: %d}).Updates(dfOrder{Status: %q})", id, st), run: func(db *gorm.DB, s *dfSide) any {
-			x := dfOrder{ID: uint(id)}
+			x := dfOrder{Model: gorm.Model{ID: uint(id)}}
 			return dfResult(db.Model(&x).Updates(dfOrder{Status: st}), x)
 		}}
 	}
@@ -694,7 +694,7 @@ func genDeleteKey(g *dfGen) dfOp {
 	case 1:
 		id := g.id("customer")
 		return dfOp{desc: fmt.Sprintf("Delete(&dfCustomer{ID: %d}) (soft)", id), run: func(db *gorm.DB, s *dfSide) any {
-			x := dfCustomer{ID: uint(id)}
+			x := dfCustomer{Model: gorm.Model{ID: uint(id)}}
 			return dfResult(db.Delete(&x), x)
 		}}
 	case 2:

@@ -13,6 +13,9 @@ MODULES := . $(patsubst %/go.mod,%,$(wildcard examples/go.mod bench/go.mod))
 # Soak test knobs: make soak DURATION=1h CLIENTS=64
 DURATION ?= 10m
 CLIENTS ?= 32
+# GORM's own test suite, from a go-gorm/gorm checkout at the version in go.mod:
+# make gorm-suite GORM_SRC=../gorm [MODES="plain cached"]
+GORM_SRC ?=
 # Extra arguments for demo-balances: make demo-balances ARGS="-duration 5s -plot stale.svg"
 ARGS ?=
 
@@ -57,6 +60,10 @@ bench: services ## Print the comparison table (bench/cmd/benchtable)
 .PHONY: soak
 soak: services ## Run the soak test (DURATION=10m CLIENTS=32)
 	$(GO) test -v -run TestSoak -timeout 0 -count=1 . -args -soak.duration=$(DURATION) -soak.clients=$(CLIENTS)
+
+.PHONY: gorm-suite
+gorm-suite: services ## Run GORM's test suite with and without the plugin (GORM_SRC=dir)
+	@GORM_SRC="$(GORM_SRC)" GO="$(GO)" bash scripts/gorm-suite.sh
 
 .PHONY: lint
 lint: ## Fail on unformatted files, then go vet every module

@@ -38,7 +38,8 @@ func (s BreakerState) String() string {
 }
 
 // errBreakerOpen is what a call gets while the breaker is open.
-var errBreakerOpen = errors.New("circuit breaker open")
+var errBreakerOpen = errors.New("circuit breaker open: Redis failed Config.BreakerThreshold times in a row; " +
+	"the plugin calls it again after Config.BreakerCooldown")
 
 type breaker struct {
 	threshold int // consecutive failures that open it; 0 disables the breaker

@@ -4,8 +4,12 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 
 	"gorm.io/gorm"
 	"gorm.io/gorm/clause"
@@ -29,11 +33,11 @@ type bkOwner struct {
 	Company   *bkCompany
 	ManagerID *uint
 	Manager   *bkOwner
-	Profile   *bkProfile    `gorm:"foreignKey:OwnerID"`
-	Accounts  []*bkAccount  `gorm:"foreignKey:OwnerID"`
-	Langs     []bkLang      `gorm:"many2many:bk_owner_langs"`
-	Tags      []bkTag       `gorm:"many2many:bk_owner_tags"`
-	Toys      []bkToy       `gorm:"polymorphic:Holder"`
+	Profile   *bkProfile   `gorm:"foreignKey:OwnerID"`
+	Accounts  []*bkAccount `gorm:"foreignKey:OwnerID"`
+	Langs     []bkLang     `gorm:"many2many:bk_owner_langs"`
+	Tags      []bkTag      `gorm:"many2many:bk_owner_tags"`
+	Toys      []bkToy      `gorm:"polymorphic:Holder"`
 	UpdatedAt time.Time
 	mark      int `gorm:"-"`
 }
@@ -61,8 +65,9 @@ type bkLang struct {
 }
 
 type bkTag struct {
-	ID   uint `gorm:"primaryKey" cache:"ttl:10m"`
-	Name string
+	ID   uint   `gorm:"primaryKey" cache:"ttl:10m"`
+	Name string `gorm:"uniqueIndex"`
+	Uses int
 }
 
 // bkOwnerTag is a tagged join table.
@@ -147,7 +152,10 @@ func (n *bkNote) AfterUpdate(*gorm.DB) error  { bkRec("AfterUpdate", n.desc()); 
 func (n *bkNote) BeforeDelete(*gorm.DB) error { bkRec("BeforeDelete", n.desc()); return nil }
 func (n *bkNote) AfterDelete(*gorm.DB) error  { bkRec("AfterDelete", n.desc()); return nil }
 
-func (t *bkTag) AfterCreate(*gorm.DB) error { bkRec("AfterCreate", fmt.Sprintf("tag{id=%d name=%q}", t.ID, t.Name)); return nil }
+func (t *bkTag) AfterCreate(*gorm.DB) error {
+	bkRec("AfterCreate", fmt.Sprintf("tag{id=%d name=%q}", t.ID, t.Name))
+	return nil
+}
 
 var bkModels = []any{&bkCompany{}, &bkOwner{}, &bkProfile{}, &bkAccount{}, &bkLang{}, &bkTag{}, &bkOwnerTag{}, &bkToy{}, &bkNote{}}
 
@@ -565,4 +573,38 @@ func TestGenericAssociationUpdateReachesTheCache(t *testing.T) {
 			bkCheck(t, tw)
 		}
 	})
+}
+
+// An upsert whose conflict is on another column than the key updates a row
+// that existed before, under a key nobody knew the statement would write.
+// Without a transaction nothing orders its re-read against another writer:
+// the key must be invalidated, not installed.
+func TestAutocommitUpsertOnAnotherColumnInvalidates(t *testing.T) {
+	tw := newTwin(t, twinOpts{
+		models: bkModels,
+		gorm:   func() *gorm.Config { return &gorm.Config{SkipDefaultTransaction: true} },
+		setup:  func(db *gorm.DB) error { return db.SetupJoinTable(&bkOwner{}, "Tags", &bkOwnerTag{}) },
+	})
+	tw.same(t, "seed", func(db *gorm.DB) any { return bkRes(db.Create(&bkTag{Name: "u1"}), nil) })
+	bkCheck(t, tw)
+
+	var fired atomic.Bool
+	writethrough.SetHook(tw.p, func(point, key string) {
+		if point == "write:before-finalize" && strings.HasSuffix(key, ":bk_tags:1") && fired.CompareAndSwap(false, true) {
+			// Another writer updates and finalizes the row between the
+			// upsert's re-read and its finalize.
+			require.NoError(t, tw.cached.Model(&bkTag{ID: 1}).Update("uses", 100).Error)
+		}
+	})
+	upsert := clause.OnConflict{Columns: []clause.Column{{Name: "name"}},
+		DoUpdates: clause.Assignments(map[string]any{"uses": gorm.Expr("bk_tags.uses + 1")})}
+	tg := bkTag{Name: "u1"}
+	require.NoError(t, tw.cached.Clauses(upsert).Create(&tg).Error)
+	assert.Equal(t, uint(1), tg.ID)
+	assert.True(t, fired.Load())
+	writethrough.SetHook(tw.p, nil)
+	tw.settled(t)
+	var got bkTag
+	require.NoError(t, tw.cached.Scopes(writethrough.Cached).First(&got, 1).Error)
+	assert.Equal(t, 100, got.Uses)
 }

@@ -59,6 +59,11 @@ var (
 	// errDecodePanic marks a corrupt row whose decoding panicked (and was
 	// recovered): always a decoder bug, which the fuzz tests look for.
 	errDecodePanic = errors.New("decoder panicked")
+	// errNoRoundTrip: a row whose decoding would not give back the row as
+	// the database read gave it (a Scan that does not accept its own
+	// Value, a Scan(nil) whose Value is not nil, state msgpack cannot
+	// see). The row is not cached; reads of it go to the database.
+	errNoRoundTrip = errors.New("writethrough: column does not survive the cache's encoding")
 )
 
 type entry struct {
@@ -110,7 +115,15 @@ var nilCtx = context.Background()
 type rowCodec struct {
 	fields []fieldCodec
 	fp     string // 8-byte schema fingerprint
+	typ    reflect.Type
 }
+
+// codecRevision is part of every schema fingerprint. It changes when the
+// encoding of some Go type changes, or when rows an older build cached may
+// not decode to what the database holds, so that those entries are misses.
+// Revision 2: rows are checked to round-trip before they are stored; a
+// revision 1 entry may hold a row that decodes to another value.
+const codecRevision = 2
 
 type fieldCodec struct {
 	f   *schema.Field
@@ -120,9 +133,9 @@ type fieldCodec struct {
 }
 
 func newRowCodec(sch *schema.Schema) (*rowCodec, error) {
-	c := &rowCodec{}
+	c := &rowCodec{typ: sch.ModelType}
 	h := fnv.New64a()
-	fmt.Fprintf(h, "wt-row-%d|%s|", formatVersion, sch.Table)
+	fmt.Fprintf(h, "wt-row-%d.%d|%s|", formatVersion, codecRevision, sch.Table)
 	for _, f := range sch.Fields {
 		if f.DBName == "" {
 			continue
@@ -173,14 +186,54 @@ var decPool = sync.Pool{New: func() any {
 }}
 
 // appendRow encodes the row held in rv (an addressable struct of the model
-// type) and appends it to dst.
-func (c *rowCodec) appendRow(dst []byte, rv reflect.Value) (out []byte, err error) {
+// type, as GORM scanned it from the database) and appends it to dst. It
+// then decodes what it encoded and returns an error wrapping errNoRoundTrip
+// unless every column comes back deeply equal to rv's: a cache hit must give
+// exactly what a database read gives. Types with Value and Scan methods are
+// stored as their Value and restored with Scan, and nothing else promises
+// that Scan(Value()) is the value scanned from the database (a Scan that
+// accepts nil while Value never returns nil, a Value of a type Scan
+// refuses, state outside exported fields).
+func (c *rowCodec) appendRow(dst []byte, rv reflect.Value) ([]byte, error) {
+	start := len(dst)
+	out, err := c.encodeRow(dst, rv)
+	if err != nil {
+		return nil, err
+	}
+	back := reflect.New(c.typ).Elem()
+	if err := c.decodeRow(out[start:], back); err != nil {
+		return nil, c.noRoundTrip(rv, "", err)
+	}
+	for i := range c.fields {
+		f := c.fields[i].f
+		a, b := f.ReflectValueOf(nilCtx, rv), f.ReflectValueOf(nilCtx, back)
+		if !reflect.DeepEqual(a.Interface(), b.Interface()) {
+			return nil, c.noRoundTrip(rv, f.Name, nil)
+		}
+	}
+	return out, nil
+}
+
+func (c *rowCodec) noRoundTrip(rv reflect.Value, field string, cause error) error {
+	model := c.typ.Name()
+	if len(c.fields) > 0 {
+		model = c.fields[0].f.Schema.Name
+	}
+	if cause != nil {
+		return fmt.Errorf("%w: model %s: decoding the encoded row fails (%v); the row is read from the database",
+			errNoRoundTrip, model, cause)
+	}
+	return fmt.Errorf("%w: model %s, field %s: decoding gives another value than the database read "+
+		"(does its Scan accept what its Value returns?); the row is read from the database", errNoRoundTrip, model, field)
+}
+
+func (c *rowCodec) encodeRow(dst []byte, rv reflect.Value) (out []byte, err error) {
 	s := encPool.Get().(*encState)
 	defer encPool.Put(s)
 	s.buf.Reset()
 	defer func() {
 		if r := recover(); r != nil {
-			err = fmt.Errorf("writethrough: encode row: %v", r)
+			err = fmt.Errorf("writethrough: encode row of %s: %v", c.typ, r)
 		}
 	}()
 	if err := s.enc.EncodeArrayLen(len(c.fields)); err != nil {
@@ -588,6 +641,14 @@ func decDriver(d *msgpack.Decoder, v reflect.Value) error {
 	dv, err := decDriverValue(d)
 	if err != nil {
 		return err
+	}
+	if dv == nil {
+		// GORM never calls Scan(nil): database/sql stores a NULL in the
+		// pointer GORM scans into, and GORM then leaves the field as it
+		// was, the zero value in a fresh row. A Scan that accepts nil
+		// (marking itself null) must not make a hit differ from that.
+		v.SetZero()
+		return nil
 	}
 	fresh := reflect.New(v.Type())
 	if err := fresh.Interface().(sql.Scanner).Scan(dv); err != nil {

@@ -103,8 +103,10 @@ func fuzzSamples() []fuzzRow {
 	}
 	zoned := at.In(kolkata)
 	s, n := "", int64(-5)
+	// Samples are rows as a database read gives them: a gob column never
+	// scans to a nil map.
 	return []fuzzRow{
-		{},
+		{Gob: map[string]int{}},
 		{
 			ID: 42, I8: -128, I64: -1 << 63, U16: 65535, U64: 1<<64 - 1, F32: 1.5, F64: -2.25,
 			Flag: true, Name: "Ann", Blob: []byte{0, 1, 0xff}, At: at, PI: &n, PS: &s, PT: &zoned,
@@ -116,7 +118,7 @@ func fuzzSamples() []fuzzRow {
 			FuzzAudit: FuzzAudit{Who: "me", When: &at}, Ship: &FuzzAudit{Who: "ship"},
 			DeletedAt: gorm.DeletedAt{Time: time.Date(2020, 1, 1, 0, 0, 0, 0, time.Local), Valid: true},
 		},
-		{ID: 1, Blob: []byte{}, Arr: []string{}, At: time.Date(2024, 1, 1, 0, 0, 0, 0, time.FixedZone("XYZ", -12345))},
+		{ID: 1, Blob: []byte{}, Arr: []string{}, Gob: map[string]int{}, At: time.Date(2024, 1, 1, 0, 0, 0, 0, time.FixedZone("XYZ", -12345))},
 	}
 }
 
@@ -151,7 +153,7 @@ func FuzzDecodeRow(f *testing.F) {
 			}
 			return
 		}
-		b2, err := c.appendRow(nil, reflect.ValueOf(&row).Elem())
+		b2, err := c.encodeRow(nil, reflect.ValueOf(&row).Elem())
 		if err != nil {
 			return // a decoded value its own Valuer refuses (not a decoder fault)
 		}
@@ -159,7 +161,7 @@ func FuzzDecodeRow(f *testing.F) {
 		if err := c.decodeRow(b2, reflect.ValueOf(&row2).Elem()); err != nil {
 			t.Fatalf("the re-encoded row does not decode: %v\n%x", err, b2)
 		}
-		b3, err := c.appendRow(nil, reflect.ValueOf(&row2).Elem())
+		b3, err := c.encodeRow(nil, reflect.ValueOf(&row2).Elem())
 		if err != nil {
 			t.Fatalf("the re-decoded row does not encode: %v", err)
 		}

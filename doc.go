@@ -20,6 +20,11 @@
 //	u, err := writethrough.Get[User](ctx, db, 42)          // a hit without GORM's pipeline
 //	writethrough.Invalidate(db, &User{}, 42)               // for writes GORM never saw
 //
+// [Config.CacheReads] serves every eligible read without the scope (NewDB
+// sessions, gorm.G[T], Preload sub-queries by key included); [CachedDB] is a
+// reusable handle whose statements carry [Cached]. Only reads whose complete
+// condition is a primary-key lookup are served; every other read runs in SQL.
+//
 // Every write GORM makes to a tagged model (Create, Save, Update, Updates,
 // Delete, bulk Where(...).Update/Delete, soft deletes) re-reads the rows it
 // touched inside its transaction and stages them in Redis as "pending";

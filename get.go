@@ -8,6 +8,8 @@ import (
 
 	"github.com/redis/go-redis/v9"
 	"gorm.io/gorm"
+	"gorm.io/gorm/clause"
+	"gorm.io/gorm/schema"
 )
 
 // afterFinder is GORM's AfterFind hook.
@@ -17,76 +19,130 @@ type afterFinder interface {
 
 // Get reads one row of model T by primary key. A hit costs one Redis GET and
 // no GORM statement; a miss, or any key the cache cannot answer, falls back to
-// db.Scopes(Cached).First, with the same leases and promises. A row that does
-// not exist gives an error satisfying errors.Is(err, gorm.ErrRecordNotFound).
-// AfterFind hooks run on hits as they do on database reads.
+// db.Scopes(Cached).Where(pk = key).First, with the same leases and promises.
+// A row that does not exist gives an error satisfying
+// errors.Is(err, gorm.ErrRecordNotFound). AfterFind hooks run on hits as they
+// do on database reads.
 //
-// key is the primary-key value (42, "42", a UUID), or a T or *T with its
-// primary key set (needed for composite keys).
+// key is a value of the primary key (42, "42", a UUID) and never SQL; or a T
+// or *T with its primary key set, or, for a composite key, a []any holding
+// the key columns in schema order. A key that does not fit the primary key
+// (nil, "", 0, "1=1" for an integer key, another type) gives an error
+// wrapping [ErrUnsupported].
+//
+// Get answers exactly as db.Where(pk = key).First(&out) would. Redis serves
+// it only when db carries nothing that could change the answer: conditions,
+// scopes, Unscoped, Table, Select, Omit, Joins, Preload, settings, or an open
+// transaction. Otherwise GORM's query runs with db's conditions.
 func Get[T any](ctx context.Context, db *gorm.DB, key any) (T, error) {
 	var out T
-	p, spec, k, ok, err := fastKey[T](db, key)
+	p, spec, sch, err := fastSpec[T](db)
 	if err != nil {
 		return out, err
 	}
-	if ok && !inTx(db) && !p.suspects.is(k) {
-		c, cancel := p.readCtx(ctx)
-		var raw []byte
-		rerr := errBreakerOpen
-		if p.brk.allow() {
-			raw, rerr = p.rdb.Get(c, k).Bytes()
-			p.brk.record(c, rerr)
+	ks := keySpecOf(spec, sch)
+	if spec != nil && servable(db) {
+		p.resolveKeys(db, spec)
+		k, ok := fastKey[T](ctx, spec, key)
+		if !ok {
+			return out, keyMisfit(ks, key)
 		}
-		cancel()
-		if rerr == nil {
-			switch p.decodeInto(ctx, spec, k, raw, reflect.ValueOf(&out).Elem()) {
-			case lookHit:
-				p.stats.hits.Add(1)
-				return out, afterFind(db, &out)
-			case lookNotFound:
-				p.stats.hits.Add(1)
-				return out, gorm.ErrRecordNotFound
-			}
-			out = *new(T)
-		} else if !errors.Is(rerr, redis.Nil) {
+		if hit, err := p.getFast(ctx, db, spec, k, &out); hit {
+			return out, err
+		}
+		out = *new(T)
+	}
+	vals, err := ks.keyValues(ctx, key, asModel[T])
+	if err != nil {
+		return out, err
+	}
+	q := db.WithContext(ctx)
+	if spec != nil {
+		q = q.Scopes(Cached)
+	}
+	err = q.Where(pkEq(ks, vals)).First(&out).Error
+	return out, err
+}
+
+// getFast answers key from Redis; hit is false when the database must.
+func (p *Plugin) getFast(ctx context.Context, db *gorm.DB, spec *modelSpec, k string, out any) (hit bool, err error) {
+	if p.suspects.is(k) {
+		return false, nil
+	}
+	c, cancel := p.readCtx(ctx)
+	var raw []byte
+	rerr := errBreakerOpen
+	if p.brk.allow() {
+		raw, rerr = p.rdb.Get(c, k).Bytes()
+		p.brk.record(c, rerr)
+	}
+	cancel()
+	if rerr != nil {
+		if !errors.Is(rerr, redis.Nil) {
 			p.stats.redisErrors.Add(1)
 		}
+		return false, nil
 	}
-	q := db.WithContext(ctx).Scopes(Cached)
-	if m, isModel := asModel[T](key); isModel {
-		out = m
-		err = q.First(&out).Error
-	} else {
-		err = q.First(&out, key).Error
+	switch p.decodeInto(ctx, spec, k, raw, reflect.ValueOf(out).Elem()) {
+	case lookHit:
+		p.stats.hits.Add(1)
+		return true, afterFind(db, out)
+	case lookNotFound:
+		p.stats.hits.Add(1)
+		return true, gorm.ErrRecordNotFound
 	}
-	return out, err
+	return false, nil
 }
 
 // GetMany reads the rows of model T with the given primary keys in one Redis
 // round trip, falling back to one SQL query for the keys the cache cannot
-// answer. Rows come back in the order of keys; keys with no row are left out.
+// answer. Rows come back in the order of keys; keys with no row are left out,
+// and a row named twice comes back once. Keys are values, as for [Get]; a
+// key that does not fit the primary key gives an error wrapping
+// [ErrUnsupported]. As with Get, Redis serves only a db that carries no
+// conditions; otherwise one query with db's conditions answers every key.
+//
+// A row that the database matched under another spelling of its key than
+// any key given (a citext key in another case) comes after the others.
 func GetMany[T any](ctx context.Context, db *gorm.DB, keys ...any) ([]T, error) {
-	if len(keys) == 0 {
-		return []T{}, nil
-	}
-	var zero T
-	p, spec, err := fastSpec[T](db)
+	p, spec, sch, err := fastSpec[T](db)
 	if err != nil {
 		return nil, err
 	}
-	if spec == nil || len(spec.pks) != 1 || inTx(db) {
-		var out []T
-		err := db.WithContext(ctx).Scopes(Cached).Find(&out, keys).Error
-		return out, err
-	}
-	rkeys := make([]string, len(keys))
+	ks := keySpecOf(spec, sch)
+	vals := make([][]any, len(keys))
 	for i, k := range keys {
-		rk, ok := spec.lookupKey(ctx, k)
-		if !ok {
-			return nil, fmt.Errorf("%w: key %v does not fit %s's primary key", ErrUnsupported, k, spec.name)
+		if vals[i], err = ks.keyValues(ctx, k, asModel[T]); err != nil {
+			return nil, err
 		}
-		rkeys[i] = rk
 	}
+	if len(keys) == 0 {
+		return []T{}, nil
+	}
+	// One lookup per row, however often it is named.
+	rkeys := make([]string, 0, len(keys))
+	seen := make(map[string]bool, len(keys))
+	uniq := vals[:0]
+	for _, v := range vals {
+		if k := ks.keyFromValues(v); !seen[k] {
+			seen[k] = true
+			rkeys = append(rkeys, k)
+			uniq = append(uniq, v)
+		}
+	}
+	vals = uniq
+	if spec == nil || !servable(db) {
+		q := db.WithContext(ctx)
+		if spec != nil {
+			q = q.Scopes(Cached)
+		}
+		var rows []T
+		if err := q.Where(pkIn(ks, vals)).Find(&rows).Error; err != nil {
+			return nil, err
+		}
+		return inKeyOrder(ctx, ks, rkeys, rows), nil
+	}
+	p.resolveKeys(db, spec)
 	c, cancel := p.readCtx(ctx)
 	var raws [][]byte
 	rerr := p.redisCall(c, func() (err error) {
@@ -98,9 +154,9 @@ func GetMany[T any](ctx context.Context, db *gorm.DB, keys ...any) ([]T, error) 
 		p.stats.redisErrors.Add(1)
 		raws = make([][]byte, len(rkeys))
 	}
-	out := make([]T, len(keys))
-	state := make([]lookup, len(keys))
-	var missing []any
+	out := make([]T, len(rkeys))
+	state := make([]lookup, len(rkeys))
+	var missing [][]any
 	for i, raw := range raws {
 		state[i] = lookEmpty
 		if raw != nil {
@@ -113,86 +169,252 @@ func GetMany[T any](ctx context.Context, db *gorm.DB, keys ...any) ([]T, error) 
 			p.stats.hits.Add(1)
 			continue
 		}
-		out[i] = zero
-		missing = append(missing, keys[i])
+		out[i] = *new(T)
+		missing = append(missing, vals[i])
 	}
-	found := map[string]T{}
+	var rows []T
 	if len(missing) > 0 {
-		var rows []T
-		if err := db.WithContext(ctx).Scopes(Cached).Find(&rows, missing).Error; err != nil {
+		if err := db.WithContext(ctx).Scopes(Cached).Where(pkIn(ks, missing)).Find(&rows).Error; err != nil {
 			return nil, err
 		}
-		for i := range rows {
-			if k, ok := spec.keyOf(ctx, reflect.ValueOf(&rows[i]).Elem()); ok {
-				found[k] = rows[i]
-			}
-		}
 	}
-	res := make([]T, 0, len(keys))
-	seen := make(map[string]bool, len(keys))
 	for i := range out {
-		if seen[rkeys[i]] {
-			continue
-		}
-		seen[rkeys[i]] = true
-		switch state[i] {
-		case lookHit:
+		if state[i] == lookHit {
 			if err := afterFind(db, &out[i]); err != nil {
 				return nil, err
 			}
-			res = append(res, out[i])
-		case lookNotFound:
-		default:
-			if r, ok := found[rkeys[i]]; ok {
-				res = append(res, r)
-			}
 		}
 	}
-	return res, nil
+	merged := make([]T, 0, len(rkeys)+len(rows))
+	for i := range out {
+		if state[i] == lookHit {
+			merged = append(merged, out[i])
+		}
+	}
+	merged = append(merged, rows...)
+	return inKeyOrder(ctx, ks, rkeys, merged), nil
 }
 
-func fastSpec[T any](db *gorm.DB) (*Plugin, *modelSpec, error) {
+// inKeyOrder orders rows as keys are, once each; rows whose key is none of
+// keys (another spelling of a loose key) come last, in the order given.
+func inKeyOrder[T any](ctx context.Context, ks *modelSpec, keys []string, rows []T) []T {
+	byKey := make(map[string]int, len(rows))
+	for i := range rows {
+		k, ok := ks.keyOf(ctx, reflect.ValueOf(&rows[i]).Elem())
+		if !ok {
+			continue
+		}
+		if _, dup := byKey[k]; !dup {
+			byKey[k] = i
+		}
+	}
+	out := make([]T, 0, len(rows))
+	used := make(map[int]bool, len(rows))
+	for _, k := range keys {
+		if i, ok := byKey[k]; ok && !used[i] {
+			used[i] = true
+			out = append(out, rows[i])
+		}
+	}
+	for i := range rows {
+		if used[i] {
+			continue
+		}
+		if k, ok := ks.keyOf(ctx, reflect.ValueOf(&rows[i]).Elem()); ok && byKey[k] != i {
+			continue // a second copy of a row already placed
+		}
+		out = append(out, rows[i])
+	}
+	return out
+}
+
+func fastSpec[T any](db *gorm.DB) (*Plugin, *modelSpec, *schema.Schema, error) {
 	p, err := pluginOf(db)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	t := reflect.TypeFor[T]()
 	if t.Kind() != reflect.Struct {
-		return nil, nil, fmt.Errorf("%w: Get needs a struct model type, not %s", ErrUnsupported, t)
+		return nil, nil, nil, fmt.Errorf("%w: Get needs a struct model type, not %s", ErrUnsupported, t)
 	}
 	spec, err := p.specFor(db, (*T)(nil))
-	return p, spec, err
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	if spec != nil {
+		return p, spec, spec.sch, nil
+	}
+	stmt := &gorm.Statement{DB: db}
+	if err := stmt.Parse((*T)(nil)); err != nil {
+		return nil, nil, nil, fmt.Errorf("writethrough: parse model %s: %w", t, err)
+	}
+	if len(stmt.Schema.PrimaryFields) == 0 {
+		return nil, nil, nil, fmt.Errorf("%w: %s has no primary key", ErrUnsupported, stmt.Schema.Name)
+	}
+	return p, nil, stmt.Schema, nil
 }
 
-// fastKey resolves T's spec and the Redis key of key; ok is false when the
-// fast path cannot answer (model not cached, key not understood).
-func fastKey[T any](db *gorm.DB, key any) (*Plugin, *modelSpec, string, bool, error) {
-	p, spec, err := fastSpec[T](db)
-	if err != nil || spec == nil {
-		return p, spec, "", false, err
+// keySpecOf is the spec that turns keys into values and keys: the model's,
+// or, for a model without the cache tag, one that knows only its key.
+func keySpecOf(spec *modelSpec, sch *schema.Schema) *modelSpec {
+	if spec != nil {
+		return spec
 	}
-	if m, isModel := asModel[T](key); isModel {
-		k, ok := spec.keyOf(context.Background(), reflect.ValueOf(&m).Elem())
-		return p, spec, k, ok, nil
-	}
-	if len(spec.pks) != 1 {
-		return p, spec, "", false, fmt.Errorf("%w: %s has a composite primary key; pass a %s with the key set", ErrUnsupported, spec.name, spec.name)
-	}
-	k, ok := spec.lookupKey1(key)
-	return p, spec, k, ok, nil
+	return &modelSpec{sch: sch, name: sch.Name, pks: sch.PrimaryFields}
 }
 
-func asModel[T any](key any) (T, bool) {
-	switch m := key.(type) {
-	case T:
-		return m, true
-	case *T:
-		if m != nil {
-			return *m, true
+// fastKey is the Redis key of key, without allocating for integer keys; ok
+// is false when key does not fit.
+func fastKey[T any](ctx context.Context, spec *modelSpec, key any) (string, bool) {
+	if len(spec.pks) == 1 {
+		if _, isModel := asModel[T](key); !isModel {
+			return spec.lookupKey1(key)
 		}
 	}
-	var zero T
-	return zero, false
+	vals, err := spec.keyValues(ctx, key, asModel[T])
+	if err != nil {
+		return "", false
+	}
+	return spec.keyFromValues(vals), true
+}
+
+// keyValues turns a key as a caller gives it to Get, GetMany, Invalidate or
+// Inspect into one value per primary-key column, of the fields' types and
+// in canonical spelling: a value for a one-column key, a model value with
+// its key set (model says whether key is one), or a []any per composite key.
+func (s *modelSpec) keyValues(ctx context.Context, key any, model func(any) (reflect.Value, bool)) ([]any, error) {
+	if m, ok := model(key); ok {
+		vals := make([]any, len(s.pks))
+		for i, f := range s.pks {
+			v, zero := f.ValueOf(ctx, m)
+			if zero {
+				return nil, keyMisfit(s, key)
+			}
+			vals[i] = v
+		}
+		if c := s.canon(); c.classes != nil {
+			for i := range vals {
+				var ok bool
+				if vals[i], ok = s.canonValue(c, i, vals[i]); !ok {
+					return nil, keyMisfit(s, key)
+				}
+			}
+		}
+		return vals, nil
+	}
+	parts := []any{key}
+	if tuple, ok := key.([]any); ok && len(tuple) == 1 && len(s.pks) == 1 {
+		parts = tuple
+	}
+	if len(s.pks) > 1 {
+		tuple, ok := key.([]any)
+		if !ok {
+			return nil, fmt.Errorf("%w: %s has a composite primary key; pass a %s with the key set, or a []any of its %d key columns",
+				ErrUnsupported, s.name, s.name, len(s.pks))
+		}
+		parts = tuple
+	}
+	vals, ok := s.normalizeAll(ctx, parts)
+	if !ok {
+		return nil, keyMisfit(s, key)
+	}
+	return vals, nil
+}
+
+// asModelValue reports whether key is a value of the model, or a non-nil
+// pointer to one, and gives it.
+func (s *modelSpec) asModelValue(key any) (reflect.Value, bool) {
+	rv := reflect.ValueOf(key)
+	if rv.Kind() == reflect.Pointer {
+		if rv.IsNil() || rv.Type().Elem() != s.sch.ModelType {
+			return reflect.Value{}, false
+		}
+		return rv.Elem(), true
+	}
+	if !rv.IsValid() || rv.Type() != s.sch.ModelType {
+		return reflect.Value{}, false
+	}
+	cp := reflect.New(rv.Type()).Elem()
+	cp.Set(rv)
+	return cp, true
+}
+
+// keyMisfit is the error every entry point gives for a key that does not fit
+// the model's primary key.
+func keyMisfit(s *modelSpec, key any) error {
+	return fmt.Errorf("%w: key %#v does not fit %s's primary key", ErrUnsupported, key, s.name)
+}
+
+// pkEq is the condition "primary key = vals", bound as parameters.
+func pkEq(s *modelSpec, vals []any) clause.Expression {
+	exprs := make([]clause.Expression, len(s.pks))
+	for i, f := range s.pks {
+		exprs[i] = clause.Eq{Column: clause.Column{Table: clause.CurrentTable, Name: f.DBName}, Value: vals[i]}
+	}
+	return clause.And(exprs...)
+}
+
+// pkIn is the condition "primary key IN rows", bound as parameters.
+func pkIn(s *modelSpec, rows [][]any) clause.Expression {
+	if len(s.pks) == 1 {
+		vals := make([]any, len(rows))
+		for i, r := range rows {
+			vals[i] = r[0]
+		}
+		return clause.IN{Column: clause.Column{Table: clause.CurrentTable, Name: s.pks[0].DBName}, Values: vals}
+	}
+	ors := make([]clause.Expression, len(rows))
+	for i, r := range rows {
+		ors[i] = pkEq(s, r)
+	}
+	return clause.Or(ors...)
+}
+
+// servable reports whether Get and GetMany may answer from Redis: db carries
+// nothing that could change which row GORM returns or how it reads it, and
+// no transaction. When in doubt (a GORM whose Statement has changed shape),
+// it says no, and GORM's query answers.
+func servable(db *gorm.DB) bool {
+	st := db.Statement
+	if db.Error != nil || db.DryRun || st == nil || inTx(db) {
+		return false
+	}
+	if len(st.Clauses) != 0 || st.TableExpr != nil || st.Table != "" || st.Model != nil || st.Dest != nil ||
+		st.Unscoped || st.Distinct || len(st.Selects) != 0 || len(st.Omits) != 0 || len(st.Joins) != 0 ||
+		len(st.Preloads) != 0 || len(st.ColumnMapping) != 0 || st.SQL.Len() != 0 || len(st.Vars) != 0 {
+		return false
+	}
+	settings := false
+	st.Settings.Range(func(any, any) bool {
+		settings = true
+		return false
+	})
+	if settings {
+		return false
+	}
+	// Scopes (db.Scopes(tenant)) and FirstOrInit's attributes are held in
+	// unexported fields; their lengths are readable.
+	rv := reflect.ValueOf(st).Elem()
+	for _, name := range [...]string{"scopes", "attrs", "assigns"} {
+		f := rv.FieldByName(name)
+		if !f.IsValid() || f.Kind() != reflect.Slice || f.Len() != 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// asModel reports whether key is a T or a non-nil *T, and gives its value.
+func asModel[T any](key any) (reflect.Value, bool) {
+	switch m := key.(type) {
+	case T:
+		return reflect.ValueOf(&m).Elem(), true
+	case *T:
+		if m != nil {
+			return reflect.ValueOf(m).Elem(), true
+		}
+	}
+	return reflect.Value{}, false
 }
 
 func inTx(db *gorm.DB) bool {
@@ -200,8 +422,9 @@ func inTx(db *gorm.DB) bool {
 	return in
 }
 
-func afterFind[T any](db *gorm.DB, v *T) error {
-	if h, ok := any(v).(afterFinder); ok && !db.Statement.SkipHooks {
+// afterFind runs v's AfterFind hook, v a pointer to a model value.
+func afterFind(db *gorm.DB, v any) error {
+	if h, ok := v.(afterFinder); ok && !db.Statement.SkipHooks {
 		return h.AfterFind(db.Session(&gorm.Session{NewDB: true}))
 	}
 	return nil

@@ -23,7 +23,9 @@ type Entry struct {
 }
 
 // Inspect reports what Redis holds for the row of model with the given
-// primary key. It changes nothing.
+// primary key: a value, a model value with its key set, or for a composite
+// key a []any of the key columns. A key that does not fit the primary key
+// gives an error wrapping [ErrUnsupported]. It changes nothing.
 func Inspect(ctx context.Context, db *gorm.DB, model any, key any) (Entry, error) {
 	p, err := pluginOf(db)
 	if err != nil {
@@ -36,14 +38,12 @@ func Inspect(ctx context.Context, db *gorm.DB, model any, key any) (Entry, error
 	if spec == nil {
 		return Entry{}, fmt.Errorf("%w: %T has no cache tag", ErrUnsupported, model)
 	}
-	var k string
-	if ts := p.targetsIn(ctx, spec, reflect.ValueOf(key)); len(ts) == 1 {
-		k = ts[0].key
-	} else if rk, ok := spec.lookupKey(ctx, key); ok {
-		k = rk
-	} else {
-		return Entry{}, fmt.Errorf("%w: key %v does not fit %s's primary key", ErrUnsupported, key, spec.name)
+	p.resolveKeys(db, spec)
+	vals, err := spec.keyValues(ctx, key, spec.asModelValue)
+	if err != nil {
+		return Entry{}, err
 	}
+	k := spec.keyFromValues(vals)
 	out := Entry{Key: k, State: "absent"}
 	raw, err := p.rdb.Get(ctx, k).Bytes()
 	if errors.Is(err, redis.Nil) {

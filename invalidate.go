@@ -15,7 +15,13 @@ import (
 // write ends. The returned error wraps ErrCacheUnavailable when Redis fails.
 //
 // For a composite primary key pass model values with the key set, or one
-// []any per row holding the key columns in schema order.
+// []any per row holding the key columns in schema order. Keys are values,
+// never SQL; one that does not fit the primary key gives an error wrapping
+// [ErrUnsupported]. For a key column that compares loosely (citext, char(n),
+// a non-deterministic collation) Invalidate also reads, from the database,
+// how the rows' keys are spelled there, and invalidates those keys too; a
+// row deleted by raw SQL is no longer there to read, so pass its key as it
+// was stored.
 func Invalidate(db *gorm.DB, model any, keys ...any) error {
 	p, err := pluginOf(db)
 	if err != nil {
@@ -32,35 +38,34 @@ func Invalidate(db *gorm.DB, model any, keys ...any) error {
 	if ctx == nil {
 		ctx = context.Background()
 	}
-	var rkeys []string
+	p.resolveKeys(db, spec)
+	var targets []target
 	if len(keys) == 0 {
-		ts := p.targetsIn(ctx, spec, reflect.ValueOf(model))
-		if len(ts) == 0 {
+		targets = p.targetsIn(ctx, spec, reflect.ValueOf(model))
+		if len(targets) == 0 {
 			return fmt.Errorf("%w: no keys given and %T has no primary key set", ErrUnsupported, model)
-		}
-		for _, t := range ts {
-			rkeys = append(rkeys, t.key)
 		}
 	}
 	for _, k := range keys {
-		var vals []any
-		switch x := k.(type) {
-		case []any:
-			vals = x
-		default:
-			if ts := p.targetsIn(ctx, spec, reflect.ValueOf(k)); len(ts) > 0 {
-				for _, t := range ts {
-					rkeys = append(rkeys, t.key)
-				}
-				continue
-			}
-			vals = []any{k}
+		if ts := p.targetsIn(ctx, spec, reflect.ValueOf(k)); len(ts) > 0 {
+			targets = append(targets, ts...)
+			continue
 		}
-		rk, ok := spec.lookupKey(ctx, vals...)
-		if !ok {
-			return fmt.Errorf("%w: key %v does not fit %s's primary key", ErrUnsupported, k, spec.name)
+		vals, err := spec.keyValues(ctx, k, spec.asModelValue)
+		if err != nil {
+			return err
 		}
-		rkeys = append(rkeys, rk)
+		targets = append(targets, target{key: spec.keyFromValues(vals), pk: vals})
+	}
+	// A loose key (citext, char(n)) may be spelled otherwise in the
+	// database: invalidate the rows' own keys too.
+	more, err := p.canonicalTargets(db.WithContext(ctx), spec, targets)
+	if err != nil {
+		return fmt.Errorf("writethrough: invalidate %s: read the keys' spellings: %w", spec.name, err)
+	}
+	rkeys := make([]string, 0, len(targets)+len(more))
+	for _, t := range append(targets, more...) {
+		rkeys = append(rkeys, t.key)
 	}
 	return p.invalidateKeys(ctx, rkeys)
 }

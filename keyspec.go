@@ -8,6 +8,7 @@ import (
 	"reflect"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"gorm.io/gorm"
@@ -28,6 +29,9 @@ type modelSpec struct {
 	tmpl      []tmplPart    // nil for the default template
 	deletedAt *schema.Field // a gorm.DeletedAt column, if any
 	codec     *rowCodec
+
+	keys      atomic.Pointer[keyCanon] // how the key columns compare (canon.go)
+	resolving atomic.Bool              // resolveKeys is asking the database
 }
 
 // tmplPart is a literal (field nil, pkAll false) or a placeholder.
@@ -389,8 +393,17 @@ func (s *modelSpec) keyOf(ctx context.Context, rv reflect.Value) (string, bool) 
 }
 
 // keyFromValues builds the key from primary-key values already of the
-// fields' types, in s.pks order.
+// fields' types, in s.pks order. UUIDs held in strings are written in their
+// canonical spelling, so that every spelling the database accepts gives the
+// key of the row it finds.
 func (s *modelSpec) keyFromValues(vals []any) string {
+	if c := s.canon(); c.classes != nil {
+		for i, cl := range c.classes {
+			if cl == keyUUID && i < len(vals) {
+				vals[i], _ = s.canonValue(c, i, vals[i])
+			}
+		}
+	}
 	var b []byte
 	if s.tmpl == nil {
 		b = make([]byte, 0, len(s.static)+24)
@@ -458,8 +471,10 @@ func (s *modelSpec) normalize(ctx context.Context, f *schema.Field, v any) (any,
 		return nil, false
 	}
 	// GORM's setters accept many conversions; make sure nothing was lost
-	// (a string "1x" must not become 1).
-	if str, isStr := rv.Interface().(string); isStr && f.FieldType.Kind() != reflect.String {
+	// (a string "1x" must not become 1). A type that scans itself (a UUID
+	// type) parses the text its own way and is trusted to.
+	if str, isStr := rv.Interface().(string); isStr && f.FieldType.Kind() != reflect.String &&
+		!reflect.PointerTo(f.FieldType).Implements(typeOfScanner) {
 		if fmt.Sprint(out) != str && !isTextual(out, str) {
 			return nil, false
 		}
@@ -582,15 +597,32 @@ func (s *modelSpec) lookupKey(ctx context.Context, vals ...any) (string, bool) {
 			return key, ok
 		}
 	}
+	norm, ok := s.normalizeAll(ctx, vals)
+	if !ok {
+		return "", false
+	}
+	return s.keyFromValues(norm), true
+}
+
+// normalizeAll normalizes one value per primary-key column, in s.pks order,
+// to the fields' types and canonical spellings.
+func (s *modelSpec) normalizeAll(ctx context.Context, vals []any) ([]any, bool) {
+	if len(vals) != len(s.pks) {
+		return nil, false
+	}
+	c := s.canon()
 	norm := make([]any, len(vals))
 	for i, f := range s.pks {
 		v, ok := s.normalize(ctx, f, vals[i])
 		if !ok {
-			return "", false
+			return nil, false
+		}
+		if v, ok = s.canonValue(c, i, v); !ok {
+			return nil, false
 		}
 		norm[i] = v
 	}
-	return s.keyFromValues(norm), true
+	return norm, true
 }
 
 // appendComponent writes one primary-key value, escaped so that ':' and the

@@ -93,6 +93,16 @@ type Config struct {
 	// between Commit and the install. [Plugin.Close] waits for installs in
 	// flight. Default false: Commit returns after the install.
 	AsyncFinalize bool
+	// CacheReads serves every eligible read on the database from the cache,
+	// as if each carried the [Cached] scope: statements of sessions made with
+	// NewDB, gorm.G[T] reads, Association(...).Find, and the sub-queries of
+	// Preload (a belongs-to preload "WHERE id IN (...)" is a key lookup; a
+	// has-many preload "WHERE user_id IN (...)" runs in SQL). Only reads whose
+	// complete condition is a primary-key lookup are served; everything else,
+	// and every read inside a transaction, runs in SQL as without the plugin.
+	// [Uncached] opts one statement out. Default false: only statements
+	// marked with [Cached] (or made through [CachedDB]) are served.
+	CacheReads bool
 	// Models are checked when the plugin is registered, so that a malformed
 	// cache tag fails db.Use instead of the first statement on the model.
 	Models []any
@@ -152,7 +162,7 @@ func (c Config) withDefaults() (Config, error) {
 		return c, &ConfigError{Field: "Prefix", Reason: fmt.Sprintf("%q: use letters, digits and _ . - :", c.Prefix)}
 	}
 	if c.Mode != Soft && c.Mode != Strict {
-		return c, &ConfigError{Field: "Mode", Reason: fmt.Sprintf("unknown mode %d", int(c.Mode))}
+		return c, &ConfigError{Field: "Mode", Reason: fmt.Sprintf("unknown mode %d (use writethrough.Soft or writethrough.Strict)", int(c.Mode))}
 	}
 	switch {
 	case c.Jitter == 0:
@@ -164,7 +174,7 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	switch {
 	case c.MaxRowSize < 0:
-		return c, &ConfigError{Field: "MaxRowSize", Reason: "negative size"}
+		return c, &ConfigError{Field: "MaxRowSize", Reason: fmt.Sprintf("negative size %d", c.MaxRowSize)}
 	case c.MaxRowSize == 0:
 		c.MaxRowSize = defaultMaxRowSize
 	}
@@ -184,7 +194,7 @@ func (c Config) withDefaults() (Config, error) {
 		c.BreakerThreshold = 0
 	}
 	if c.PendingTTL <= c.Timeout {
-		return c, &ConfigError{Field: "PendingTTL", Reason: "must be longer than Timeout"}
+		return c, &ConfigError{Field: "PendingTTL", Reason: fmt.Sprintf("%s must be longer than Timeout %s", c.PendingTTL, c.Timeout)}
 	}
 	c.Models = append([]any(nil), c.Models...)
 	return c, nil
@@ -203,8 +213,9 @@ type Plugin struct {
 	flights singleflight.Group
 	readSeq atomic.Uint64 // orders a flight's database read against its followers' arrival
 
-	mu     sync.Mutex   // protects inited
+	mu     sync.Mutex   // protects inited and home
 	inited map[any]bool // callback registries already hooked
+	home   uintptr      // the Plugins map of the database the plugin serves; 0 before
 
 	hook func(point, key string) // test-only interleaving points; nil in production
 
@@ -243,7 +254,7 @@ func New(rdb redis.UniversalClient, cfg Config) *Plugin {
 	p.brk = &breaker{threshold: p.cfg.BreakerThreshold, cooldown: p.cfg.BreakerCooldown, now: time.Now}
 	p.ctxTimeout, p.timeoutWarning = deadlinePolicy(rdb, p.cfg.Timeout)
 	if p.cfgErr == nil && rdb == nil {
-		p.cfgErr = &ConfigError{Field: "rdb", Reason: "nil Redis client"}
+		p.cfgErr = &ConfigError{Field: "rdb", Reason: "New was given a nil Redis client"}
 	}
 	p.scripts = newScriptSet()
 	return p
@@ -255,9 +266,29 @@ func (p *Plugin) Name() string { return Name }
 // Initialize implements gorm.Plugin. It wraps the connection pool so that the
 // plugin sees every real COMMIT and ROLLBACK, and registers the callbacks.
 // It is safe to call more than once (dbresolver does).
+//
+// One Plugin serves one database: registering it on a second *gorm.DB (a
+// second gorm.Open) fails with an error wrapping gorm.ErrRegistered, since
+// its outbox lives in the first database. Create one Plugin per database;
+// they may share the Redis client. (A second db.Use(p) on the same *gorm.DB
+// gets GORM's own gorm.ErrRegistered, "registered": GORM answers before the
+// plugin is called.)
 func (p *Plugin) Initialize(db *gorm.DB) error {
 	if p.cfgErr != nil {
 		return p.cfgErr
+	}
+	if db == nil || db.Config == nil {
+		return fmt.Errorf("writethrough: Initialize needs a *gorm.DB from gorm.Open")
+	}
+	// Sessions of one database and the copies dbresolver opens share its
+	// Config's Plugins map; another gorm.Open has its own.
+	home := reflect.ValueOf(db.Config.Plugins).Pointer()
+	p.mu.Lock()
+	other := p.home != 0 && p.home != home
+	p.mu.Unlock()
+	if other {
+		return fmt.Errorf("writethrough: this Plugin is already registered on another *gorm.DB; "+
+			"create one Plugin per database with writethrough.New (they may share the Redis client): %w", gorm.ErrRegistered)
 	}
 	for _, m := range p.cfg.Models {
 		if _, err := p.specFor(db, m); err != nil {
@@ -282,6 +313,9 @@ func (p *Plugin) Initialize(db *gorm.DB) error {
 		return fmt.Errorf("writethrough: register callbacks: %w", err)
 	}
 	p.inited[reg] = true
+	if p.home == 0 {
+		p.home = home
+	}
 	return nil
 }
 
@@ -289,7 +323,7 @@ func (p *Plugin) Initialize(db *gorm.DB) error {
 type Stats struct {
 	Hits           uint64 // reads served from Redis, including "not found"
 	Misses         uint64 // cacheable reads that went to the database
-	Bypasses       uint64 // Cached reads of a shape the cache does not serve
+	Bypasses       uint64 // reads of a cached model (or marked Cached) in a shape the cache does not serve
 	Fills          uint64 // rows (or tombstones) written by readers after a miss
 	FillsLost      uint64 // fills refused because a write or another reader won
 	Prepares       uint64 // keys staged by writes

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"reflect"
 	"regexp"
+	"sort"
 	"strings"
 
 	"github.com/redis/go-redis/v9"
@@ -13,19 +14,48 @@ import (
 	"gorm.io/gorm/schema"
 )
 
-const cachedKey = "writethrough:cached"
+const (
+	cachedKey   = "writethrough:cached"
+	uncachedKey = "writethrough:uncached"
+)
 
 // Cached is a GORM scope that lets the plugin serve the statement from Redis:
 //
 //	db.Scopes(writethrough.Cached).First(&u, 42)
 //	db.Scopes(writethrough.Cached).Find(&us, []int{1, 2, 3})
 //
-// Lookups by primary key (First, Take, Last, Find with one or many keys, in
-// the forms GORM accepts) are served from Redis on a hit and filled from the
-// database on a miss. Any other statement runs in SQL, untouched. Inside a
-// transaction the read goes to the database and never fills the cache.
+// A statement is served from Redis on a hit, and filled from the database on
+// a miss, only when its complete condition is a primary-key lookup: First,
+// Take, Last or Find with one key (or Find with many), in the forms GORM
+// accepts, including the key GORM adds from a struct destination, with no
+// other condition, column list, join, lock, offset or table override. Any
+// other statement runs in SQL, untouched. Inside a transaction the read goes
+// to the database and never fills the cache. The mark covers the statement
+// only, not its Preload sub-queries; see [Config.CacheReads] and [CachedDB].
 func Cached(db *gorm.DB) *gorm.DB {
 	return db.Set(cachedKey, true)
+}
+
+// Uncached is a GORM scope that sends the statement, and its Preload
+// sub-queries, to the database even when [Config.CacheReads] is on:
+//
+//	db.Scopes(writethrough.Uncached).First(&u, 42)
+func Uncached(db *gorm.DB) *gorm.DB {
+	return db.Set(uncachedKey, true)
+}
+
+// CachedDB returns a handle on db whose every statement carries [Cached]:
+//
+//	cdb := writethrough.CachedDB(db)
+//	cdb.First(&u, 1)
+//	cdb.Where("id = ?", 2).First(&v) // conditions do not pile up across calls
+//
+// The handle is a GORM session, safe to keep and reuse like db itself
+// (db.Scopes(Cached) kept in a variable is one statement that every call
+// adds its conditions to). The mark does not reach Preload sub-queries,
+// Session(&gorm.Session{NewDB: true}) or gorm.G[T]; [Config.CacheReads] does.
+func CachedDB(db *gorm.DB) *gorm.DB {
+	return db.Session(&gorm.Session{}).Set(cachedKey, true).Session(&gorm.Session{})
 }
 
 // readPlan is a recognised primary-key lookup.
@@ -33,29 +63,37 @@ type readPlan struct {
 	spec  *modelSpec
 	keys  []string
 	multi bool // destination is a slice
+	desc  bool // several keys, ORDER BY the primary key DESC
 }
 
-// query replaces gorm:query. Statements not marked Cached go straight to
-// GORM's own query callback.
+// query replaces gorm:query. Statements not marked Cached (and every
+// statement when Config.CacheReads is off) go straight to GORM's own query
+// callback.
 func (p *Plugin) query(orig func(*gorm.DB)) func(*gorm.DB) {
 	return func(db *gorm.DB) {
 		st := db.Statement
-		if _, ok := st.Settings.Load(cachedKey); !ok {
+		_, marked := st.Settings.Load(cachedKey)
+		if marked {
+			// Consume the mark, so that preload and nested statements that
+			// copy the settings are not served because of it.
+			st.Settings.Delete(cachedKey)
+		}
+		if !marked && !p.cfg.CacheReads {
 			orig(db)
 			return
 		}
-		// Consume the mark, so that preload and nested statements that copy
-		// the settings are not served from the cache.
-		st.Settings.Delete(cachedKey)
-		if db.Error != nil || db.DryRun {
+		if _, off := st.Settings.Load(uncachedKey); off || db.Error != nil || db.DryRun {
 			orig(db)
 			return
 		}
-		p.serve(db, orig)
+		p.serve(db, orig, marked)
 	}
 }
 
-func (p *Plugin) serve(db *gorm.DB, orig func(*gorm.DB)) {
+// serve answers a statement that may be served from the cache. marked is
+// true for a statement marked Cached, false for one that Config.CacheReads
+// brings here.
+func (p *Plugin) serve(db *gorm.DB, orig func(*gorm.DB), marked bool) {
 	p.ensureDrainer()
 	st := db.Statement
 	spec, err := p.specOf(st.Schema)
@@ -64,10 +102,13 @@ func (p *Plugin) serve(db *gorm.DB, orig func(*gorm.DB)) {
 		return
 	}
 	if spec == nil {
-		p.stats.bypasses.Add(1)
+		if marked {
+			p.stats.bypasses.Add(1)
+		}
 		orig(db)
 		return
 	}
+	p.resolveKeys(db, spec) // canonical keys (canon.go)
 	plan, ok := p.plan(db, spec)
 	if !ok {
 		p.stats.bypasses.Add(1)
@@ -123,6 +164,11 @@ func (p *Plugin) decodeInto(ctx context.Context, spec *modelSpec, key string, ra
 		}
 		if err := spec.codec.decodeRow(e.row, dst); err != nil {
 			p.heal(ctx, key, err)
+			return lookBusy
+		}
+		// canonical keys: a loose key's entry is served only under the
+		// row's own spelling.
+		if spec.looseKeys() && !spec.keyMatches(ctx, dst, key) {
 			return lookBusy
 		}
 		return lookHit
@@ -301,7 +347,13 @@ func (p *Plugin) load(db *gorm.DB, spec *modelSpec, key string, orig func(*gorm.
 		return &loadResult{failed: true}
 	}
 	p.at("read:after-db-before-fill", key)
-	if leased {
+	// canonical keys: fill only under the key of the row the database
+	// returned, and a tombstone only where no other spelling can match.
+	canonical := !spec.looseKeys()
+	if lr.found {
+		canonical = spec.keyMatches(st.Context, rows[0], key)
+	}
+	if leased && canonical {
 		p.fill(st.Context, spec, key, token, lr.found, lr.row)
 	}
 	return lr
@@ -468,6 +520,7 @@ func (p *Plugin) serveMany(db *gorm.DB, plan readPlan, orig func(*gorm.DB)) {
 	}
 	if complete {
 		p.stats.hits.Add(uint64(len(plan.keys)))
+		sortByKey(st.Context, spec, rows, plan.desc)
 		p.deliver(db, plan, rows)
 		return
 	}
@@ -518,7 +571,9 @@ func (p *Plugin) serveMany(db *gorm.DB, plan readPlan, orig func(*gorm.DB)) {
 		calls = append(calls, p.fillCall(spec, key, token, true, row))
 	}
 	for key := range leased {
-		if st.Schema != nil && !st.Unscoped {
+		// canonical keys: a loose key's row may have come back under
+		// another spelling; no tombstone.
+		if st.Schema != nil && !st.Unscoped && !spec.looseKeys() {
 			calls = append(calls, p.fillCall(spec, key, token, false, nil))
 		}
 	}
@@ -532,6 +587,44 @@ func (p *Plugin) serveMany(db *gorm.DB, plan readPlan, orig func(*gorm.DB)) {
 	for _, c := range calls {
 		p.countFill(c)
 	}
+}
+
+// integerKey1 reports a model whose one primary key is an integer column.
+func integerKey1(spec *modelSpec) bool {
+	if len(spec.pks) != 1 {
+		return false
+	}
+	switch spec.pks[0].FieldType.Kind() {
+	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64,
+		reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64:
+		return true
+	}
+	return false
+}
+
+// sortByKey orders rows served for several integer keys by key, ascending
+// unless desc: the order of ORDER BY the key, and, without an ORDER BY, the
+// order in which PostgreSQL usually returns "id IN (...)" (by index, or by
+// insertion for rows never updated), which the given order of the keys is
+// not. Other keys keep the order in which they were given.
+func sortByKey(ctx context.Context, spec *modelSpec, rows []reflect.Value, desc bool) {
+	if len(rows) < 2 || !integerKey1(spec) {
+		return
+	}
+	f := spec.pks[0]
+	less := func(a, b reflect.Value) bool {
+		a, b = f.ReflectValueOf(ctx, a), f.ReflectValueOf(ctx, b)
+		if a.CanInt() {
+			return a.Int() < b.Int()
+		}
+		return a.Uint() < b.Uint()
+	}
+	sort.SliceStable(rows, func(i, j int) bool {
+		if desc {
+			return less(rows[j], rows[i])
+		}
+		return less(rows[i], rows[j])
+	})
 }
 
 // getMany reads keys in one round trip: MGET on a single node, a pipeline of
@@ -636,13 +729,28 @@ func (p *Plugin) plan(db *gorm.DB, spec *modelSpec) (readPlan, bool) {
 	}
 	if c, ok := st.Clauses["ORDER BY"]; ok {
 		o, ok := c.Expression.(clause.OrderBy)
-		if !ok || o.Expression != nil || len(keys) > 1 {
+		if !ok || o.Expression != nil || len(keys) > 1 && !integerKey1(spec) {
 			return readPlan{}, false
 		}
-		for _, col := range o.Columns {
+		for i, col := range o.Columns {
 			// One key: any order by the primary key (First's) is moot.
-			if col.Column.Name != clause.PrimaryKey && p.pkColumn(st, spec, col.Column) == nil {
+			// Several integer keys: hits are sorted by the first column.
+			c, desc := col.Column, col.Desc
+			if c.Raw {
+				// Order("id"), Order("users.id DESC")
+				m := orderRE.FindStringSubmatch(c.Name)
+				if m == nil {
+					return readPlan{}, false
+				}
+				if p.pkColumn(st, spec, m[1]) == nil {
+					return readPlan{}, false
+				}
+				desc = strings.EqualFold(m[2], "desc")
+			} else if c.Name != clause.PrimaryKey && p.pkColumn(st, spec, c) == nil {
 				return readPlan{}, false
+			}
+			if i == 0 {
+				plan.desc = desc
 			}
 		}
 	}
@@ -663,6 +771,9 @@ func onlySoftDelete(sch *schema.Schema) bool {
 	}
 	return true
 }
+
+// orderRE matches "id", "users.id desc", "\"id\" ASC".
+var orderRE = regexp.MustCompile("^\\s*((?:[`\"]?\\w+[`\"]?\\.)?[`\"]?\\w+[`\"]?)(?:\\s+((?i)asc|desc))?\\s*$")
 
 // exprRE matches "id = ?", "users.id IN ?", "\"id\" in (?)".
 var exprRE = regexp.MustCompile("^\\s*(?:[`\"]?(\\w+)[`\"]?\\.)?[`\"]?(\\w+)[`\"]?\\s*(=|(?i:in))\\s*(\\(\\s*\\?\\s*\\)|\\?)\\s*$")

@@ -12,6 +12,7 @@ import (
 	"gorm.io/gorm/schema"
 
 	"github.com/gorm-writethrough/writethrough"
+	"github.com/gorm-writethrough/writethrough/internal/testenv"
 )
 
 // Tags that the plugin cannot use are errors (see badTags).
@@ -249,4 +250,32 @@ func TestOnlyJoinModelsTheUserDeclaresAreCached(t *testing.T) {
 	require.NoError(t, e.db.AutoMigrate(&m2UserLang{}))
 	_, err = writethrough.Inspect(context.Background(), e.db, &m2UserLang{}, &m2UserLang{M2UserID: 1, M2LangID: 1})
 	assert.NoError(t, err, "a declared join model with its own tag is cached")
+}
+
+func TestRegisteringAPluginTwiceSaysWhatHappened(t *testing.T) {
+	e := setup(t, nil, calm())
+
+	t.Run("again on the same database: GORM's own error", func(t *testing.T) {
+		err := e.db.Use(e.p)
+		assert.ErrorIs(t, err, gorm.ErrRegistered)
+		err = e.db.Session(&gorm.Session{NewDB: true}).Use(e.p)
+		assert.ErrorIs(t, err, gorm.ErrRegistered)
+	})
+
+	t.Run("on another database: refused, naming what to do", func(t *testing.T) {
+		other := testenv.Postgres(t, nil)
+		err := other.Use(e.p)
+		require.Error(t, err)
+		assert.ErrorIs(t, err, gorm.ErrRegistered)
+		assert.Contains(t, err.Error(), "another *gorm.DB")
+		assert.Contains(t, err.Error(), "one Plugin per database")
+		_, err = writethrough.Get[User](context.Background(), other, 1)
+		assert.ErrorContains(t, err, "not registered", "the other database runs without the plugin")
+	})
+
+	u := User{Email: "r@x"}
+	require.NoError(t, e.db.Create(&u).Error)
+	got, err := writethrough.Get[User](context.Background(), e.db, u.ID)
+	require.NoError(t, err)
+	assert.Equal(t, u.Email, got.Email, "the plugin still serves its own database")
 }

@@ -256,8 +256,9 @@ func rowDiff(sch *schema.Schema, a, b reflect.Value) string {
 		if f.DBName == "" {
 			continue
 		}
-		va, _ := f.ValueOf(context.Background(), a)
-		vb, _ := f.ValueOf(context.Background(), b)
+		// The field itself: ValueOf wraps serializer fields.
+		va := f.ReflectValueOf(context.Background(), a).Interface()
+		vb := f.ReflectValueOf(context.Background(), b).Interface()
 		if ta, ok := va.(time.Time); ok {
 			if tb, ok := vb.(time.Time); ok && ta.Equal(tb) {
 				continue

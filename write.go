@@ -41,6 +41,7 @@ const stateKey = "writethrough:write"
 // after callback.
 type writeState struct {
 	ret    *returningPool  // a bulk statement's key capture (nil otherwise)
+	canon  []target        // canonical keys: other spellings of the rows named (loose keys)
 	token  string          // writer token without a transaction
 	early  map[string]bool // keys made pending before the statement (no transaction)
 	failed []string        // keys whose early prepare failed (Soft): outbox after the write
@@ -69,9 +70,18 @@ func (p *Plugin) beforeWrite(kind writeKind) func(*gorm.DB) {
 		if spec == nil || !sameTable(db, spec) {
 			return
 		}
+		p.resolveKeys(db, spec)
 		ws := &writeState{}
 		db.InstanceSet(stateKey, ws)
 		targets := p.targetsOf(db, spec)
+		// canonical keys (canon.go): a loose key may name its row under
+		// another spelling; learn the row's own key before the statement.
+		if kind != kindCreate {
+			if ws.canon, err = p.canonicalTargets(db, spec, targets); err != nil {
+				_ = db.AddError(fmt.Errorf("writethrough: %s %s: read the keys' spellings: %w", kind, spec.name, err))
+				return
+			}
+		}
 		if len(targets) == 0 && kind != kindCreate {
 			// A bulk statement: its keys come back through RETURNING, or
 			// the statement must not run (its rows would stay stale).
@@ -151,7 +161,17 @@ func (p *Plugin) afterWrite(kind writeKind) func(*gorm.DB) {
 			// keys are every row the statement wrote.
 			affected = int64(len(r.rows))
 		}
-		targets = dedupe(targets)
+		if kind == kindCreate {
+			// canonical keys: an upsert (ON CONFLICT, Save) may have
+			// written a row spelled otherwise; it exists only now.
+			more, err := p.canonicalTargets(db, spec, targets)
+			if err != nil {
+				_ = db.AddError(fmt.Errorf("writethrough: create %s: read the keys' spellings: %w", spec.name, err))
+				return
+			}
+			ws.canon = more
+		}
+		targets = dedupe(append(targets, ws.canon...)) // canonical keys
 		switch {
 		case tx != nil:
 			p.stageTx(db, spec, kind, tx, targets, affected)
@@ -515,7 +535,7 @@ func (p *Plugin) stageAutocommit(db *gorm.DB, spec *modelSpec, kind writeKind, w
 	fin := make([]*call, len(targets))
 	for i, t := range targets {
 		fin[i] = &call{sc: p.scripts.finalizeRow, key: t.key, args: []any{
-			token, "r", p.ttlMillis(spec), p.cfg.NegativeTTL.Milliseconds(), t.intent, spec.codec.fp, t.row,
+			token, "r", p.ttlMillis(spec), p.cfg.NegativeTTL.Milliseconds(), looseIntent(spec, t.intent), spec.codec.fp, t.row,
 		}}
 		p.flights.Forget(t.key)
 	}
@@ -599,6 +619,7 @@ func (p *Plugin) finalize(parent context.Context, token string, entries []*stage
 }
 
 func (p *Plugin) prepareCall(spec *modelSpec, token, key string, intent int, row []byte) *call {
+	intent = looseIntent(spec, intent) // canonical keys
 	if row == nil {
 		row = []byte{}
 	}

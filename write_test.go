@@ -11,7 +11,6 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"gorm.io/gorm"
-	"gorm.io/gorm/clause"
 
 	"github.com/gorm-writethrough/writethrough"
 )
@@ -373,15 +372,4 @@ func TestEveryKeyHasATTL(t *testing.T) {
 	for _, k := range keys {
 		assert.Greater(t, e.rdb.PTTL(ctx, k).Val(), time.Duration(0), k)
 	}
-}
-
-func TestBulkWriteThatCannotNameItsRowsIsRefused(t *testing.T) {
-	e := setup(t, nil, writethrough.Config{})
-	seedUsers(t, e, 2)
-	var back []User
-	err := e.db.Model(&back).Clauses(clause.Returning{}).Where("balance >= 0").Update("name", "x").Error
-	require.ErrorIs(t, err, writethrough.ErrUnsupported)
-	var n int64
-	require.NoError(t, e.db.Model(&User{}).Where("name = ?", "x").Count(&n).Error)
-	assert.Zero(t, n, "the statement did not run")
 }

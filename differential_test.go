@@ -44,9 +44,6 @@ var (
 // diffDefaultSkip lists the forms and variants left out by default, each
 // with the item of issue 9 whose fix it waits for. It should be empty.
 var diffDefaultSkip = map[string]string{
-	"get":         "item 2: Get with a string key runs it as SQL when the cache misses",
-	"uuid-upper":  "item 4: a UUID key in upper case names another Redis key",
-	"uuid-braces": "item 4: a UUID key in braces names another Redis key",
 	"table-write": "item 5: db.Table(name) writes leave the cached row stale",
 	"pk-change":   "item 6: a primary-key change leaves the old key's row in Redis",
 }

@@ -34,7 +34,7 @@ import (
 
 var (
 	diffSeed   = flag.Uint64("diff.seed", 0, "TestDifferential: seed of the sequence (0: derived from the clock, printed)")
-	diffSteps  = flag.Int("diff.steps", 300, "TestDifferential: number of calls")
+	diffSteps  = flag.Int("diff.steps", 200, "TestDifferential: number of calls")
 	diffSkip   = flag.String("diff.skip", "default", "TestDifferential: comma-separated forms to leave out (\"default\": the list in differential_test.go, \"\": none)")
 	diffOnly   = flag.String("diff.only", "", "TestDifferential: run only these comma-separated steps of the sequence (a shortened replay)")
 	diffShrink = flag.Bool("diff.shrink", true, "TestDifferential: on failure, look for a shorter sequence that still fails")

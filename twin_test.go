@@ -270,3 +270,17 @@ func rowDiff(sch *schema.Schema, a, b reflect.Value) string {
 	}
 	return strings.Join(diffs, "; ")
 }
+
+// sameJoinRows asserts that a table that is no model (a many2many join
+// table) holds the same rows on both sides, ordered by order.
+func (tw *twin) sameJoinRows(t testing.TB, table, order string) {
+	t.Helper()
+	read := func(db *gorm.DB) []map[string]any {
+		var rows []map[string]any
+		if err := db.Session(&gorm.Session{NewDB: true}).Table(table).Order(order).Find(&rows).Error; err != nil {
+			t.Fatalf("read %s: %v", table, err)
+		}
+		return rows
+	}
+	assert.Equal(t, read(tw.plain), read(tw.cached), "%s: the plugin changed what GORM wrote", table)
+}

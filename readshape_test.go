@@ -512,21 +512,17 @@ func runShapes(t *testing.T, tw *twin, q func(db *gorm.DB) *gorm.DB, sqlOverride
 				}
 				tw.settled(t)
 				// Every row is still readable, as GORM reads it, through the cache.
-				for id := uint(1); id <= 4; id++ {
-					var a rsAccount
-					tw.same(t, what+": then a key lookup", func(db *gorm.DB) any {
-						return []any{one(q(db).First(&a, id)), a}
-					})
-				}
-				tw.same(t, what+": then a string key lookup", func(db *gorm.DB) any {
+				tw.same(t, what+": then key lookups", func(db *gorm.DB) any {
+					var out []any
+					for id := uint(1); id <= 4; id++ {
+						var a rsAccount
+						out = append(out, one(q(db).First(&a, id)), a)
+					}
 					var c rsCode
-					return []any{one(q(db).First(&c, "code = ?", "k2")), c}
-				})
-				tw.same(t, what+": then a composite key lookup", func(db *gorm.DB) any {
 					var p rsPair
-					return []any{one(q(db).Where(&rsPair{Tenant: "t1", Seq: 2}).First(&p)), p}
+					return append(out, one(q(db).First(&c, "code = ?", "k2")), c,
+						one(q(db).Where(&rsPair{Tenant: "t1", Seq: 2}).First(&p)), p)
 				})
-				tw.settled(t)
 			}
 		})
 	}
@@ -536,6 +532,7 @@ func runShapes(t *testing.T, tw *twin, q func(db *gorm.DB) *gorm.DB, sqlOverride
 // db.Scopes(writethrough.Cached) on the cached side: the same results as
 // GORM alone, the hits still hits, and nothing wrong left in Redis.
 func TestReadShapesWithTheCachedScope(t *testing.T) {
+	t.Parallel()
 	tw := newTwin(t, twinOpts{models: rsModels})
 	runShapes(t, tw, func(db *gorm.DB) *gorm.DB { return db.Scopes(writethrough.Cached) }, map[string]int{
 		// The mark covers the statement only.
@@ -548,6 +545,7 @@ func TestReadShapesWithTheCachedScope(t *testing.T) {
 // TestReadShapesWithCachedDB: the same through a CachedDB handle kept and
 // reused across calls.
 func TestReadShapesWithCachedDB(t *testing.T) {
+	t.Parallel()
 	tw := newTwin(t, twinOpts{models: rsModels})
 	handles := map[*gorm.DB]*gorm.DB{
 		tw.plain:  writethrough.CachedDB(tw.plain),
@@ -564,6 +562,7 @@ func TestReadShapesWithCachedDB(t *testing.T) {
 // scope at all; preloads by key, NewDB sessions and gorm.G reads are hits
 // too.
 func TestReadShapesWithCacheReads(t *testing.T) {
+	t.Parallel()
 	tw := newTwin(t, twinOpts{models: rsModels, cfg: writethrough.Config{CacheReads: true}})
 	runShapes(t, tw, func(db *gorm.DB) *gorm.DB { return db }, map[string]int{
 		"PreloadBelongsTo": 0, "PreloadHasMany": 1, "NewDBSession": 0,

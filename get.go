@@ -394,15 +394,33 @@ func servable(db *gorm.DB) bool {
 	}
 	// Scopes (db.Scopes(tenant)) and FirstOrInit's attributes are held in
 	// unexported fields; their lengths are readable.
+	if hiddenFields == nil {
+		return false
+	}
 	rv := reflect.ValueOf(st).Elem()
-	for _, name := range [...]string{"scopes", "attrs", "assigns"} {
-		f := rv.FieldByName(name)
-		if !f.IsValid() || f.Kind() != reflect.Slice || f.Len() != 0 {
+	for _, i := range hiddenFields {
+		if rv.Field(i).Len() != 0 {
 			return false
 		}
 	}
 	return true
 }
+
+// hiddenFields are the indexes of gorm.Statement's unexported slices that
+// carry conditions; nil when this GORM lacks one of them (then no db is
+// servable, and GORM's query answers).
+var hiddenFields = func() []int {
+	t := reflect.TypeFor[gorm.Statement]()
+	var out []int
+	for _, name := range [...]string{"scopes", "attrs", "assigns"} {
+		f, ok := t.FieldByName(name)
+		if !ok || f.Type.Kind() != reflect.Slice || len(f.Index) != 1 {
+			return nil
+		}
+		out = append(out, f.Index[0])
+	}
+	return out
+}()
 
 // asModel reports whether key is a T or a non-nil *T, and gives its value.
 func asModel[T any](key any) (reflect.Value, bool) {

@@ -44,7 +44,7 @@ test: services ## Vet and test every module with the race detector
 		echo "==> $$m: go vet ./..."; \
 		(cd $$m && $(GO) vet ./...) || status=1; \
 		echo "==> $$m: go test -race -count=1 ./..."; \
-		(cd $$m && $(GO) test -race -count=1 ./...) || status=1; \
+		(cd $$m && $(GO) test -race -count=1 -timeout 30m ./...) || status=1; \
 	done; \
 	if [ $$status -ne 0 ]; then echo "make test: FAILED"; fi; \
 	exit $$status

@@ -1175,8 +1175,10 @@ func TestHistoriesThroughThePluginAreLinearizable(t *testing.T) {
 			require.NoError(t, err)
 			t.Logf("seed %d: %s", cfg.seed, rep)
 			requireLinearizable(t, rep)
-			require.Greater(t, rep.Reads, 300)
-			require.Greater(t, rep.Writes, 150)
+			// Enough operations that the run checked something; not a
+			// throughput target (a loaded machine runs fewer).
+			require.Greater(t, rep.Reads, 50)
+			require.Greater(t, rep.Writes, 25)
 		})
 	}
 }

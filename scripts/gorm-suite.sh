@@ -49,7 +49,7 @@ readonly DEFAULT_DSN="host=127.0.0.1 user=postgres dbname=gormtest port=5432 ssl
 readonly CACHE_TAG='cache:"ttl:10m"'
 # The Config field that marks every read cached, once the plugin has one.
 # Without it the patch registers a query callback that does the same.
-readonly CACHE_ALL_OPTION=${CACHE_ALL_OPTION:-CacheAllReads}
+readonly CACHE_ALL_OPTION=${CACHE_ALL_OPTION:-CacheReads}
 # TestUpdateReturning indexes its result without checking the error, so a
 # refused statement panics the test binary: it runs alone.
 readonly ALONE='^TestUpdateReturning$'

@@ -109,6 +109,87 @@ func (p *Plugin) addRule(c *schema.Constraint) {
 	p.cascades[parent] = append(p.cascades[parent], r)
 }
 
+// liveColumns keeps, for one statement, the columns each table has in the
+// database. Rules are recorded per table name from every model this process
+// has seen, and two models may put different columns on one table (a model
+// dropped and replaced, two structs on one table): a rule whose columns
+// the table does not have cannot be a constraint of the database, and is
+// not followed.
+type liveColumns struct {
+	db   *gorm.DB
+	cols map[string]map[string]bool
+}
+
+// rules returns the rules of parent table whose columns exist on both sides.
+func (l *liveColumns) rules(p *Plugin, table string) ([]cascadeRule, error) {
+	all := p.rulesOf(table)
+	if len(all) == 0 {
+		return nil, nil
+	}
+	pcols, err := l.of(table)
+	if err != nil {
+		return nil, err
+	}
+	out := all[:0]
+	for _, r := range all {
+		ccols, err := l.of(r.child.Table)
+		if err != nil {
+			return nil, err
+		}
+		if hasAll(pcols, r.refs) && hasAll(ccols, r.fks) {
+			out = append(out, r)
+		}
+	}
+	return out, nil
+}
+
+func hasAll(cols map[string]bool, names []string) bool {
+	for _, n := range names {
+		if !cols[n] {
+			return false
+		}
+	}
+	return true
+}
+
+// of reads table's columns on the statement's own connection.
+func (l *liveColumns) of(table string) (map[string]bool, error) {
+	if c, ok := l.cols[table]; ok {
+		return c, nil
+	}
+	if l.cols == nil {
+		l.cols = make(map[string]map[string]bool)
+	}
+	q := l.db.Session(&gorm.Session{NewDB: true, SkipHooks: true}).
+		Set("gorm:db_resolver:write", struct{}{})
+	c := make(map[string]bool)
+	if l.db.Dialector.Name() == "postgres" {
+		ref, ok := parseTableName(table, false)
+		if !ok {
+			ref = tableRef{rel: table}
+		}
+		var names []string
+		err := q.Raw("SELECT attname FROM pg_attribute WHERE attrelid = to_regclass(?) AND attnum > 0 AND NOT attisdropped",
+			ref.quoted()).Scan(&names).Error
+		if err != nil {
+			return nil, fmt.Errorf("writethrough: read the columns of %s: %w", table, err)
+		}
+		for _, n := range names {
+			c[n] = true
+		}
+	} else {
+		types, err := q.Migrator().ColumnTypes(table)
+		if err != nil {
+			return nil, fmt.Errorf("writethrough: read the columns of %s: %w", table, err)
+		}
+		for _, t := range types {
+			c[t.Name()] = true
+		}
+	}
+	l.cols[table] = c
+	return c, nil
+}
+
 func (p *Plugin) rulesOf(table string) []cascadeRule {
 	p.cascMu.Lock()
 	defer p.cascMu.Unlock()
@@ -130,7 +211,11 @@ func (p *Plugin) cascadeTargets(db *gorm.DB, kind writeKind) (keys []specKey, pa
 	if sch == nil || kind == kindCreate {
 		return nil, -1, nil
 	}
-	rules := p.rulesOf(sch.Table)
+	live := &liveColumns{db: db}
+	rules, err := live.rules(p, sch.Table)
+	if err != nil || len(rules) == 0 {
+		return nil, -1, err
+	}
 	var cols []string // parent columns whose change cascades
 	for _, r := range rules {
 		if kind == kindDelete && r.onDelete {
@@ -159,7 +244,11 @@ func (p *Plugin) cascadeTargets(db *gorm.DB, kind writeKind) (keys []specKey, pa
 	seen := map[string]bool{}
 	var walk func(table string, rows []map[string]any, deleted bool) error
 	walk = func(table string, rows []map[string]any, deleted bool) error {
-		for _, r := range p.rulesOf(table) {
+		rules, err := live.rules(p, table)
+		if err != nil {
+			return err
+		}
+		for _, r := range rules {
 			if !(deleted && r.onDelete || !deleted && kind == kindUpdate && r.onUpdate) {
 				continue
 			}
@@ -179,7 +268,11 @@ func (p *Plugin) cascadeTargets(db *gorm.DB, kind writeKind) (keys []specKey, pa
 			}
 			further := deleted && r.deletes
 			if further {
-				for _, cr := range p.rulesOf(r.child.Table) {
+				next, err := live.rules(p, r.child.Table)
+				if err != nil {
+					return err
+				}
+				for _, cr := range next {
 					if cr.onDelete {
 						sel = append(sel, cr.refs...)
 					}

@@ -184,12 +184,19 @@ func (r *returningPool) captured() reflect.Value {
 // refuses the statement when the dialect cannot return its rows.
 func (p *Plugin) installReturning(db *gorm.DB, spec *modelSpec, kind writeKind) (*returningPool, error) {
 	var clauses []string
-	if kind == kindUpdate {
+	switch kind {
+	case kindCreate:
+		clauses = db.Callback().Create().Clauses
+	case kindUpdate:
 		clauses = db.Callback().Update().Clauses
-	} else {
+	default:
 		clauses = db.Callback().Delete().Clauses
 	}
 	if !containsString(clauses, "RETURNING") {
+		if kind == kindCreate {
+			return nil, fmt.Errorf("%w: create into table %s of cached model %s without its primary key %s needs RETURNING, which the %s dialect lacks; set the key or create through the model",
+				ErrUnsupported, spec.sch.Table, spec.name, spec.pks[0].DBName, db.Dialector.Name())
+		}
 		return nil, fmt.Errorf("%w: bulk %s of cached model %s needs RETURNING, which the %s dialect lacks; name the rows by primary key",
 			ErrUnsupported, kind, spec.name, db.Dialector.Name())
 	}

@@ -104,3 +104,60 @@ func TestCascadeReferencesNonKeyColumn(t *testing.T) {
 		})
 	}
 }
+
+// sfUser is a cached gorm.Model-style model on table users.
+type sfUser struct {
+	SfBase
+	Name string
+	Age  int
+}
+
+func (sfUser) TableName() string { return "users" }
+
+// TestCreateMapWithoutKey: a Create of maps that leaves the primary key to
+// the database runs as in plain GORM, and the keys of the rows it created
+// hold no stale entry (a "not found" tombstone read before is gone).
+func TestCreateMapWithoutKey(t *testing.T) {
+	for _, tx := range []bool{false, true} {
+		t.Run(map[bool]string{false: "SkipDefaultTransaction", true: "default transaction"}[tx], func(t *testing.T) {
+			tw := newTwin(t, twinOpts{models: []any{&sfUser{}}, gorm: func() *gorm.Config {
+				return &gorm.Config{SkipDefaultTransaction: !tx}
+			}})
+			read := func(id uint) func(db *gorm.DB) any {
+				return func(db *gorm.DB) any {
+					var u sfUser
+					err := db.Scopes(writethrough.Cached).First(&u, id).Error
+					return res([]any{u.ID, u.Name, u.Age}, err)
+				}
+			}
+			for id := uint(1); id <= 6; id++ {
+				tw.same(t, "read an absent row (tombstone)", read(id))
+			}
+			tw.same(t, "Table(users).Create(map)", func(db *gorm.DB) any {
+				m := map[string]any{"name": "a", "age": 1, "created_at": twinNow, "updated_at": twinNow}
+				r := db.Table("users").Create(m)
+				return res([]any{r.RowsAffected, m}, r.Error)
+			})
+			tw.same(t, "Table(users).Create([]map)", func(db *gorm.DB) any {
+				ms := []map[string]any{{"name": "b", "age": 2}, {"name": "c", "age": 3}}
+				r := db.Table("users").Create(ms)
+				return res([]any{r.RowsAffected, ms}, r.Error)
+			})
+			tw.same(t, "Model(&User{}).Create(map)", func(db *gorm.DB) any {
+				m := map[string]any{"Name": "d", "Age": 4}
+				r := db.Model(&sfUser{}).Create(m)
+				return res([]any{r.RowsAffected, m}, r.Error)
+			})
+			tw.same(t, "Model(&User{}).Create([]map)", func(db *gorm.DB) any {
+				ms := []map[string]any{{"Name": "e", "Age": 5}, {"Name": "f", "Age": 6}}
+				r := db.Model(&sfUser{}).Create(ms)
+				return res([]any{r.RowsAffected, ms}, r.Error)
+			})
+			for id := uint(1); id <= 6; id++ {
+				tw.same(t, "read the created row", read(id))
+			}
+			tw.sameRows(t)
+			tw.settled(t)
+		})
+	}
+}

@@ -267,25 +267,33 @@ func foreignType(st *gorm.Statement, spec *modelSpec) bool {
 	return st.Schema == nil || st.Schema.ModelType != spec.sch.ModelType
 }
 
-// createNamesRows refuses a Create of maps into a cached model's table
-// (db.Table("accounts").Create(map...)) that leaves out the primary key:
-// without the model GORM returns no generated key, so the new row's key,
-// which may hold a "not found" entry, cannot be named.
-func createNamesRows(st *gorm.Statement, spec *modelSpec, targets []target) error {
-	if st.Schema != nil {
-		return nil // structs: GORM returns the generated keys into them
-	}
+// createNamesRows tells whether a Create of maps (db.Table("accounts").Create(map...),
+// Model(&Account{}).Create([]map...)) leaves out the primary key of some
+// row: GORM returns no generated key into such maps (or, for a slice of
+// maps, none at all), so the new rows' keys, which may hold a "not found"
+// entry, are learnt from RETURNING (returning.go) instead.
+func createNamesRows(st *gorm.Statement, targets []target) bool {
 	rv := st.ReflectValue
 	for rv.IsValid() && (rv.Kind() == reflect.Pointer || rv.Kind() == reflect.Interface) && !rv.IsNil() {
 		rv = rv.Elem()
 	}
+	if !rv.IsValid() {
+		return true
+	}
 	rows := 1
-	if rv.IsValid() && (rv.Kind() == reflect.Slice || rv.Kind() == reflect.Array) {
+	elem := rv.Type()
+	if rv.Kind() == reflect.Slice || rv.Kind() == reflect.Array {
 		rows = rv.Len()
+		elem = elem.Elem()
 	}
-	if len(targets) < rows {
-		return fmt.Errorf("%w: create into table %s of cached model %s without its primary key %s; set the key or create through the model",
-			ErrUnsupported, spec.sch.Table, spec.name, spec.pks[0].DBName)
+	for elem.Kind() == reflect.Pointer || elem.Kind() == reflect.Interface {
+		if elem.Kind() == reflect.Interface {
+			return len(targets) >= rows // cannot tell: count what was named
+		}
+		elem = elem.Elem()
 	}
-	return nil
+	if elem.Kind() != reflect.Map {
+		return true // structs: GORM returns the generated keys into them
+	}
+	return len(targets) >= rows
 }

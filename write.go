@@ -126,9 +126,15 @@ func (p *Plugin) beforeWrite(kind writeKind) func(*gorm.DB) {
 				_ = db.AddError(err)
 				return
 			}
-			if err := createNamesRows(db.Statement, spec, targets); err != nil {
-				_ = db.AddError(err)
-				return
+			if !createNamesRows(db.Statement, targets) {
+				// Maps without their primary key: the new rows' keys come
+				// back through RETURNING, or the statement must not run.
+				r, err := p.installReturning(db, spec, kind)
+				if err != nil {
+					_ = db.AddError(err)
+					return
+				}
+				ws.ret = r
 			}
 		}
 		// canonical keys (canon.go): a loose key may name its row under
@@ -206,6 +212,19 @@ func (p *Plugin) afterWrite(kind writeKind) func(*gorm.DB) {
 		if db.Error != nil {
 			if !inTx && len(ws.early) > 0 {
 				p.releaseEarly(db.Statement.Context, spec, ws)
+			}
+			if r := ws.ret; !inTx && r != nil && len(r.rows) > 0 {
+				// The statement ran and committed, then failed (GORM could
+				// not scan its RETURNING into the caller's value): the rows
+				// it wrote are invalidated.
+				var keys []string
+				for _, t := range p.targetsIn(db.Statement.Context, spec, r.captured()) {
+					keys = append(keys, t.key)
+				}
+				if err := p.invalidateKeys(db.Statement.Context, keys); err != nil {
+					p.logf("writethrough: invalidate after a failed statement; the keys go to the outbox", "err", err)
+					p.recordAfterCommit(db.Statement.Context, keys)
+				}
 			}
 			return
 		}

@@ -161,3 +161,104 @@ func TestCreateMapWithoutKey(t *testing.T) {
 		})
 	}
 }
+
+// sfUserLocal is a second cached model on table users, as GORM's tests
+// declare a local `type user struct { gorm.Model; ... }`: the same default
+// key, another row encoding.
+type sfUserLocal struct {
+	SfBase
+	Name string
+}
+
+func (sfUserLocal) TableName() string { return "users" }
+
+// sfUserOther is a third cached model on table users, under another key
+// template.
+type sfUserOther struct {
+	ID   uint `gorm:"primarykey" cache:"ttl:10m;key:{prefix}:u2:{id}"`
+	Name string
+	Age  int
+}
+
+func (sfUserOther) TableName() string { return "users" }
+
+// TestTableSharedByCachedModels: writes naming a table that several cached
+// models share run as in plain GORM, and no model serves a row the write
+// changed, whichever model (or none) the write went through.
+func TestTableSharedByCachedModels(t *testing.T) {
+	for _, tx := range []bool{false, true} {
+		t.Run(map[bool]string{false: "SkipDefaultTransaction", true: "default transaction"}[tx], func(t *testing.T) {
+			tw := newTwin(t, twinOpts{models: []any{&sfUser{}, &sfUserLocal{}, &sfUserOther{}}, gorm: func() *gorm.Config {
+				return &gorm.Config{SkipDefaultTransaction: !tx}
+			}, setup: func(db *gorm.DB) error {
+				// AutoMigrate migrates one model per table: the widest first.
+				return db.AutoMigrate(&sfUser{})
+			}})
+			tw.same(t, "create", func(db *gorm.DB) any {
+				us := []sfUser{{Name: "a", Age: 1}, {Name: "b", Age: 2}, {Name: "c", Age: 3}}
+				r := db.Create(&us)
+				return res(r.RowsAffected, r.Error)
+			})
+			readAll := func(what string) {
+				t.Helper()
+				for id := uint(1); id <= 3; id++ {
+					tw.same(t, what+": read User", func(db *gorm.DB) any {
+						var u sfUser
+						err := db.Scopes(writethrough.Cached).First(&u, id).Error
+						return res([]any{u.ID, u.Name, u.Age}, err)
+					})
+					tw.same(t, what+": read user", func(db *gorm.DB) any {
+						var u sfUserLocal
+						err := db.Scopes(writethrough.Cached).First(&u, id).Error
+						return res([]any{u.ID, u.Name}, err)
+					})
+					tw.same(t, what+": read user under another key", func(db *gorm.DB) any {
+						var u sfUserOther
+						err := db.Scopes(writethrough.Cached).First(&u, id).Error
+						return res([]any{u.ID, u.Name, u.Age}, err)
+					})
+				}
+			}
+			readAll("fill")
+			readAll("fill again (hits)")
+			writes := []struct {
+				name string
+				fn   func(db *gorm.DB) *gorm.DB
+			}{
+				{"Table(users).Where(name in).Updates(User)", func(db *gorm.DB) *gorm.DB {
+					return db.Table("users").Where("name in ?", []string{"a", "b"}).Updates(sfUser{Name: "x"})
+				}},
+				{"Table(users).Where(map).Update", func(db *gorm.DB) *gorm.DB {
+					return db.Table("users").Where(map[string]any{"name": "c"}).Update("age", 20)
+				}},
+				{"Table(users).Update with a subquery", func(db *gorm.DB) *gorm.DB {
+					return db.Table("users").Where("1 = 1").Update("name", db.Session(&gorm.Session{NewDB: true}).Table("users AS u").Select("max(u.name) || '!'"))
+				}},
+				{"Model(&user{}) update", func(db *gorm.DB) *gorm.DB {
+					return db.Model(&sfUserLocal{}).Where("id = ?", 1).Update("name", "local")
+				}},
+				{"Model(&User{}) update by key", func(db *gorm.DB) *gorm.DB {
+					return db.Model(&sfUser{SfBase: SfBase{ID: 2}}).Update("age", 40)
+				}},
+				{"Table(users).Create(map)", func(db *gorm.DB) *gorm.DB {
+					return db.Table("users").Create(map[string]any{"name": "n", "age": 5})
+				}},
+				{"Table(users) delete", func(db *gorm.DB) *gorm.DB {
+					return db.Table("users").Where("id = ?", 3).Delete(nil)
+				}},
+			}
+			for _, w := range writes {
+				got := tw.same(t, w.name, func(db *gorm.DB) any {
+					r := w.fn(db)
+					return res(r.RowsAffected, r.Error)
+				}).(result)
+				if got.Err != "" || got.Value == int64(0) {
+					t.Fatalf("%s: %+v, want rows written", w.name, got)
+				}
+				readAll("after " + w.name)
+				tw.sameRows(t)
+				tw.settled(t)
+			}
+		})
+	}
+}

@@ -165,42 +165,62 @@ func writtenTable(st *gorm.Statement) (tableRef, bool) {
 // statement's own model (own is its spec) in the usual case, another cached
 // model when the statement names that model's table (db.Table("accounts")
 // with a map, a struct of another type), nil when the table is not a cached
-// model's. It fails with ErrUnsupported when it cannot tell.
-func (p *Plugin) writtenSpec(db *gorm.DB, own *modelSpec) (*modelSpec, error) {
+// model's. shared lists the other cached models on the same table (two
+// structs on one table): the rows the write names are invalidated under
+// their keys too. It fails with ErrUnsupported when it cannot tell.
+func (p *Plugin) writtenSpec(db *gorm.DB, own *modelSpec) (spec *modelSpec, shared []*modelSpec, err error) {
 	st := db.Statement
 	if own != nil && st.TableExpr == nil && (st.Table == "" || st.Table == own.sch.Table) {
-		return own, nil
+		ref, ok := parseTableName(own.sch.Table, false)
+		if !ok {
+			return own, nil, nil
+		}
+		shared, err := p.sharers(db, ref, own)
+		return own, shared, err
 	}
 	if st.SQL.Len() > 0 {
-		return nil, nil // Raw and Exec SQL: out of scope (Invalidate, CDC)
+		return nil, nil, nil // Raw and Exec SQL: out of scope (Invalidate, CDC)
 	}
 	ref, ok := writtenTable(st)
 	if !ok {
 		if st.TableExpr == nil {
-			return own, nil
+			return own, nil, nil
 		}
 		if own != nil || p.anyTableIn(st.TableExpr.SQL) {
-			return nil, fmt.Errorf("%w: write to table expression %q, which may be cached model's table; write to the model's table by name",
+			return nil, nil, fmt.Errorf("%w: write to table expression %q, which may be cached model's table; write to the model's table by name",
 				ErrUnsupported, st.TableExpr.SQL)
 		}
-		return nil, nil
+		return nil, nil, nil
 	}
-	var found *modelSpec
+	all, err := p.sharers(db, ref, nil)
+	if err != nil || len(all) == 0 {
+		return nil, nil, err
+	}
+	for i, c := range all {
+		if c == own {
+			// The statement's own model, on a table spelled otherwise.
+			all[0], all[i] = all[i], all[0]
+		}
+	}
+	return all[0], all[1:], nil
+}
+
+// sharers returns the cached models whose table ref names, except but.
+func (p *Plugin) sharers(db *gorm.DB, ref tableRef, but *modelSpec) ([]*modelSpec, error) {
+	var out []*modelSpec
 	for _, c := range p.specsOfRel(ref.rel) {
+		if c == but {
+			continue
+		}
 		same, err := sameTableRef(db, ref, c)
 		if err != nil {
 			return nil, err
 		}
-		if !same {
-			continue
+		if same {
+			out = append(out, c)
 		}
-		if found != nil && found != c {
-			return nil, fmt.Errorf("%w: write to table %s, which cached models %s and %s share; write through one of them",
-				ErrUnsupported, ref, found.name, c.name)
-		}
-		found = c
 	}
-	return found, nil
+	return out, nil
 }
 
 // anyTableIn reports whether expr mentions the relation name of a cached

@@ -51,6 +51,9 @@ type writeState struct {
 	moved   []target // keys the rows had before an update that assigns their primary key
 	renamed []target // keys those rows have after it (keychange.go)
 
+	shared         []*modelSpec // other cached models on the same table: their keys of the rows written are invalidated
+	invalidateOnly bool         // written by table name on a shared table: install no row
+
 	cascaded       []string // keys of rows a foreign-key action changes, pending under token (no transaction)
 	cascadeFailed  []string // of those, keys Redis missed (Soft): outbox after the write
 	cascadeParents int      // parent rows locked to find them; -1 when nothing cascades (cascade.go)
@@ -79,7 +82,7 @@ func (p *Plugin) beforeWrite(kind writeKind) func(*gorm.DB) {
 		}
 		// The table the statement writes, which may be a cached model's
 		// even when the statement's model is not (tables.go).
-		spec, err := p.writtenSpec(db, own)
+		spec, shared, err := p.writtenSpec(db, own)
 		if err != nil {
 			_ = db.AddError(err)
 			return
@@ -94,7 +97,10 @@ func (p *Plugin) beforeWrite(kind writeKind) func(*gorm.DB) {
 		if spec == nil && parents < 0 {
 			return
 		}
-		ws := &writeState{spec: spec, cascadeParents: parents}
+		ws := &writeState{spec: spec, shared: shared, cascadeParents: parents}
+		// Written by table name while other cached models share the table:
+		// no model's row is installed, every model's key is invalidated.
+		ws.invalidateOnly = len(shared) > 0 && spec != own
 		db.InstanceSet(stateKey, ws)
 		if err := p.stageCascade(db, ws, cascaded); err != nil {
 			_ = db.AddError(err)
@@ -261,11 +267,62 @@ func (p *Plugin) afterWrite(kind writeKind) func(*gorm.DB) {
 		targets = dedupe(targets)
 		switch {
 		case tx != nil:
-			p.stageTx(db, spec, kind, tx, targets, affected)
+			p.stageTx(db, spec, kind, tx, targets, affected, !ws.invalidateOnly)
 		case inTx:
 			p.stageForeign(db, spec, kind, targets)
 		default:
 			p.stageAutocommit(db, spec, kind, ws, targets)
+		}
+		p.invalidateShared(db, ws, tx, inTx, targets)
+	}
+}
+
+// invalidateShared invalidates the rows a write named under the keys of
+// the other cached models on the same table (tables.go): their key
+// templates may differ from the written model's, and an entry one of them
+// filled would otherwise stay. A key string the written model staged
+// itself is left to it.
+func (p *Plugin) invalidateShared(db *gorm.DB, ws *writeState, tx *hookTx, inTx bool, targets []target) {
+	if len(ws.shared) == 0 || len(targets) == 0 {
+		return
+	}
+	mine := make(map[string]bool, len(targets))
+	for _, t := range targets {
+		mine[t.key] = true
+	}
+	ctx := db.Statement.Context
+	var keys []specKey
+	for _, s := range ws.shared {
+		for _, t := range targets {
+			k, ok := s.lookupKey(ctx, t.pk...)
+			if !ok || mine[k] {
+				continue
+			}
+			mine[k] = true
+			keys = append(keys, specKey{spec: s, key: k})
+		}
+	}
+	if len(keys) == 0 {
+		return
+	}
+	switch {
+	case tx != nil:
+		if err := p.stageInvalidations(db, tx, keys, "invalidate shared table"); err != nil {
+			_ = db.AddError(err)
+			tx.fail(err)
+		}
+	case inTx:
+		if err := p.pendForeign(ctx, keys, "invalidate shared table"); err != nil {
+			_ = db.AddError(err)
+		}
+	default:
+		list := make([]string, len(keys))
+		for i, k := range keys {
+			list[i] = k.key
+		}
+		if err := p.invalidateKeys(ctx, list); err != nil {
+			p.logf("writethrough: invalidate a shared table's keys failed; the keys go to the outbox", "err", err)
+			p.recordAfterCommit(ctx, list)
 		}
 	}
 }
@@ -568,7 +625,7 @@ func schemaToQueryValues(table string, names []string, pks [][]any) (any, []any)
 // stageTx prepares every target inside the transaction. Strict: a failure
 // fails the statement and the transaction cannot commit. Soft: the key is
 // only invalidated after the transaction.
-func (p *Plugin) stageTx(db *gorm.DB, spec *modelSpec, kind writeKind, tx *hookTx, targets []target, affected int64) {
+func (p *Plugin) stageTx(db *gorm.DB, spec *modelSpec, kind writeKind, tx *hookTx, targets []target, affected int64, install bool) {
 	if len(targets) == 0 {
 		return
 	}
@@ -589,7 +646,7 @@ func (p *Plugin) stageTx(db *gorm.DB, spec *modelSpec, kind writeKind, tx *hookT
 			targets[i].intent, targets[i].row = 0, nil
 		}
 	}
-	if affected < int64(namedRows(targets)) {
+	if affected < int64(namedRows(targets)) || !install {
 		// The statement missed some rows, so it holds no lock on them: what
 		// the re-read saw there may be overtaken before this prepares (a
 		// concurrent insert). Invalidate, never install.
@@ -677,7 +734,7 @@ func (p *Plugin) stageAutocommit(db *gorm.DB, spec *modelSpec, kind writeKind, w
 	var calls []*call
 	for i, t := range targets {
 		if !ws.early[t.key] {
-			if kind != kindCreate || upsertMayMatch(db.Statement, spec) {
+			if kind != kindCreate || upsertMayMatch(db.Statement, spec) || ws.invalidateOnly {
 				// Made pending only now, after the statement committed and
 				// with no lock held: a writer that finalized since the
 				// re-read goes unseen. Invalidate, never install. (A created

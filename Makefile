@@ -65,6 +65,14 @@ soak: services ## Run the soak test (DURATION=10m CLIENTS=32)
 gorm-suite: services ## Run GORM's test suite with and without the plugin (GORM_SRC=dir)
 	@GORM_SRC="$(GORM_SRC)" GO="$(GO)" bash scripts/gorm-suite.sh
 
+# Differential test knobs: make differential SEED=0 STEPS=2000 (SEED=0: from the clock)
+SEED ?= 0
+STEPS ?= 2000
+
+.PHONY: differential
+differential: services ## Run the differential test longer, on a new seed (SEED=0 STEPS=2000)
+	$(GO) test -count=1 -run '^TestDifferential$$' -timeout 0 . -args -diff.seed=$(SEED) -diff.steps=$(STEPS)
+
 .PHONY: lint
 lint: ## Fail on unformatted files, then go vet every module
 	@unformatted=$$(gofmt -l .); \

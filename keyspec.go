@@ -474,6 +474,15 @@ func (s *modelSpec) normalize(ctx context.Context, f *schema.Field, v any) (any,
 	if n, ok, done := fastInteger(f.FieldType, rv); done {
 		return n, ok
 	}
+	if rv.Kind() == reflect.String {
+		// An integer key spelled as the database reads it ("42", "042",
+		// " +42 "): the same row, so the same key.
+		if n, ok := parseIntegerText(rv.String()); ok {
+			if v, ok, done := fastInteger(f.FieldType, reflect.ValueOf(n)); done {
+				return v, ok
+			}
+		}
+	}
 	scratch := reflect.New(s.sch.ModelType).Elem()
 	if err := f.Set(ctx, scratch, rv.Interface()); err != nil {
 		return nil, false
@@ -492,6 +501,20 @@ func (s *modelSpec) normalize(ctx context.Context, f *schema.Field, v any) (any,
 		}
 	}
 	return out, true
+}
+
+// parseIntegerText reads decimal integer text the way PostgreSQL's integer
+// input does: surrounding white space, an optional sign, leading zeros.
+func parseIntegerText(str string) (int64, bool) {
+	str = strings.TrimSpace(str)
+	if strings.HasPrefix(str, "+") {
+		str = str[1:]
+		if strings.HasPrefix(str, "-") || strings.HasPrefix(str, "+") {
+			return 0, false
+		}
+	}
+	n, err := strconv.ParseInt(str, 10, 64)
+	return n, err == nil
 }
 
 // fastInteger converts an integer to a plain integer key field without

@@ -7,7 +7,6 @@ import (
 	"time"
 
 	"gorm.io/gorm"
-	"gorm.io/gorm/clause"
 	"gorm.io/gorm/logger"
 	"gorm.io/gorm/schema"
 )
@@ -257,19 +256,8 @@ func (p *Plugin) canonicalTargets(db *gorm.DB, s *modelSpec, targets []target) (
 	if len(targets) == 0 || !s.looseKeys() {
 		return nil, nil
 	}
-	pks := make([][]any, len(targets))
-	for i, t := range targets {
-		pks[i] = t.pk
-	}
-	names := make([]string, len(s.pks))
-	for i, f := range s.pks {
-		names[i] = f.DBName
-	}
-	col, vals := schemaToQueryValues(s.sch.Table, names, pks)
-	rows := reflect.New(reflect.SliceOf(s.sch.ModelType))
-	q := db.Session(&gorm.Session{NewDB: true, SkipHooks: true}).
-		Set("gorm:db_resolver:write", struct{}{}).Unscoped().Select(names)
-	if err := q.Where(clause.IN{Column: col, Values: vals}).Find(rows.Interface()).Error; err != nil {
+	rows, err := rowsByKey(db, s, targets, true)
+	if err != nil {
 		return nil, err
 	}
 	have := make(map[string]bool, len(targets))

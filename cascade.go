@@ -160,8 +160,7 @@ func (l *liveColumns) of(table string) (map[string]bool, error) {
 	if l.cols == nil {
 		l.cols = make(map[string]map[string]bool)
 	}
-	q := l.db.Session(&gorm.Session{NewDB: true, SkipHooks: true}).
-		Set("gorm:db_resolver:write", struct{}{})
+	q := ownQuery(l.db)
 	c := make(map[string]bool)
 	if l.db.Dialector.Name() == "postgres" {
 		ref, ok := parseTableName(table, false)
@@ -292,8 +291,7 @@ func (p *Plugin) cascadeTargets(db *gorm.DB, kind writeKind) (keys []specKey, pa
 				col = cs
 			}
 			var children []map[string]any
-			err = db.Session(&gorm.Session{NewDB: true, SkipHooks: true}).
-				Set("gorm:db_resolver:write", struct{}{}).
+			err = ownQuery(db).
 				Model(reflect.New(r.child.ModelType).Interface()).Unscoped().
 				Select(dedupeStrings(sel)).Where(clause.IN{Column: col, Values: vals}).
 				Clauses(clause.Locking{Strength: "UPDATE"}).Find(&children).Error
@@ -340,8 +338,7 @@ func (p *Plugin) cascadeTargets(db *gorm.DB, kind writeKind) (keys []specKey, pa
 func (p *Plugin) parentQuery(db *gorm.DB) (*gorm.DB, bool) {
 	st := db.Statement
 	sch := st.Schema
-	q := db.Session(&gorm.Session{NewDB: true, SkipHooks: true}).
-		Set("gorm:db_resolver:write", struct{}{}). // never a replica
+	q := ownQuery(db).
 		Model(reflect.New(sch.ModelType).Interface())
 	q.Statement.Table, q.Statement.TableExpr = st.Table, st.TableExpr
 	if st.Unscoped {

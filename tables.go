@@ -257,8 +257,7 @@ func sameTableRef(db *gorm.DB, ref tableRef, spec *modelSpec) (bool, error) {
 			ErrUnsupported, ref, mref, spec.name, db.Dialector.Name())
 	}
 	var same sql.NullBool
-	err := db.Session(&gorm.Session{NewDB: true, SkipHooks: true}).
-		Set("gorm:db_resolver:write", struct{}{}).
+	err := ownQuery(db).
 		Raw("SELECT to_regclass(?)::oid = to_regclass(?)::oid", ref.quoted(), mref.quoted()).
 		Scan(&same).Error
 	if err != nil {

@@ -549,19 +549,8 @@ func (p *Plugin) reread(db *gorm.DB, spec *modelSpec, targets []target) error {
 	if spec.aside {
 		return nil // aside: writes only invalidate
 	}
-	pks := make([][]any, len(targets))
-	for i, t := range targets {
-		pks[i] = t.pk
-	}
-	names := make([]string, len(spec.pks))
-	for i, f := range spec.pks {
-		names[i] = f.DBName
-	}
-	col, vals := schemaToQueryValues(spec.sch.Table, names, pks)
-	rows := reflect.New(reflect.SliceOf(spec.sch.ModelType))
-	rtx := db.Session(&gorm.Session{NewDB: true, SkipHooks: true}).
-		Set("gorm:db_resolver:write", struct{}{}) // never a replica
-	if err := rtx.Unscoped().Where(clause.IN{Column: col, Values: vals}).Find(rows.Interface()).Error; err != nil {
+	rows, err := rowsByKey(db, spec, targets, false)
+	if err != nil {
 		return fmt.Errorf("writethrough: re-read %s after write: %w", spec.name, err)
 	}
 	byKey := make(map[string]int, len(targets))
@@ -600,6 +589,34 @@ func (p *Plugin) reread(db *gorm.DB, spec *modelSpec, targets []target) error {
 		t.intent, t.row = pendHasRow, row
 	}
 	return nil
+}
+
+// ownQuery starts one of the plugin's own statements on db's connection
+// (inside its transaction, when there is one): hooks skipped, never sent to
+// a read replica, never served from the cache.
+func ownQuery(db *gorm.DB) *gorm.DB {
+	return db.Session(&gorm.Session{NewDB: true, SkipHooks: true}).
+		Set("gorm:db_resolver:write", struct{}{}).Set(uncachedKey, true)
+}
+
+// rowsByKey reads the rows that targets name, soft-deleted ones included,
+// into a new *[]Model: every column, or only the key columns when keysOnly.
+func rowsByKey(db *gorm.DB, spec *modelSpec, targets []target, keysOnly bool) (reflect.Value, error) {
+	pks := make([][]any, len(targets))
+	for i, t := range targets {
+		pks[i] = t.pk
+	}
+	names := make([]string, len(spec.pks))
+	for i, f := range spec.pks {
+		names[i] = f.DBName
+	}
+	col, vals := schemaToQueryValues(spec.sch.Table, names, pks)
+	rows := reflect.New(reflect.SliceOf(spec.sch.ModelType))
+	q := ownQuery(db).Unscoped()
+	if keysOnly {
+		q = q.Select(names)
+	}
+	return rows, q.Where(clause.IN{Column: col, Values: vals}).Find(rows.Interface()).Error
 }
 
 // schemaToQueryValues is schema.ToQueryValues with the column tied to the

@@ -1,0 +1,127 @@
+package cdc
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"regexp"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// Config configures a [Consumer]. The zero value of every field but Redis
+// and Models means the documented default.
+type Config struct {
+	// Redis is the client the plugin uses. Required.
+	Redis redis.UniversalClient
+
+	// Prefix is the plugin's Config.Prefix; keys are built exactly as the
+	// plugin builds them. Default "wt", as in the plugin.
+	Prefix string
+
+	// Models are the cached models (pointers to structs with a cache tag)
+	// whose tables the consumer follows. Required.
+	Models []any
+
+	// ConnString is the PostgreSQL connection string for the replication
+	// connection (URL or key=value). Default: the DSN the GORM postgres
+	// dialector was opened with. The role needs REPLICATION.
+	ConnString string
+
+	// Slot is the replication slot's name. Default "writethrough".
+	Slot string
+
+	// Publication is the publication's name. Default "writethrough".
+	Publication string
+
+	// StatusInterval is how often the consumer confirms progress to
+	// PostgreSQL while changes arrive. Default 1s.
+	StatusInterval time.Duration
+
+	// StandbyPoll is how often a consumer whose slot another consumer holds
+	// tries to take it. Default 1s.
+	StandbyPoll time.Duration
+
+	// RetryMin and RetryMax bound the backoff after a failure (PostgreSQL
+	// or Redis). Defaults 100ms and 10s.
+	RetryMin, RetryMax time.Duration
+
+	// Timeout bounds one Redis round trip. Default 2s.
+	Timeout time.Duration
+
+	// PurgeBatch is how many keys one SCAN step asks for when the consumer
+	// removes every key of a table. Default 500.
+	PurgeBatch int
+
+	// Logger receives what the consumer does; nil is silent.
+	Logger *slog.Logger
+}
+
+// ErrInvalidConfig is returned by [New] for a Config it cannot use.
+var ErrInvalidConfig = errors.New("cdc: invalid config")
+
+// nameRE is what PostgreSQL accepts for a replication slot name; the
+// publication follows the same rule here so that neither needs quoting.
+var nameRE = regexp.MustCompile(`^[a-z0-9_]{1,63}$`)
+
+func (c Config) withDefaults() (Config, error) {
+	bad := func(field, why string) (Config, error) {
+		return c, fmt.Errorf("%w: %s: %s", ErrInvalidConfig, field, why)
+	}
+	if c.Redis == nil {
+		return bad("Redis", "required")
+	}
+	if len(c.Models) == 0 {
+		return bad("Models", "at least one cached model")
+	}
+	if c.Prefix == "" {
+		c.Prefix = "wt"
+	}
+	if c.Slot == "" {
+		c.Slot = "writethrough"
+	}
+	if c.Publication == "" {
+		c.Publication = "writethrough"
+	}
+	if !nameRE.MatchString(c.Slot) {
+		return bad("Slot", "lower-case letters, digits and underscores, at most 63")
+	}
+	if !nameRE.MatchString(c.Publication) {
+		return bad("Publication", "lower-case letters, digits and underscores, at most 63")
+	}
+	def := func(d *time.Duration, v time.Duration, name string) error {
+		if *d < 0 {
+			return fmt.Errorf("%w: %s: negative", ErrInvalidConfig, name)
+		}
+		if *d == 0 {
+			*d = v
+		}
+		return nil
+	}
+	for _, d := range []struct {
+		p    *time.Duration
+		v    time.Duration
+		name string
+	}{
+		{&c.StatusInterval, time.Second, "StatusInterval"},
+		{&c.StandbyPoll, time.Second, "StandbyPoll"},
+		{&c.RetryMin, 100 * time.Millisecond, "RetryMin"},
+		{&c.RetryMax, 10 * time.Second, "RetryMax"},
+		{&c.Timeout, 2 * time.Second, "Timeout"},
+	} {
+		if err := def(d.p, d.v, d.name); err != nil {
+			return c, err
+		}
+	}
+	if c.RetryMax < c.RetryMin {
+		return bad("RetryMax", "less than RetryMin")
+	}
+	if c.PurgeBatch < 0 {
+		return bad("PurgeBatch", "negative")
+	}
+	if c.PurgeBatch == 0 {
+		c.PurgeBatch = 500
+	}
+	return c, nil
+}

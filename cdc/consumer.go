@@ -1,0 +1,477 @@
+package cdc
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"reflect"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5/pgconn"
+	"gorm.io/driver/postgres"
+	"gorm.io/gorm"
+)
+
+// State is what a [Consumer] is doing.
+type State int32
+
+// The states of a Consumer.
+const (
+	StateStopped   State = iota // Run has not started or has returned
+	StateStarting               // connecting, checking the publication and slot
+	StateStandby                // another consumer holds the slot: waiting to take it
+	StatePurging                // removing every key of the published tables
+	StateStreaming              // applying changes
+	StateRetrying               // waiting out a backoff after a failure
+)
+
+func (s State) String() string {
+	switch s {
+	case StateStopped:
+		return "stopped"
+	case StateStarting:
+		return "starting"
+	case StateStandby:
+		return "standby"
+	case StatePurging:
+		return "purging"
+	case StateStreaming:
+		return "streaming"
+	case StateRetrying:
+		return "retrying"
+	}
+	return fmt.Sprintf("State(%d)", int32(s))
+}
+
+// Stats is a snapshot of a consumer's counters.
+type Stats struct {
+	State        State
+	Transactions uint64        // committed transactions that changed a followed table
+	KeysApplied  uint64        // invalidations applied in Redis
+	KeysSkipped  uint64        // keys the plugin's own write had already installed
+	Truncates    uint64        // tables whose every key was removed for a TRUNCATE
+	Purges       uint64        // full purges after a new or invalidated slot
+	PurgedKeys   uint64        // keys removed by purges and truncates
+	Reconnects   uint64        // replication sessions started after the first
+	Errors       uint64        // failures that led to a backoff
+	Lag          time.Duration // commit time to invalidation applied, last transaction
+	ConfirmedLSN string        // last position known applied
+	LastError    string        // the last failure, "" when none
+}
+
+// Consumer follows the logical replication stream and invalidates the cache.
+// Create it with [New] and start it with [Consumer.Run].
+type Consumer struct {
+	cfg     Config
+	connCfg *pgconn.Config
+	tables  map[string]*table // by "schema.table" once resolved (Run)
+	wanted  []*table
+	apply_  applier
+
+	running atomic.Bool
+	state   atomic.Int32
+	stats   *counters
+
+	mu      sync.Mutex // protects lastErr
+	lastErr string
+}
+
+type counters struct {
+	transactions, keysApplied, keysSkipped, truncates, purges, purgedKeys,
+	reconnects, errors atomic.Uint64
+	lagNanos     atomic.Int64
+	confirmedLSN atomic.Uint64
+}
+
+// table is one followed table and the cached models stored from it.
+type table struct {
+	name   string // as the model gives it (maybe unqualified)
+	ref    string // "schema.table", resolved against the database
+	models []*model
+}
+
+// New prepares a consumer for the tables of cfg.Models, parsed with db's
+// naming strategy. It does not connect; [Consumer.Run] does.
+func New(db *gorm.DB, cfg Config) (*Consumer, error) {
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	conn := cfg.ConnString
+	if conn == "" {
+		if d, ok := db.Dialector.(*postgres.Dialector); ok && d.Config != nil {
+			conn = d.Config.DSN
+		}
+	}
+	if conn == "" {
+		return nil, fmt.Errorf("%w: ConnString: required when db was not opened with a postgres DSN", ErrInvalidConfig)
+	}
+	pcfg, err := pgconn.ParseConfig(conn)
+	if err != nil {
+		return nil, fmt.Errorf("%w: ConnString: %w", ErrInvalidConfig, err)
+	}
+	pcfg.RuntimeParams["replication"] = "database"
+	c := &Consumer{cfg: cfg, connCfg: pcfg, stats: &counters{}}
+	byName := map[string]*table{}
+	for _, m := range cfg.Models {
+		if m == nil || reflect.TypeOf(m).Kind() != reflect.Pointer {
+			return nil, fmt.Errorf("%w: Models: want pointers to structs, got %T", ErrInvalidConfig, m)
+		}
+		st := &gorm.Statement{DB: db}
+		if err := st.Parse(m); err != nil {
+			return nil, fmt.Errorf("cdc: parse model %T: %w", m, err)
+		}
+		mk, err := newModel(st.Schema, cfg.Prefix)
+		if err != nil {
+			return nil, err
+		}
+		t := byName[st.Schema.Table]
+		if t == nil {
+			t = &table{name: st.Schema.Table}
+			byName[t.name] = t
+			c.wanted = append(c.wanted, t)
+		}
+		t.models = append(t.models, mk)
+	}
+	c.apply_ = applier{c: c}
+	return c, nil
+}
+
+// Run streams changes until ctx ends, reconnecting with backoff after
+// failures. It returns nil when ctx ended, or an error only for a problem
+// retrying cannot fix (a Config PostgreSQL refuses). Run may be called once
+// at a time.
+func (c *Consumer) Run(ctx context.Context) error {
+	if !c.running.CompareAndSwap(false, true) {
+		return errors.New("cdc: Run is already running")
+	}
+	defer c.running.Store(false)
+	defer c.setState(StateStopped)
+	backoff := c.cfg.RetryMin
+	first := true
+	for ctx.Err() == nil {
+		if !first {
+			c.stats.reconnects.Add(1)
+		}
+		first = false
+		streamed, err := c.session(ctx)
+		if ctx.Err() != nil {
+			return nil
+		}
+		if errors.Is(err, errStandby) {
+			c.setState(StateStandby)
+			if !sleep(ctx, c.cfg.StandbyPoll) {
+				return nil
+			}
+			first = true // waiting for the slot is not a reconnect
+			continue
+		}
+		if err == nil {
+			continue
+		}
+		if fatal(err) {
+			c.fail(err)
+			return err
+		}
+		c.fail(err)
+		if streamed {
+			backoff = c.cfg.RetryMin
+		}
+		c.setState(StateRetrying)
+		c.logf("cdc: retrying", "after", backoff, "err", err)
+		if !sleep(ctx, backoff) {
+			return nil
+		}
+		backoff = min(2*backoff, c.cfg.RetryMax)
+	}
+	return nil
+}
+
+// errStandby: another consumer holds the slot.
+var errStandby = errors.New("cdc: the slot is active in another consumer")
+
+// fatal reports errors that retrying cannot fix.
+func fatal(err error) bool {
+	switch pgCode(err) {
+	case "42501", // insufficient_privilege (no REPLICATION)
+		"28000", "28P01": // invalid authorization, password
+		return true
+	}
+	return false
+}
+
+// session runs one replication connection: setup, purge when needed, then
+// streaming. streamed reports whether it got as far as streaming.
+func (c *Consumer) session(ctx context.Context) (streamed bool, err error) {
+	c.setState(StateStarting)
+	conn, err := pgconn.ConnectConfig(ctx, c.connCfg)
+	if err != nil {
+		return false, fmt.Errorf("connect: %w", err)
+	}
+	defer conn.Close(context.Background())
+	if err := c.resolve(ctx, conn); err != nil {
+		return false, err
+	}
+	added, created, err := c.ensurePublication(ctx, conn)
+	if err != nil {
+		return false, err
+	}
+	if created {
+		// pgoutput cannot decode, with a slot older than its publication,
+		// the changes made before the publication existed: start afresh.
+		if err := c.dropSlotOn(ctx, conn); err != nil {
+			return false, err
+		}
+	}
+	fresh, err := c.ensureSlot(ctx, conn)
+	if err != nil {
+		return false, err
+	}
+	s := &session{c: c, conn: conn, rels: map[uint32]*relation{}}
+	switch {
+	case fresh:
+		// Changes committed before the slot existed were never seen.
+		if err := c.purge(ctx, c.wanted, "new replication slot"); err != nil {
+			return false, err
+		}
+	case len(added) > 0:
+		if err := c.purge(ctx, added, "tables added to the publication"); err != nil {
+			return false, err
+		}
+	}
+	err = s.stream(ctx)
+	if code := pgCode(err); code == "55006" {
+		return false, errStandby
+	} else if code == "55000" {
+		// The slot was invalidated (max_slot_wal_keep_size): changes are
+		// lost. Drop it; the next session makes a new one and purges.
+		c.logf("cdc: replication slot invalidated; dropping it", "slot", c.cfg.Slot, "err", err)
+		if derr := c.dropSlot(ctx); derr != nil {
+			return false, errors.Join(err, derr)
+		}
+		return false, err
+	}
+	return true, err
+}
+
+// resolve names each followed table as pgoutput will: "schema.table".
+func (c *Consumer) resolve(ctx context.Context, conn *pgconn.PgConn) error {
+	tables := make(map[string]*table, len(c.wanted))
+	for _, t := range c.wanted {
+		rows, err := query(ctx, conn, fmt.Sprintf(
+			"SELECT n.nspname || '.' || c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = to_regclass(%s)",
+			literal(quoteTable(t.name))))
+		if err != nil {
+			return fmt.Errorf("resolve table %s: %w", t.name, err)
+		}
+		if len(rows) != 1 {
+			return fmt.Errorf("cdc: table %s does not exist", t.name)
+		}
+		t.ref = rows[0][0]
+		tables[t.ref] = t
+	}
+	c.tables = tables
+	return nil
+}
+
+// ensurePublication creates the publication for the followed tables, or
+// adds the tables it lacks; added lists those, whose earlier changes the
+// slot never carried. created reports a publication made now.
+func (c *Consumer) ensurePublication(ctx context.Context, conn *pgconn.PgConn) (added []*table, created bool, err error) {
+	pub := c.cfg.Publication
+	rows, err := query(ctx, conn, fmt.Sprintf(
+		"SELECT schemaname || '.' || tablename FROM pg_publication_tables WHERE pubname = %s", literal(pub)))
+	if err != nil {
+		return nil, false, fmt.Errorf("read publication %s: %w", pub, err)
+	}
+	exists, err := query(ctx, conn, fmt.Sprintf("SELECT 1 FROM pg_publication WHERE pubname = %s", literal(pub)))
+	if err != nil {
+		return nil, false, fmt.Errorf("read publication %s: %w", pub, err)
+	}
+	has := map[string]bool{}
+	for _, r := range rows {
+		has[r[0]] = true
+	}
+	var names []string
+	for _, t := range c.wanted {
+		if !has[t.ref] {
+			added = append(added, t)
+			names = append(names, quoteRef(t.ref))
+		}
+	}
+	if len(exists) == 0 {
+		all := make([]string, len(c.wanted))
+		for i, t := range c.wanted {
+			all[i] = quoteRef(t.ref)
+		}
+		_, err := conn.Exec(ctx, fmt.Sprintf("CREATE PUBLICATION %s FOR TABLE %s", pub, strings.Join(all, ", "))).ReadAll()
+		if err != nil && pgCode(err) != "42710" { // another consumer made it
+			return nil, false, fmt.Errorf("create publication %s: %w", pub, err)
+		}
+		if err != nil {
+			return nil, false, nil // another consumer made it, and its slot
+		}
+		c.logf("cdc: publication created", "publication", pub, "tables", len(all))
+		return nil, true, nil
+	}
+	if len(names) == 0 {
+		return nil, false, nil
+	}
+	_, err = conn.Exec(ctx, fmt.Sprintf("ALTER PUBLICATION %s ADD TABLE %s", pub, strings.Join(names, ", "))).ReadAll()
+	if err != nil && pgCode(err) != "42710" {
+		return nil, false, fmt.Errorf("add tables to publication %s: %w", pub, err)
+	}
+	c.logf("cdc: tables added to the publication", "publication", pub, "tables", strings.Join(names, ", "))
+	return added, false, nil
+}
+
+// ensureSlot makes sure the slot exists and can stream. fresh reports a
+// slot made now (changes before it were never seen).
+func (c *Consumer) ensureSlot(ctx context.Context, conn *pgconn.PgConn) (fresh bool, err error) {
+	slot := c.cfg.Slot
+	rows, err := query(ctx, conn, fmt.Sprintf(
+		"SELECT coalesce(wal_status, ''), active::text, plugin FROM pg_replication_slots WHERE slot_name = %s", literal(slot)))
+	if err != nil {
+		return false, fmt.Errorf("read slot %s: %w", slot, err)
+	}
+	if len(rows) == 1 {
+		if rows[0][2] != "pgoutput" {
+			return false, fmt.Errorf("cdc: slot %s uses plugin %s, not pgoutput", slot, rows[0][2])
+		}
+		if rows[0][0] != "lost" {
+			if rows[0][1] == "true" {
+				return false, errStandby
+			}
+			return false, nil
+		}
+		if rows[0][1] == "true" {
+			return false, errStandby
+		}
+		c.logf("cdc: replication slot was invalidated; making a new one", "slot", slot)
+		if err := c.dropSlotOn(ctx, conn); err != nil {
+			return false, err
+		}
+	}
+	_, err = pglogrepl.CreateReplicationSlot(ctx, conn, slot, "pgoutput",
+		pglogrepl.CreateReplicationSlotOptions{Mode: pglogrepl.LogicalReplication, SnapshotAction: "NOEXPORT_SNAPSHOT"})
+	if pgCode(err) == "42710" { // another consumer made it: it purges
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("create slot %s: %w", slot, err)
+	}
+	c.logf("cdc: replication slot created", "slot", slot)
+	return true, nil
+}
+
+func (c *Consumer) dropSlot(ctx context.Context) error {
+	conn, err := pgconn.ConnectConfig(ctx, c.connCfg)
+	if err != nil {
+		return fmt.Errorf("connect: %w", err)
+	}
+	defer conn.Close(context.Background())
+	return c.dropSlotOn(ctx, conn)
+}
+
+func (c *Consumer) dropSlotOn(ctx context.Context, conn *pgconn.PgConn) error {
+	err := pglogrepl.DropReplicationSlot(ctx, conn, c.cfg.Slot, pglogrepl.DropReplicationSlotOptions{})
+	if err != nil && pgCode(err) != "42704" { // already gone
+		return fmt.Errorf("drop slot %s: %w", c.cfg.Slot, err)
+	}
+	return nil
+}
+
+// Stats returns a snapshot of the consumer's counters.
+func (c *Consumer) Stats() Stats {
+	s := c.stats
+	c.mu.Lock()
+	last := c.lastErr
+	c.mu.Unlock()
+	return Stats{
+		State:        State(c.state.Load()),
+		Transactions: s.transactions.Load(),
+		KeysApplied:  s.keysApplied.Load(),
+		KeysSkipped:  s.keysSkipped.Load(),
+		Truncates:    s.truncates.Load(),
+		Purges:       s.purges.Load(),
+		PurgedKeys:   s.purgedKeys.Load(),
+		Reconnects:   s.reconnects.Load(),
+		Errors:       s.errors.Load(),
+		Lag:          time.Duration(s.lagNanos.Load()),
+		ConfirmedLSN: pglogrepl.LSN(s.confirmedLSN.Load()).String(),
+		LastError:    last,
+	}
+}
+
+func (c *Consumer) setState(s State) { c.state.Store(int32(s)) }
+
+func (c *Consumer) fail(err error) {
+	c.stats.errors.Add(1)
+	c.mu.Lock()
+	c.lastErr = err.Error()
+	c.mu.Unlock()
+	c.logf("cdc: failure", "err", err)
+}
+
+func (c *Consumer) logf(msg string, args ...any) {
+	if c.cfg.Logger != nil {
+		c.cfg.Logger.Info(msg, args...)
+	}
+}
+
+// query runs one simple-protocol statement (the only kind a replication
+// connection takes) and returns its rows as text.
+func query(ctx context.Context, conn *pgconn.PgConn, sql string) ([][]string, error) {
+	res, err := conn.Exec(ctx, sql).ReadAll()
+	if err != nil {
+		return nil, err
+	}
+	var out [][]string
+	for _, r := range res {
+		for _, row := range r.Rows {
+			vals := make([]string, len(row))
+			for i, v := range row {
+				vals[i] = string(v)
+			}
+			out = append(out, vals)
+		}
+	}
+	return out, nil
+}
+
+// literal quotes s as an SQL string literal (standard_conforming_strings).
+func literal(s string) string { return "'" + strings.ReplaceAll(s, "'", "''") + "'" }
+
+// quoteTable quotes a model's table name ("users" or "app.users") as an
+// identifier path, for to_regclass.
+func quoteTable(name string) string {
+	parts := strings.Split(name, ".")
+	for i, p := range parts {
+		parts[i] = quoteIdent(strings.Trim(p, `"`))
+	}
+	return strings.Join(parts, ".")
+}
+
+// quoteRef quotes a resolved "schema.table".
+func quoteRef(ref string) string {
+	schema, name, _ := strings.Cut(ref, ".")
+	return quoteIdent(schema) + "." + quoteIdent(name)
+}
+
+func quoteIdent(s string) string { return `"` + strings.ReplaceAll(s, `"`, `""`) + `"` }
+
+// sleep waits d or until ctx ends; false when ctx ended.
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}

@@ -1,0 +1,263 @@
+package cdc
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
+)
+
+// ownPrefix is the prefix of the transactional logical message the plugin
+// writes inside its own transactions; its content is the writer's token.
+const ownPrefix = "writethrough"
+
+// relation is what a Relation message says of one published table.
+type relation struct {
+	tbl  *table   // nil: a table no cached model uses
+	cols []string // column names, in the tuple's order
+}
+
+// txn is one transaction being received: what it changed, applied at its
+// Commit.
+type txn struct {
+	open      bool
+	keys      map[string]struct{}
+	truncated map[*table]struct{}
+	token     string // the plugin's writer token, when the plugin wrote it
+	commitAt  time.Time
+	changes   int
+}
+
+func (t *txn) reset() {
+	t.open = false
+	clear(t.keys)
+	clear(t.truncated)
+	t.token = ""
+	t.changes = 0
+}
+
+// session is one replication connection streaming from the slot.
+type session struct {
+	c    *Consumer
+	conn *pgconn.PgConn
+	rels map[uint32]*relation
+	tx   txn
+
+	confirmed  pglogrepl.LSN // every change before it is applied in Redis
+	sent       pglogrepl.LSN // last position confirmed to PostgreSQL
+	nextStatus time.Time
+}
+
+// stream reads the slot until ctx ends or something fails. It returns the
+// error that ended it (nil when ctx ended).
+func (s *session) stream(ctx context.Context) error {
+	args := []string{
+		"proto_version '1'",
+		fmt.Sprintf("publication_names '%s'", s.c.cfg.Publication),
+		"messages 'true'",
+	}
+	if err := pglogrepl.StartReplication(ctx, s.conn, s.c.cfg.Slot, 0,
+		pglogrepl.StartReplicationOptions{PluginArgs: args}); err != nil {
+		return fmt.Errorf("start replication: %w", err)
+	}
+	s.c.setState(StateStreaming)
+	s.c.logf("cdc: streaming", "slot", s.c.cfg.Slot, "publication", s.c.cfg.Publication)
+	s.tx.keys = make(map[string]struct{})
+	s.tx.truncated = make(map[*table]struct{})
+	s.nextStatus = time.Now().Add(s.c.cfg.StatusInterval)
+	for {
+		if ctx.Err() != nil {
+			_ = s.status(context.Background(), false)
+			return nil
+		}
+		if !time.Now().Before(s.nextStatus) {
+			if err := s.status(ctx, false); err != nil {
+				return err
+			}
+		}
+		rctx, cancel := context.WithDeadline(ctx, s.nextStatus)
+		msg, err := s.conn.ReceiveMessage(rctx)
+		cancel()
+		if err != nil {
+			if pgconn.Timeout(err) && ctx.Err() == nil {
+				continue
+			}
+			if ctx.Err() != nil {
+				_ = s.status(context.Background(), false)
+				return nil
+			}
+			return fmt.Errorf("receive: %w", err)
+		}
+		switch m := msg.(type) {
+		case *pgproto3.CopyData:
+			if err := s.copyData(ctx, m.Data); err != nil {
+				return err
+			}
+		case *pgproto3.ErrorResponse:
+			return fmt.Errorf("replication stream: %w", pgconn.ErrorResponseToPgError(m))
+		default:
+			// Notices and the like.
+		}
+	}
+}
+
+func (s *session) copyData(ctx context.Context, data []byte) error {
+	if len(data) == 0 {
+		return nil
+	}
+	switch data[0] {
+	case pglogrepl.PrimaryKeepaliveMessageByteID:
+		k, err := pglogrepl.ParsePrimaryKeepaliveMessage(data[1:])
+		if err != nil {
+			return fmt.Errorf("keepalive: %w", err)
+		}
+		// Everything sent before the keepalive has been received; when no
+		// transaction is open it has all been applied, so its position is
+		// safe to confirm (an idle slot then keeps no WAL).
+		if !s.tx.open && k.ServerWALEnd > s.confirmed {
+			s.confirmed = k.ServerWALEnd
+		}
+		if k.ReplyRequested {
+			return s.status(ctx, true)
+		}
+	case pglogrepl.XLogDataByteID:
+		x, err := pglogrepl.ParseXLogData(data[1:])
+		if err != nil {
+			return fmt.Errorf("xlogdata: %w", err)
+		}
+		return s.logical(ctx, x.WALData)
+	}
+	return nil
+}
+
+// logical handles one pgoutput message.
+func (s *session) logical(ctx context.Context, data []byte) error {
+	msg, err := pglogrepl.Parse(data)
+	if err != nil {
+		return fmt.Errorf("pgoutput: %w", err)
+	}
+	st := s.c.stats
+	switch m := msg.(type) {
+	case *pglogrepl.RelationMessage:
+		r := &relation{tbl: s.c.tables[m.Namespace+"."+m.RelationName]}
+		for _, col := range m.Columns {
+			r.cols = append(r.cols, col.Name)
+		}
+		s.rels[m.RelationID] = r
+	case *pglogrepl.BeginMessage:
+		s.tx.reset()
+		s.tx.open = true
+		s.tx.commitAt = m.CommitTime
+	case *pglogrepl.InsertMessage:
+		s.tuple(m.RelationID, m.Tuple)
+	case *pglogrepl.UpdateMessage:
+		s.tuple(m.RelationID, m.OldTuple) // a changed key: its old value
+		s.tuple(m.RelationID, m.NewTuple)
+	case *pglogrepl.DeleteMessage:
+		s.tuple(m.RelationID, m.OldTuple)
+	case *pglogrepl.TruncateMessage:
+		for _, id := range m.RelationIDs {
+			if r := s.rels[id]; r != nil && r.tbl != nil {
+				s.tx.truncated[r.tbl] = struct{}{}
+				s.tx.changes++
+			}
+		}
+	case *pglogrepl.LogicalDecodingMessage:
+		if m.Transactional && m.Prefix == ownPrefix && s.tx.open {
+			s.tx.token = string(m.Content)
+		}
+	case *pglogrepl.CommitMessage:
+		if err := s.c.apply(ctx, &s.tx); err != nil {
+			return err
+		}
+		if s.tx.changes > 0 {
+			st.transactions.Add(1)
+			st.lagNanos.Store(int64(time.Since(s.tx.commitAt)))
+		}
+		s.tx.reset()
+		if m.TransactionEndLSN > s.confirmed {
+			s.confirmed = m.TransactionEndLSN
+		}
+		st.confirmedLSN.Store(uint64(s.confirmed))
+	}
+	return nil
+}
+
+// tuple adds the key of one row image to the open transaction.
+func (s *session) tuple(relID uint32, t *pglogrepl.TupleData) {
+	if t == nil {
+		return
+	}
+	r := s.rels[relID]
+	if r == nil || r.tbl == nil {
+		return
+	}
+	s.tx.changes++
+	vals := make(map[string]string, len(t.Columns))
+	null := make(map[string]bool)
+	for i, col := range t.Columns {
+		if i >= len(r.cols) {
+			break
+		}
+		switch col.DataType {
+		case pglogrepl.TupleDataTypeText, pglogrepl.TupleDataTypeBinary:
+			vals[r.cols[i]] = string(col.Data)
+		case pglogrepl.TupleDataTypeNull:
+			null[r.cols[i]] = true
+		}
+	}
+	for _, m := range r.tbl.models {
+		k, ok := m.key(vals)
+		if ok {
+			s.tx.keys[k] = struct{}{}
+			continue
+		}
+		// A key column missing from the image (unchanged TOAST, or a
+		// replica identity that does not carry it): the key cannot be
+		// named, so every key of the model goes.
+		if !allNull(m.pkCols, null) {
+			s.tx.truncated[r.tbl] = struct{}{}
+		}
+	}
+}
+
+func allNull(cols []string, null map[string]bool) bool {
+	for _, c := range cols {
+		if !null[c] {
+			return false
+		}
+	}
+	return len(cols) > 0
+}
+
+// status confirms s.confirmed to PostgreSQL: write, flush and apply
+// positions all say "applied in Redis".
+func (s *session) status(ctx context.Context, force bool) error {
+	s.nextStatus = time.Now().Add(s.c.cfg.StatusInterval)
+	if !force && s.confirmed == s.sent {
+		return nil
+	}
+	err := pglogrepl.SendStandbyStatusUpdate(ctx, s.conn, pglogrepl.StandbyStatusUpdate{
+		WALWritePosition: s.confirmed,
+		WALFlushPosition: s.confirmed,
+		WALApplyPosition: s.confirmed,
+	})
+	if err != nil {
+		return fmt.Errorf("standby status: %w", err)
+	}
+	s.sent = s.confirmed
+	return nil
+}
+
+// pgCode is the SQLSTATE of err, or "".
+func pgCode(err error) string {
+	var pe *pgconn.PgError
+	if errors.As(err, &pe) {
+		return pe.Code
+	}
+	return ""
+}

@@ -238,13 +238,18 @@ func allNull(cols []string, null map[string]bool) bool {
 // positions all say "applied in Redis".
 func (s *session) status(ctx context.Context, force bool) error {
 	s.nextStatus = time.Now().Add(s.c.cfg.StatusInterval)
-	if !force && s.confirmed == s.sent {
+	if !force && s.confirmed == s.sent && s.tx.open {
 		return nil
 	}
+	// Between transactions, ask for a keepalive: its position, confirmed
+	// at the next status, lets the slot move past WAL that carries nothing
+	// for the publication (other tables, other databases) now rather than
+	// at the server's next idle keepalive (wal_sender_timeout / 2).
 	err := pglogrepl.SendStandbyStatusUpdate(ctx, s.conn, pglogrepl.StandbyStatusUpdate{
 		WALWritePosition: s.confirmed,
 		WALFlushPosition: s.confirmed,
 		WALApplyPosition: s.confirmed,
+		ReplyRequested:   !s.tx.open,
 	})
 	if err != nil {
 		return fmt.Errorf("standby status: %w", err)

@@ -15,10 +15,12 @@ var typeOfScanner = reflect.TypeOf((*sql.Scanner)(nil)).Elem()
 
 // Normalize converts a key value as a caller gave it ("42", 42, a *uint, a
 // driver.Valuer) to the primary-key field f's own type, exactly as GORM
-// would assign it. ok is false when the value does not fit: nil, zero, a
-// value GORM cannot assign, or text that would lose something on the way
-// ("1x" for an integer key). Integer text is read as PostgreSQL reads
-// integer input: " +042 " is 42.
+// would assign it; an integer for a plain integer field (one without
+// methods) comes back as an int64 or a uint64 after the same range check,
+// which gives the same key. ok is false when the value does not fit: nil,
+// zero, a value GORM cannot assign, or text that would lose something on
+// the way ("1x" for an integer key). Integer text is read as PostgreSQL
+// reads integer input: " +042 " is 42.
 func (s *Spec) Normalize(ctx context.Context, f *schema.Field, v any) (any, bool) {
 	rv := reflect.ValueOf(v)
 	for rv.IsValid() && rv.Kind() == reflect.Pointer {

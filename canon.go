@@ -2,6 +2,8 @@ package writethrough
 
 import (
 	"gorm.io/gorm"
+
+	"github.com/gorm-writethrough/writethrough/internal/entry"
 )
 
 // Canonical keys (docs/design.md, "Canonical keys"). The database may treat
@@ -57,8 +59,8 @@ func (p *Plugin) canonicalTargets(db *gorm.DB, s *modelSpec, targets []target) (
 
 // looseIntent turns a tombstone into an invalidation for a model with loose
 // keys: a row inserted later under another spelling would not replace it.
-func looseIntent(s *modelSpec, intent int) int {
-	if intent&pendDelete != 0 && s.keys.Loose() {
+func looseIntent(s *modelSpec, intent entry.Flags) entry.Flags {
+	if intent&entry.FlagDelete != 0 && s.keys.Loose() {
 		return 0
 	}
 	return intent

@@ -6,6 +6,7 @@ import (
 	"database/sql"
 	"database/sql/driver"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"hash/fnv"
 	"reflect"
@@ -16,6 +17,22 @@ import (
 	"github.com/vmihailenco/msgpack/v5"
 	"github.com/vmihailenco/msgpack/v5/msgpcode"
 	"gorm.io/gorm/schema"
+
+	"github.com/gorm-writethrough/writethrough/internal/entry"
+)
+
+var (
+	// errCorrupt: bytes that decode to no row; the key is deleted, as for
+	// an entry whose header does not parse.
+	errCorrupt = entry.ErrCorrupt
+	// errDecodePanic marks a corrupt row whose decoding panicked (and was
+	// recovered): always a decoder bug, which the fuzz tests look for.
+	errDecodePanic = errors.New("decoder panicked")
+	// errNoRoundTrip: a row whose decoding would not give back the row as
+	// the database read gave it (a Scan that does not accept its own
+	// Value, a Scan(nil) whose Value is not nil, state msgpack cannot
+	// see). The row is not cached; reads of it go to the database.
+	errNoRoundTrip = errors.New("writethrough: column does not survive the cache's encoding")
 )
 
 // nilCtx is what GORM field accessors get from the codec; they ignore it.
@@ -47,7 +64,7 @@ type fieldCodec struct {
 func newRowCodec(sch *schema.Schema) (*rowCodec, error) {
 	c := &rowCodec{typ: sch.ModelType}
 	h := fnv.New64a()
-	fmt.Fprintf(h, "wt-row-%d.%d|%s|", formatVersion, codecRevision, sch.Table)
+	fmt.Fprintf(h, "wt-row-%d.%d|%s|", entry.FormatVersion, codecRevision, sch.Table)
 	for _, f := range sch.Fields {
 		if f.DBName == "" {
 			continue

@@ -171,52 +171,6 @@ func FuzzDecodeRow(f *testing.F) {
 	})
 }
 
-// FuzzParseEntry parses arbitrary bytes as an entry header. It must never
-// panic, and what it accepts must agree with the layout the Lua scripts read.
-func FuzzParseEntry(f *testing.F) {
-	c := testCodec(f)
-	tok, fp := strings.Repeat("t", tokenLen), c.fp
-	row := encodeSample(f, c, fuzzSamples()[1])
-	f.Add(append(appendHeader(nil, stateCommitted, tok, fp), row...))
-	f.Add(appendHeader(nil, stateTombstone, tok, fp))
-	f.Add(appendHeader(nil, stateLease, tok, fp))
-	f.Add(append(appendHeader(nil, statePending, tok, fp), pendHasRow, 1))
-	f.Add(append(append(appendHeader(nil, statePending, tok, fp), pendHasRow, 2), strings.Repeat("u", 2*tokenLen)...))
-	f.Add([]byte("w\x02C"))
-	f.Add([]byte("garbage"))
-	f.Fuzz(func(t *testing.T, b []byte) {
-		e, err := parseEntry(b)
-		if err != nil {
-			if !errors.Is(err, errCorrupt) && !errors.Is(err, errForeign) {
-				t.Fatalf("unexpected error %v", err)
-			}
-			if errors.Is(err, errForeign) && (len(b) < 2 || b[0] != entryMagic || b[1] == formatVersion) {
-				t.Fatalf("foreign is only another format version of an entry")
-			}
-			return
-		}
-		if len(b) < headerLen || b[0] != entryMagic || b[1] != formatVersion {
-			t.Fatalf("accepted a short or foreign header")
-		}
-		if got := appendHeader(nil, e.state, string(e.token), string(e.fp)); !bytes.Equal(got, b[:headerLen]) {
-			t.Fatalf("header does not round-trip")
-		}
-		switch e.state {
-		case stateCommitted:
-			if !bytes.Equal(e.row, b[headerLen:]) {
-				t.Fatalf("committed row is not the rest of the value")
-			}
-		case statePending:
-			if n := int(b[headerLen+1]); len(b) < headerLen+2+n*tokenLen {
-				t.Fatalf("pending entry shorter than its %d writer tokens", n)
-			}
-		case stateLease, stateTombstone:
-		default:
-			t.Fatalf("accepted unknown state %q", e.state)
-		}
-	})
-}
-
 // TestDecodeRowRejectsLengthBombs: a value that claims more elements or
 // bytes than it holds is refused before anything is allocated for it.
 func TestDecodeRowRejectsLengthBombs(t *testing.T) {

@@ -6,25 +6,9 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/gorm-writethrough/writethrough/internal/entry"
 )
-
-// applier applies a transaction's invalidations in Redis.
-type applier struct {
-	c *Consumer
-}
-
-// invalidateScript: delete the key, unless writers are in flight on it; then
-// mark it so that it is deleted, never installed, when the last one leaves.
-var invalidateScript = redis.NewScript(`
-local v = redis.call('GET', KEYS[1])
-if v and string.len(v) >= 29 and string.sub(v, 1, 3) == 'w\001P' then
-  local f = string.byte(v, 28)
-  if f % 2 == 0 then redis.call('SETRANGE', KEYS[1], 27, string.char(f + 1)) end
-  return 1
-end
-redis.call('DEL', KEYS[1])
-return 0
-`)
 
 // apply invalidates what tx changed; an error leaves nothing confirmed.
 func (c *Consumer) apply(ctx context.Context, tx *txn) error {
@@ -41,40 +25,36 @@ func (c *Consumer) apply(ctx context.Context, tx *txn) error {
 	for k := range tx.keys {
 		keys = append(keys, k)
 	}
-	if err := c.invalidate(ctx, keys); err != nil {
-		return err
-	}
-	c.stats.keysApplied.Add(uint64(len(keys)))
-	return nil
+	return c.invalidate(ctx, keys, tx.token)
 }
 
-// invalidate runs the invalidation script on keys in one pipelined round
-// trip per batch.
-func (c *Consumer) invalidate(ctx context.Context, keys []string) error {
-	rdb := c.cfg.Redis
+// invalidate applies a change of the transaction of writer token ("" when
+// the plugin did not write it) to keys, in one pipelined round trip per
+// batch. Purges pass change = false: every key goes, whoever wrote it.
+func (c *Consumer) invalidate(ctx context.Context, keys []string, token string) error {
+	return c.run(ctx, keys, func(k string) *entry.Call { return entry.Change(k, token) }, true)
+}
+
+func (c *Consumer) run(ctx context.Context, keys []string, mk func(string) *entry.Call, change bool) error {
 	for len(keys) > 0 {
 		n := min(len(keys), 512)
-		batch := keys[:n]
+		calls := make([]*entry.Call, n)
+		for i, k := range keys[:n] {
+			calls[i] = mk(k)
+		}
 		keys = keys[n:]
 		rctx, cancel := context.WithTimeout(ctx, c.cfg.Timeout)
-		cmds, err := rdb.Pipelined(rctx, func(p redis.Pipeliner) error {
-			for _, k := range batch {
-				invalidateScript.EvalSha(rctx, p, []string{k})
-			}
-			return nil
-		})
-		if err != nil && redis.HasErrorPrefix(err, "NOSCRIPT") {
-			_, err = rdb.Pipelined(rctx, func(p redis.Pipeliner) error {
-				for _, k := range batch {
-					invalidateScript.Eval(rctx, p, []string{k})
-				}
-				return nil
-			})
-		}
+		c.scripts.Run(rctx, c.cfg.Redis, calls)
 		cancel()
-		_ = cmds
-		if err != nil {
-			return fmt.Errorf("redis: invalidate %d keys: %w", len(batch), err)
+		for _, call := range calls {
+			if call.Err != nil {
+				return fmt.Errorf("redis: %w", call.Err)
+			}
+			if change && call.Changed() == entry.ChangeSkipped {
+				c.stats.keysSkipped.Add(1)
+			} else {
+				c.stats.keysApplied.Add(1)
+			}
 		}
 	}
 	return nil
@@ -110,7 +90,8 @@ func (c *Consumer) purgeTable(ctx context.Context, t *table) error {
 					return fmt.Errorf("redis: scan %s: %w", m.pattern, err)
 				}
 				if len(keys) > 0 {
-					if err := c.invalidate(ctx, keys); err != nil {
+					err := c.run(ctx, keys, entry.Invalidate, false)
+					if err != nil {
 						return err
 					}
 					c.stats.purgedKeys.Add(uint64(len(keys)))

@@ -174,7 +174,7 @@ func (r *rig) eventually(what string, check func() error) {
 func (r *rig) caughtUp() {
 	r.t.Helper()
 	var now string
-	if err := r.raw.QueryRow(context.Background(), "SELECT pg_current_wal_lsn()::text").Scan(&now); err != nil {
+	if err := r.raw.QueryRow(context.Background(), "SELECT pg_current_wal_flush_lsn()::text").Scan(&now); err != nil {
 		r.t.Fatal(err)
 	}
 	want, err := pglogrepl.ParseLSN(now)
@@ -442,4 +442,35 @@ func TestASecondConsumerWaitsAndTakesOver(t *testing.T) {
 	}
 	r.exec("UPDATE accounts SET balance = 2")
 	r.gone(&Account{}, 1)
+}
+
+type Session struct {
+	ID    string `gorm:"primaryKey;type:uuid" cache:"ttl:1h;key:sess:{id}"`
+	Owner string
+}
+
+func TestTemplatesAndUUIDKeys(t *testing.T) {
+	r := newRig(t, &Session{})
+	r.start()
+	ids := []string{"6f1b9a2e-4c3d-4e5f-8a9b-0c1d2e3f4a5b", "00000000-0000-0000-0000-000000000001"}
+	for _, id := range ids {
+		if err := r.db.Create(&Session{ID: id, Owner: "a"}).Error; err != nil {
+			t.Fatal(err)
+		}
+	}
+	r.caughtUp()
+	for _, id := range ids {
+		// An upper-case spelling reads the same row and the same key.
+		var s Session
+		if err := r.db.Scopes(writethrough.Cached).First(&s, "id = ?", strings.ToUpper(id)).Error; err != nil {
+			t.Fatal(err)
+		}
+		if st := r.state(&Session{}, id); st != "committed" {
+			t.Fatalf("session %s: %s", id, st)
+		}
+	}
+	r.exec("UPDATE sessions SET owner = 'b'")
+	for _, id := range ids {
+		r.gone(&Session{}, id)
+	}
 }

@@ -14,6 +14,8 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"gorm.io/driver/postgres"
 	"gorm.io/gorm"
+
+	"github.com/gorm-writethrough/writethrough/internal/entry"
 )
 
 // State is what a [Consumer] is doing.
@@ -70,7 +72,7 @@ type Consumer struct {
 	connCfg *pgconn.Config
 	tables  map[string]*table // by "schema.table" once resolved (Run)
 	wanted  []*table
-	apply_  applier
+	scripts entry.Scripts
 
 	running atomic.Bool
 	state   atomic.Int32
@@ -137,7 +139,6 @@ func New(db *gorm.DB, cfg Config) (*Consumer, error) {
 		}
 		t.models = append(t.models, mk)
 	}
-	c.apply_ = applier{c: c}
 	return c, nil
 }
 

@@ -1,74 +1,55 @@
 package cdc
 
 import (
+	"context"
 	"fmt"
-	"strings"
 
 	"gorm.io/gorm/schema"
+
+	"github.com/gorm-writethrough/writethrough/internal/keyspec"
 )
 
 // model is one cached model stored from a followed table: how its keys are
 // named from a row image, and the SCAN pattern that covers all of them.
 type model struct {
 	name    string
-	pkCols  []string
-	prefix  string // every key of the model starts with it
-	pattern string // SCAN MATCH pattern for prefix
+	pkCols  []string // the key columns, in the order spec takes them
+	spec    *keyspec.Spec
+	pattern string // SCAN MATCH pattern of every key of the model
 }
 
+// newModel reads the model's cache tag as the plugin does, so that its keys
+// are the plugin's.
 func newModel(sch *schema.Schema, prefix string) (*model, error) {
-	if len(sch.PrimaryFields) == 0 {
-		return nil, fmt.Errorf("cdc: model %s has no primary key", sch.Name)
+	tag, err := keyspec.ParseTag(sch)
+	if err != nil {
+		return nil, fmt.Errorf("cdc: %w", err)
 	}
-	m := &model{name: sch.Name, prefix: prefix + ":" + escape(sch.Table) + ":"}
-	for _, f := range sch.PrimaryFields {
+	if tag == nil {
+		return nil, fmt.Errorf("%w: Models: %s has no cache tag", ErrInvalidConfig, sch.Name)
+	}
+	spec, err := keyspec.New(sch, prefix, tag)
+	if err != nil {
+		return nil, fmt.Errorf("cdc: %w", err)
+	}
+	m := &model{name: sch.Name, spec: spec, pattern: spec.Pattern()}
+	for _, f := range spec.Fields() {
 		m.pkCols = append(m.pkCols, f.DBName)
 	}
-	m.pattern = globEscape(m.prefix) + "*"
 	return m, nil
 }
 
-// key names the cache key of the row image vals (column -> text value).
+// key names the cache key of the row image vals (column to its text, as
+// pgoutput sends it). ok is false when a key column is missing or its text
+// does not fit the field.
 func (m *model) key(vals map[string]string) (string, bool) {
-	var b strings.Builder
-	b.WriteString(m.prefix)
+	args := make([]any, len(m.pkCols))
 	for i, c := range m.pkCols {
 		v, ok := vals[c]
 		if !ok {
 			return "", false
 		}
-		if i > 0 {
-			b.WriteByte(':')
-		}
-		b.WriteString(escape(v))
+		args[i] = v
 	}
-	return b.String(), true
-}
-
-func escape(s string) string {
-	const hexd = "0123456789ABCDEF"
-	var b []byte
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		switch {
-		case c == '%' || c == ':' || c == '{' || c == '}' || c < 0x20 || c == 0x7f:
-			b = append(b, '%', hexd[c>>4], hexd[c&15])
-		default:
-			b = append(b, c)
-		}
-	}
-	return string(b)
-}
-
-// globEscape escapes the characters Redis's glob patterns give a meaning.
-func globEscape(s string) string {
-	var b strings.Builder
-	for _, r := range s {
-		switch r {
-		case '*', '?', '[', ']', '\\':
-			b.WriteByte('\\')
-		}
-		b.WriteRune(r)
-	}
-	return b.String()
+	return m.spec.Lookup(context.Background(), args...)
 }

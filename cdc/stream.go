@@ -120,6 +120,7 @@ func (s *session) copyData(ctx context.Context, data []byte) error {
 		// safe to confirm (an idle slot then keeps no WAL).
 		if !s.tx.open && k.ServerWALEnd > s.confirmed {
 			s.confirmed = k.ServerWALEnd
+			s.c.stats.confirmedLSN.Store(uint64(s.confirmed))
 		}
 		if k.ReplyRequested {
 			return s.status(ctx, true)

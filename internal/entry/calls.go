@@ -147,6 +147,30 @@ const (
 // Err is nil.
 func (c *Call) Invalidated() InvalidateResult { return InvalidateResult(c.res) }
 
+// Change applies, on key, a change that a committed transaction made to
+// the key's row and that the database's change stream reported: like
+// Invalidate, except that the key is left alone when writerToken (the
+// plugin's writer that made the transaction; "" when the plugin did not)
+// already handled it: its own committed entry or tombstone is there, or it
+// is a writer of the pending episode. Its result is [Call.Changed]. It runs
+// when Redis is out of memory.
+func Change(key, writerToken string) *Call {
+	return &Call{sc: changeScript, Key: key, args: []any{writerToken}}
+}
+
+// ChangeResult is what Change did.
+type ChangeResult int64
+
+// Change's results.
+const (
+	ChangeDeleted ChangeResult = 0 // deleted, or absent
+	ChangeMarked  ChangeResult = 1 // pending: marked never to install
+	ChangeSkipped ChangeResult = 2 // the transaction's own writer handled it: left alone
+)
+
+// Changed is a Change call's result. It is meaningful only when Err is nil.
+func (c *Call) Changed() ChangeResult { return ChangeResult(c.res) }
+
 // Fill installs value (CommittedValue or TombstoneValue), to live ttl, if
 // key still holds the lease of leaseToken: a reader that loaded the row
 // installs what it read, unless a writer replaced its lease meanwhile. Its

@@ -28,6 +28,8 @@ var (
 	invalidateLua string
 	//go:embed lua/fill.lua
 	fillLua string
+	//go:embed lua/change.lua
+	changeLua string
 )
 
 // luaNames binds the names the scripts use to the constants of format.go and
@@ -66,6 +68,9 @@ func luaNames() string {
 		{"FINALIZE_ABSENT", int64(FinalizeAbsent)},
 		{"INVALIDATE_DELETED", int64(InvalidateDeleted)},
 		{"INVALIDATE_MARKED", int64(InvalidateMarked)},
+		{"CHANGE_DELETED", int64(ChangeDeleted)},
+		{"CHANGE_MARKED", int64(ChangeMarked)},
+		{"CHANGE_SKIPPED", int64(ChangeSkipped)},
 		{"FILL_LOST", int64(FillLost)},
 		{"FILL_FILLED", int64(FillFilled)},
 	} {
@@ -107,6 +112,7 @@ var (
 	finalizeScript    = newScript("finalize", "allow-oom", finalizeLua)
 	finalizeRowScript = newScript("finalize", "", finalizeLua)
 	invalidateScript  = newScript("invalidate", "allow-oom", invalidateLua)
+	changeScript      = newScript("change", "allow-oom", changeLua)
 	fillScript        = newScript("fill", "", fillLua)
 )
 

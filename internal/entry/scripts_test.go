@@ -309,6 +309,44 @@ func TestInvalidate(t *testing.T) {
 	}
 }
 
+func TestChange(t *testing.T) {
+	t.Parallel()
+	r := newRig(t)
+	committedB := "w\x01C" + tokB + fp + row
+	tests := []struct {
+		name   string
+		tok    string // the transaction's writer; "" for one the plugin did not make
+		before string
+		want   entry.ChangeResult
+		after  string
+	}{
+		{"its writer's committed entry is left", tokA, committedA, entry.ChangeSkipped, committedA},
+		{"its writer's tombstone is left", tokA, tombA, entry.ChangeSkipped, tombA},
+		{"a pending episode it writes in is left", tokA, pending(tokB, 2, row, tokB, tokA), entry.ChangeSkipped, pending(tokB, 2, row, tokB, tokA)},
+		{"another writer's committed entry is deleted", tokA, committedB, entry.ChangeDeleted, ""},
+		{"a lease is deleted", tokA, leaseA, entry.ChangeDeleted, ""},
+		{"a pending episode without it is marked", tokA, pending(tokB, 2, row, tokB), entry.ChangeMarked, pending(tokB, 3, row, tokB)},
+		{"no writer: a committed entry is deleted", "", committedA, entry.ChangeDeleted, ""},
+		{"no writer: a tombstone is deleted", "", tombA, entry.ChangeDeleted, ""},
+		{"no writer: a pending entry is marked", "", pending(tokA, 2, row, tokA), entry.ChangeMarked, pending(tokA, 3, row, tokA)},
+		{"a corrupt entry is deleted", tokA, corrupt, entry.ChangeDeleted, ""},
+		{"a value of another format is deleted", tokA, "w\x02C" + tokA + fp, entry.ChangeDeleted, ""},
+		{"an absent key stays absent", tokA, "", entry.ChangeDeleted, ""},
+	}
+	for i, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			key := r.prefix + ":change:" + strconv.Itoa(i)
+			r.put(key, tc.before, kept)
+			c := entry.Change(key, tc.tok)
+			r.run(c)
+			if got := c.Changed(); got != tc.want {
+				t.Fatalf("Changed = %d, want %d", got, tc.want)
+			}
+			r.check(key, tc.after, keptLife)
+		})
+	}
+}
+
 // TestInvalidatedEpisodeNeverInstalls: a writer that prepared before an
 // invalidation does not install when it leaves.
 func TestInvalidatedEpisodeNeverInstalls(t *testing.T) {

@@ -213,6 +213,7 @@ func TestKeysArePinned(t *testing.T) {
 			}
 			k, ok := s.RowKey(ctx, row)
 			require.True(t, ok)
+			assert.True(t, globMatch(s.Pattern(), tc.want), "pattern %q must match key %q", s.Pattern(), tc.want)
 			assert.Equal(t, tc.want, k, "RowKey gives Lookup's key")
 			assert.True(t, s.Matches(ctx, row, tc.want))
 		})
@@ -593,4 +594,44 @@ func TestResolveOnOtherDialectsKeepsStringsLoose(t *testing.T) {
 	s := specOf(t, &kCode{})
 	require.NoError(t, s.Resolve(&gorm.DB{Config: &gorm.Config{}}))
 	assert.True(t, s.Loose())
+}
+
+// globMatch is Redis's glob matching (stringmatchlen) for what Pattern
+// writes: '*', '?' and backslash escapes.
+func globMatch(pat, s string) bool {
+	for len(pat) > 0 {
+		switch pat[0] {
+		case '*':
+			for i := len(s); i >= 0; i-- {
+				if globMatch(pat[1:], s[i:]) {
+					return true
+				}
+			}
+			return false
+		case '?':
+			if s == "" {
+				return false
+			}
+			pat, s = pat[1:], s[1:]
+			continue
+		case '\\':
+			if len(pat) > 1 {
+				pat = pat[1:]
+			}
+		}
+		if s == "" || s[0] != pat[0] {
+			return false
+		}
+		pat, s = pat[1:], s[1:]
+	}
+	return s == ""
+}
+
+func TestPatternMatchesOnlyTheModelsKeys(t *testing.T) {
+	users := specOf(t, &kUser{})
+	assert.Equal(t, "wt:k_users:*", users.Pattern())
+	assert.False(t, globMatch(users.Pattern(), "wt:k_users_archive:1"))
+	odd := specOf(t, &kOdd{})
+	assert.True(t, globMatch(odd.Pattern(), "wt:odd%3Atable%7B1%7D:1"))
+	assert.False(t, globMatch(odd.Pattern(), "wt:odd%3Atable%7B2%7D:1"))
 }

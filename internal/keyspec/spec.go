@@ -351,3 +351,41 @@ func (s *Spec) ModelValue(key any) (reflect.Value, bool) {
 	cp.Set(rv)
 	return cp, true
 }
+
+// Pattern returns a Redis SCAN MATCH pattern that every key of the model
+// matches: the template's literal text, glob-escaped, with '*' for each
+// placeholder. It may match keys of other models too (a template such as
+// "{id}" matches every key under the prefix): a purge that uses it removes
+// more than it must, never less.
+func (s *Spec) Pattern() string {
+	if s.tmpl == nil {
+		return globEscape(s.static) + "*"
+	}
+	var b strings.Builder
+	star := false
+	for _, pt := range s.tmpl {
+		if pt.field != nil || pt.pkAll {
+			if !star {
+				b.WriteByte('*')
+			}
+			star = true
+			continue
+		}
+		b.WriteString(globEscape(pt.lit))
+		star = false
+	}
+	return b.String()
+}
+
+// globEscape escapes the bytes Redis glob patterns give a meaning.
+func globEscape(s string) string {
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		switch s[i] {
+		case '*', '?', '[', ']', '\\', '^':
+			b.WriteByte('\\')
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
+}

@@ -80,6 +80,14 @@ type Consumer struct {
 
 	mu      sync.Mutex // protects lastErr
 	lastErr string
+
+	hook func(point string) // tests: called at named points of the stream
+}
+
+func (c *Consumer) at(point string) {
+	if c.hook != nil {
+		c.hook(point)
+	}
 }
 
 type counters struct {

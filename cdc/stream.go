@@ -172,9 +172,11 @@ func (s *session) logical(ctx context.Context, data []byte) error {
 			s.tx.token = string(m.Content)
 		}
 	case *pglogrepl.CommitMessage:
+		s.c.at("commit:received")
 		if err := s.c.apply(ctx, &s.tx); err != nil {
 			return err
 		}
+		s.c.at("commit:applied")
 		if s.tx.changes > 0 {
 			st.transactions.Add(1)
 			st.lagNanos.Store(int64(time.Since(s.tx.commitAt)))

@@ -10,6 +10,7 @@ import (
 
 	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
+	"github.com/redis/go-redis/v9"
 	"gorm.io/driver/postgres"
 	"gorm.io/gorm"
 	"gorm.io/gorm/logger"
@@ -65,6 +66,16 @@ func newRig(t testing.TB, models ...any) *rig {
 	if testing.Short() {
 		t.Skip("needs PostgreSQL and Redis")
 	}
+	rdb, prefix := testenv.Redis(t)
+	return newRigOn(t, rdb, prefix, models...)
+}
+
+// newRigOn is newRig on a Redis of the test's choosing.
+func newRigOn(t testing.TB, rdb redis.UniversalClient, prefix string, models ...any) *rig {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("needs PostgreSQL and Redis")
+	}
 	dsn := testenv.PostgresDSN(t)
 	db, err := gorm.Open(postgres.Open(dsn), &gorm.Config{Logger: logger.Discard})
 	if err != nil {
@@ -74,7 +85,6 @@ func newRig(t testing.TB, models ...any) *rig {
 		t.Cleanup(func() { _ = sqlDB.Close() })
 	}
 	requireLogical(t, db)
-	rdb, prefix := testenv.Redis(t)
 	if err := db.Use(writethrough.New(rdb, writethrough.Config{Prefix: prefix})); err != nil {
 		t.Fatal(err)
 	}

@@ -18,6 +18,7 @@ import (
 
 	"github.com/gorm-writethrough/writethrough"
 	"github.com/gorm-writethrough/writethrough/cdc"
+	"github.com/gorm-writethrough/writethrough/internal/redisproc"
 	"github.com/gorm-writethrough/writethrough/internal/testenv"
 )
 
@@ -170,3 +171,95 @@ type prefixWriter struct{ b []byte }
 
 func (w *prefixWriter) Write(p []byte) (int, error) { w.b = append(w.b, p...); return len(p), nil }
 func (w *prefixWriter) String() string              { return string(w.b) }
+
+// TestRedisDownHoldsBackConfirmation: while Redis does not answer the
+// consumer confirms nothing and retries; the slot keeps the changes, and
+// when Redis answers again every one is applied.
+func TestRedisDownHoldsBackConfirmation(t *testing.T) {
+	srv := redisproc.Start(t)
+	rdb := srv.Client(t)
+	r := newRigOn(t, rdb, "wtcdc", &Account{})
+	r.cfg.Timeout = 200 * time.Millisecond
+	for i := int64(1); i <= 10; i++ {
+		if err := r.db.Create(&Account{ID: i, Balance: i}).Error; err != nil {
+			t.Fatal(err)
+		}
+	}
+	c := r.start()
+	r.caughtUp()
+	for i := int64(1); i <= 10; i++ {
+		r.fill(&Account{}, i)
+	}
+	before := c.Stats()
+	srv.Pause()
+	paused := true
+	defer func() {
+		if paused {
+			srv.Resume()
+		}
+	}()
+	r.exec("UPDATE accounts SET balance = balance + 100")
+	r.eventually("a failed apply", func() error {
+		if c.Stats().Errors == before.Errors {
+			return errors.New("no error yet")
+		}
+		return nil
+	})
+	if got := c.Stats().ConfirmedLSN; got != before.ConfirmedLSN {
+		// Nothing after the update can be confirmed while it is unapplied.
+		var lsn string
+		if err := r.raw.QueryRow(context.Background(),
+			"SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1", r.cfg.Slot).Scan(&lsn); err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("confirmed moved from %s to %s (slot at %s) before the update was applied", before.ConfirmedLSN, got, lsn)
+	}
+	srv.Resume()
+	paused = false
+	r.caughtUp()
+	for i := int64(1); i <= 10; i++ {
+		if s := r.state(&Account{}, i); s != "absent" {
+			t.Fatalf("key %d after Redis came back: %s", i, s)
+		}
+	}
+}
+
+// TestADroppedSlotIsRemadeAndPurged: a slot dropped under a running
+// consumer means changes may be lost; the consumer makes a new slot and
+// removes every key before it confirms anything.
+func TestADroppedSlotIsRemadeAndPurged(t *testing.T) {
+	r := newRig(t, &Account{})
+	for i := int64(1); i <= 10; i++ {
+		if err := r.db.Create(&Account{ID: i, Balance: i}).Error; err != nil {
+			t.Fatal(err)
+		}
+	}
+	c := r.start()
+	r.caughtUp()
+	for i := int64(1); i <= 10; i++ {
+		r.fill(&Account{}, i)
+	}
+	ctx := context.Background()
+	// Kill the walsender, then drop the slot before the consumer is back.
+	for {
+		r.exec("SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = $1 AND active_pid IS NOT NULL", r.cfg.Slot)
+		_, err := r.raw.Exec(ctx, "SELECT pg_drop_replication_slot($1)", r.cfg.Slot)
+		if err == nil {
+			break
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	r.exec("UPDATE accounts SET balance = -1 WHERE id = 3") // with no slot: no stream carries it
+	r.eventually("a purge", func() error {
+		if c.Stats().Purges == 0 {
+			return fmt.Errorf("no purge: %+v", c.Stats())
+		}
+		return nil
+	})
+	r.caughtUp()
+	for i := int64(1); i <= 10; i++ {
+		if s := r.state(&Account{}, i); s != "absent" {
+			t.Fatalf("key %d after the slot was remade: %s", i, s)
+		}
+	}
+}

@@ -484,3 +484,68 @@ func TestTemplatesAndUUIDKeys(t *testing.T) {
 		r.gone(&Session{}, id)
 	}
 }
+
+type Blob struct {
+	ID []byte `gorm:"primaryKey" cache:"ttl:1h"`
+	N  int
+}
+
+// TestTablesWithoutModels: a consumer that knows only table names and key
+// templates (the sidecar) names the keys the application's models give.
+func TestTablesWithoutModels(t *testing.T) {
+	r := newRig(t, &Account{}, &Grant{}, &Session{}, &Blob{})
+	r.cfg.Models = nil
+	r.cfg.Tables = []cdc.Table{{Name: "accounts"}, {Name: "grants"}, {Name: "sessions", Key: "sess:{id}"}, {Name: "blobs"}}
+	r.cfg.ConnString = r.dsn
+	c, err := cdc.New(nil, r.cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- c.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	r.c = c
+	sid := "6f1b9a2e-4c3d-4e5f-8a9b-0c1d2e3f4a5b"
+	blob := []byte{0xde, 0xad, ':', 0}
+	for _, v := range []any{&Account{ID: 1}, &Grant{UserID: 7, Role: "a:b"}, &Session{ID: sid}, &Blob{ID: blob}} {
+		if err := r.db.Create(v).Error; err != nil {
+			t.Fatal(err)
+		}
+	}
+	r.eventually("streaming", func() error {
+		if s := c.Stats().State; s != cdc.StateStreaming {
+			return fmt.Errorf("state %s (%s)", s, c.Stats().LastError)
+		}
+		return nil
+	})
+	r.caughtUp()
+	r.fill(&Account{}, 1)
+	var g Grant
+	if err := r.db.Scopes(writethrough.Cached).Where(&Grant{UserID: 7, Role: "a:b"}).First(&g).Error; err != nil {
+		t.Fatal(err)
+	}
+	var s Session
+	if err := r.db.Scopes(writethrough.Cached).First(&s, "id = ?", sid).Error; err != nil {
+		t.Fatal(err)
+	}
+	var b Blob
+	if err := r.db.Scopes(writethrough.Cached).First(&b, "id = ?", blob).Error; err != nil {
+		t.Fatal(err)
+	}
+	keys := []struct {
+		model, key any
+	}{{&Account{}, 1}, {&Grant{}, []any{int64(7), "a:b"}}, {&Session{}, sid}, {&Blob{}, blob}}
+	for _, k := range keys {
+		if st := r.state(k.model, k.key); st != "committed" {
+			t.Fatalf("%T %v before the raw updates: %s", k.model, k.key, st)
+		}
+	}
+	r.exec("UPDATE accounts SET balance = 5")
+	r.exec("UPDATE grants SET level = 5")
+	r.exec("UPDATE sessions SET owner = 'x'")
+	r.exec("UPDATE blobs SET n = 5")
+	for _, k := range keys {
+		r.gone(k.model, k.key)
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"regexp"
+	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -21,8 +22,14 @@ type Config struct {
 	Prefix string
 
 	// Models are the cached models (pointers to structs with a cache tag)
-	// whose tables the consumer follows. Required.
+	// whose tables the consumer follows. Models or Tables is required.
 	Models []any
+
+	// Tables name cached tables without their models, for a consumer that
+	// runs apart from the application: each with the key template of its
+	// model's tag, if any. A composite key's columns are taken in column
+	// order, which is the model's field order when AutoMigrate made them.
+	Tables []Table
 
 	// ConnString is the PostgreSQL connection string for the replication
 	// connection (URL or key=value). Default: the DSN the GORM postgres
@@ -72,8 +79,13 @@ func (c Config) withDefaults() (Config, error) {
 	if c.Redis == nil {
 		return bad("Redis", "required")
 	}
-	if len(c.Models) == 0 {
-		return bad("Models", "at least one cached model")
+	if len(c.Models) == 0 && len(c.Tables) == 0 {
+		return bad("Models", "at least one cached model (or Tables)")
+	}
+	for _, t := range c.Tables {
+		if strings.TrimSpace(t.Name) == "" {
+			return bad("Tables", "a table without a name")
+		}
 	}
 	if c.Prefix == "" {
 		c.Prefix = "wt"

@@ -14,6 +14,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"gorm.io/driver/postgres"
 	"gorm.io/gorm"
+	"gorm.io/gorm/schema"
 
 	"github.com/gorm-writethrough/writethrough/internal/entry"
 )
@@ -102,10 +103,13 @@ type table struct {
 	name   string // as the model gives it (maybe unqualified)
 	ref    string // "schema.table", resolved against the database
 	models []*model
+	byName *Table // a Config.Tables entry: its model is built from the catalog
 }
 
 // New prepares a consumer for the tables of cfg.Models, parsed with db's
-// naming strategy. It does not connect; [Consumer.Run] does.
+// naming strategy, and of cfg.Tables. db may be nil: models are then parsed
+// with GORM's default naming, and cfg.ConnString is required. New does not
+// connect; [Consumer.Run] does.
 func New(db *gorm.DB, cfg Config) (*Consumer, error) {
 	cfg, err := cfg.withDefaults()
 	if err != nil {
@@ -113,7 +117,7 @@ func New(db *gorm.DB, cfg Config) (*Consumer, error) {
 	}
 	conn := cfg.ConnString
 	if conn == "" {
-		if d, ok := db.Dialector.(*postgres.Dialector); ok && d.Config != nil {
+		if d, ok := dialector(db).(*postgres.Dialector); ok && d.Config != nil {
 			conn = d.Config.DSN
 		}
 	}
@@ -131,21 +135,30 @@ func New(db *gorm.DB, cfg Config) (*Consumer, error) {
 		if m == nil || reflect.TypeOf(m).Kind() != reflect.Pointer {
 			return nil, fmt.Errorf("%w: Models: want pointers to structs, got %T", ErrInvalidConfig, m)
 		}
-		st := &gorm.Statement{DB: db}
-		if err := st.Parse(m); err != nil {
+		sch, err := parseModel(db, m)
+		if err != nil {
 			return nil, fmt.Errorf("cdc: parse model %T: %w", m, err)
 		}
-		mk, err := newModel(st.Schema, cfg.Prefix)
+		mk, err := newModel(sch, cfg.Prefix)
 		if err != nil {
 			return nil, err
 		}
-		t := byName[st.Schema.Table]
+		t := byName[sch.Table]
 		if t == nil {
-			t = &table{name: st.Schema.Table}
+			t = &table{name: sch.Table}
 			byName[t.name] = t
 			c.wanted = append(c.wanted, t)
 		}
 		t.models = append(t.models, mk)
+	}
+	for i := range cfg.Tables {
+		ct := &cfg.Tables[i]
+		if byName[ct.Name] != nil {
+			return nil, fmt.Errorf("%w: Tables: %s is also a model's table", ErrInvalidConfig, ct.Name)
+		}
+		t := &table{name: ct.Name, byName: ct}
+		byName[t.name] = t
+		c.wanted = append(c.wanted, t)
 	}
 	return c, nil
 }
@@ -282,6 +295,13 @@ func (c *Consumer) resolve(ctx context.Context, conn *pgconn.PgConn) error {
 		}
 		t.ref = rows[0][0]
 		tables[t.ref] = t
+		if t.byName != nil && t.models == nil {
+			m, err := c.tableModel(ctx, conn, *t.byName)
+			if err != nil {
+				return err
+			}
+			t.models = []*model{m}
+		}
 	}
 	c.tables = tables
 	return nil
@@ -483,4 +503,22 @@ func sleep(ctx context.Context, d time.Duration) bool {
 	case <-t.C:
 		return true
 	}
+}
+
+func dialector(db *gorm.DB) gorm.Dialector {
+	if db == nil {
+		return nil
+	}
+	return db.Dialector
+}
+
+func parseModel(db *gorm.DB, m any) (*schema.Schema, error) {
+	if db == nil {
+		return schema.Parse(m, &sync.Map{}, schema.NamingStrategy{})
+	}
+	st := &gorm.Statement{DB: db}
+	if err := st.Parse(m); err != nil {
+		return nil, err
+	}
+	return st.Schema, nil
 }

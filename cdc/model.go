@@ -3,6 +3,7 @@ package cdc
 import (
 	"context"
 	"fmt"
+	"reflect"
 
 	"gorm.io/gorm/schema"
 
@@ -14,6 +15,7 @@ import (
 type model struct {
 	name    string
 	pkCols  []string // the key columns, in the order spec takes them
+	bytes   []bool   // the key column is a bytea (Tables only)
 	spec    *keyspec.Spec
 	pattern string // SCAN MATCH pattern of every key of the model
 }
@@ -35,6 +37,7 @@ func newModel(sch *schema.Schema, prefix string) (*model, error) {
 	m := &model{name: sch.Name, spec: spec, pattern: spec.Pattern()}
 	for _, f := range spec.Fields() {
 		m.pkCols = append(m.pkCols, f.DBName)
+		m.bytes = append(m.bytes, f.FieldType == reflect.TypeFor[[]byte]())
 	}
 	return m, nil
 }
@@ -50,6 +53,13 @@ func (m *model) key(vals map[string]string) (string, bool) {
 			return "", false
 		}
 		args[i] = v
+		if i < len(m.bytes) && m.bytes[i] {
+			b, ok := byteaText(v)
+			if !ok {
+				return "", false
+			}
+			args[i] = b
+		}
 	}
 	return m.spec.Lookup(context.Background(), args...)
 }

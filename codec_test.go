@@ -394,8 +394,6 @@ func keyOnly[T any](t testing.TB, db *gorm.DB, row *T) *T {
 	return out
 }
 
-func ptr[T any](v T) *T { return &v }
-
 func p7Cases() []p7Case {
 	kolkata, err := time.LoadLocation("Asia/Kolkata")
 	if err != nil {
@@ -760,7 +758,3 @@ func TestEmbeddedColumnsAreCached(t *testing.T) {
 	assert.Equal(t, "Ship", got.Ship.Street)
 	assert.Nil(t, got.Ship.City)
 }
-
-// calm is the Config of tests about what is stored rather than about timing:
-// a Redis call is not cut short on a loaded machine.
-func calm() writethrough.Config { return writethrough.Config{Timeout: 2 * time.Second} }

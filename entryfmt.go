@@ -39,14 +39,6 @@ var (
 	// errForeign: a well-formed entry of another format version or another
 	// build of the model; a miss, and the key is left alone.
 	errForeign = errors.New("writethrough: cache entry from another format or schema")
-	// errDecodePanic marks a corrupt row whose decoding panicked (and was
-	// recovered): always a decoder bug, which the fuzz tests look for.
-	errDecodePanic = errors.New("decoder panicked")
-	// errNoRoundTrip: a row whose decoding would not give back the row as
-	// the database read gave it (a Scan that does not accept its own
-	// Value, a Scan(nil) whose Value is not nil, state msgpack cannot
-	// see). The row is not cached; reads of it go to the database.
-	errNoRoundTrip = errors.New("writethrough: column does not survive the cache's encoding")
 )
 
 type entry struct {

@@ -46,8 +46,8 @@ func DecodeRow(db *gorm.DB, p *Plugin, raw []byte, dst any) error {
 	if e.state != stateCommitted {
 		return fmt.Errorf("entry in state %q holds no row", e.state)
 	}
-	if string(e.fp) != spec.codec.fp {
+	if string(e.fp) != spec.codec.Fingerprint() {
 		return fmt.Errorf("entry written by another build of %T", dst)
 	}
-	return spec.codec.decodeRow(e.row, reflect.ValueOf(dst).Elem())
+	return spec.codec.Decode(e.row, reflect.ValueOf(dst).Elem())
 }

@@ -66,12 +66,12 @@ func Inspect(ctx context.Context, db *gorm.DB, model any, key any) (Entry, error
 	switch e.state {
 	case stateCommitted:
 		out.State = "committed"
-		if string(e.fp) != spec.codec.fp {
+		if string(e.fp) != spec.codec.Fingerprint() {
 			out.State = "foreign"
 			return out, nil
 		}
 		row := reflect.New(spec.sch.ModelType)
-		if err := spec.codec.decodeRow(e.row, row.Elem()); err != nil {
+		if err := spec.codec.Decode(e.row, row.Elem()); err != nil {
 			out.State = "corrupt"
 			return out, nil
 		}

@@ -2,6 +2,7 @@ package writethrough
 
 import (
 	"context"
+	"database/sql"
 	"database/sql/driver"
 	"encoding/hex"
 	"fmt"
@@ -13,6 +14,8 @@ import (
 
 	"gorm.io/gorm"
 	"gorm.io/gorm/schema"
+
+	"github.com/gorm-writethrough/writethrough/internal/rowcodec"
 )
 
 // modelSpec is everything the plugin knows about one cached model, built
@@ -28,7 +31,7 @@ type modelSpec struct {
 	static    string        // key prefix when the template is the default one
 	tmpl      []tmplPart    // nil for the default template
 	deletedAt *schema.Field // a gorm.DeletedAt column, if any
-	codec     *rowCodec
+	codec     *rowcodec.Codec
 
 	keys      atomic.Pointer[keyCanon] // how the key columns compare (canon.go)
 	resolving atomic.Bool              // resolveKeys is asking the database
@@ -49,6 +52,8 @@ type specEntry struct {
 }
 
 var typeOfDeletedAt = reflect.TypeOf(gorm.DeletedAt{})
+
+var typeOfScanner = reflect.TypeOf((*sql.Scanner)(nil)).Elem()
 
 // specFor returns the spec of model (a struct value or pointer), parsing its
 // schema with db's naming strategy.
@@ -187,7 +192,7 @@ func (p *Plugin) buildSpec(sch *schema.Schema) (*modelSpec, error) {
 			spec.deletedAt = f
 		}
 	}
-	codec, err := newRowCodec(sch)
+	codec, err := rowcodec.New(sch)
 	if err != nil {
 		return nil, &TagError{Model: sch.Name, Field: tagName, Reason: err.Error()}
 	}

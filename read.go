@@ -159,10 +159,10 @@ func (p *Plugin) decodeInto(ctx context.Context, spec *modelSpec, key string, ra
 	}
 	switch e.state {
 	case stateCommitted:
-		if string(e.fp) != spec.codec.fp {
+		if string(e.fp) != spec.codec.Fingerprint() {
 			return lookBusy
 		}
-		if err := spec.codec.decodeRow(e.row, dst); err != nil {
+		if err := spec.codec.Decode(e.row, dst); err != nil {
 			p.heal(ctx, key, err)
 			return lookBusy
 		}
@@ -288,7 +288,7 @@ func (p *Plugin) deliverLoaded(db *gorm.DB, plan readPlan, lr *loadResult, orig 
 		return
 	}
 	elem := p.target(db.Statement, plan)
-	if err := plan.spec.codec.decodeRow(lr.row, elem); err != nil {
+	if err := plan.spec.codec.Decode(lr.row, elem); err != nil {
 		orig(db)
 		return
 	}
@@ -312,7 +312,7 @@ func (p *Plugin) load(db *gorm.DB, spec *modelSpec, key string, orig func(*gorm.
 	leased := false
 	if tryLease {
 		ctx, cancel := p.opCtx(st.Context)
-		lease := appendHeader(make([]byte, 0, headerLen), stateLease, token, spec.codec.fp)
+		lease := appendHeader(make([]byte, 0, headerLen), stateLease, token, spec.codec.Fingerprint())
 		var ok bool
 		err := p.redisCall(ctx, func() (err error) {
 			ok, err = p.rdb.SetNX(ctx, key, lease, p.cfg.LeaseTTL).Result()
@@ -338,7 +338,7 @@ func (p *Plugin) load(db *gorm.DB, spec *modelSpec, key string, orig func(*gorm.
 	switch len(rows) {
 	case 0:
 	case 1:
-		row, err := spec.codec.appendRow(nil, rows[0])
+		row, err := spec.codec.Append(nil, rows[0])
 		if err != nil || len(row) > p.cfg.MaxRowSize {
 			return &loadResult{failed: true}
 		}
@@ -372,11 +372,11 @@ func (p *Plugin) fillCall(spec *modelSpec, key, token string, found bool, row []
 	var val []byte
 	var ttl int64
 	if found {
-		val = appendHeader(make([]byte, 0, headerLen+len(row)), stateCommitted, token, spec.codec.fp)
+		val = appendHeader(make([]byte, 0, headerLen+len(row)), stateCommitted, token, spec.codec.Fingerprint())
 		val = append(val, row...)
 		ttl = p.ttlMillis(spec)
 	} else {
-		val = appendHeader(make([]byte, 0, headerLen), stateTombstone, token, spec.codec.fp)
+		val = appendHeader(make([]byte, 0, headerLen), stateTombstone, token, spec.codec.Fingerprint())
 		ttl = p.cfg.NegativeTTL.Milliseconds()
 	}
 	return &call{sc: p.scripts.fill, key: key, args: []any{token, val, ttl}}
@@ -527,7 +527,7 @@ func (p *Plugin) serveMany(db *gorm.DB, plan readPlan, orig func(*gorm.DB)) {
 	p.stats.misses.Add(1)
 	// Lease the empty keys, read everything in SQL, fill what we leased.
 	token := newToken()
-	lease := appendHeader(make([]byte, 0, headerLen), stateLease, token, spec.codec.fp)
+	lease := appendHeader(make([]byte, 0, headerLen), stateLease, token, spec.codec.Fingerprint())
 	leased := map[string]bool{}
 	if len(empty) > 0 {
 		cmds := make([]*redis.BoolCmd, len(empty))
@@ -564,7 +564,7 @@ func (p *Plugin) serveMany(db *gorm.DB, plan readPlan, orig func(*gorm.DB)) {
 			continue
 		}
 		delete(leased, key)
-		row, err := spec.codec.appendRow(nil, rv)
+		row, err := spec.codec.Append(nil, rv)
 		if err != nil || len(row) > p.cfg.MaxRowSize {
 			continue
 		}

@@ -578,7 +578,7 @@ func (p *Plugin) reread(db *gorm.DB, spec *modelSpec, targets []target) error {
 				}
 			}
 		}
-		row, err := spec.codec.appendRow(nil, rv)
+		row, err := spec.codec.Append(nil, rv)
 		if err != nil || len(row) > p.cfg.MaxRowSize {
 			t.intent = 0 // cannot or will not cache it: invalidate only
 			if err != nil {
@@ -765,7 +765,7 @@ func (p *Plugin) stageAutocommit(db *gorm.DB, spec *modelSpec, kind writeKind, w
 	fin := make([]*call, len(targets))
 	for i, t := range targets {
 		fin[i] = &call{sc: p.scripts.finalizeRow, key: t.key, args: []any{
-			token, "r", p.ttlMillis(spec), p.cfg.NegativeTTL.Milliseconds(), looseIntent(spec, t.intent), spec.codec.fp, t.row,
+			token, "r", p.ttlMillis(spec), p.cfg.NegativeTTL.Milliseconds(), looseIntent(spec, t.intent), spec.codec.Fingerprint(), t.row,
 		}}
 		p.flights.Forget(t.key)
 	}
@@ -854,7 +854,7 @@ func (p *Plugin) prepareCall(spec *modelSpec, token, key string, intent int, row
 		row = []byte{}
 	}
 	return &call{sc: p.scripts.prepare, key: key, args: []any{
-		token, spec.codec.fp, intent, row, p.cfg.PendingTTL.Milliseconds(), maxWriters,
+		token, spec.codec.Fingerprint(), intent, row, p.cfg.PendingTTL.Milliseconds(), maxWriters,
 	}}
 }
 

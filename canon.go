@@ -9,6 +9,8 @@ import (
 	"gorm.io/gorm"
 	"gorm.io/gorm/logger"
 	"gorm.io/gorm/schema"
+
+	"github.com/gorm-writethrough/writethrough/internal/entry"
 )
 
 // Canonical keys (docs/design.md, "Canonical keys"). The database may treat
@@ -290,8 +292,8 @@ func (s *modelSpec) keyMatches(ctx context.Context, rv reflect.Value, key string
 
 // looseIntent turns a tombstone into an invalidation for a model with loose
 // keys: a row inserted later under another spelling would not replace it.
-func looseIntent(s *modelSpec, intent int) int {
-	if intent&pendDelete != 0 && s.looseKeys() {
+func looseIntent(s *modelSpec, intent entry.Flags) entry.Flags {
+	if intent&entry.FlagDelete != 0 && s.looseKeys() {
 		return 0
 	}
 	return intent

@@ -305,7 +305,7 @@ func (p *Plugin) cascadeTargets(db *gorm.DB, kind writeKind) (keys []specKey, pa
 				id := r.child.Table + "\x00" + fmt.Sprint(pkValues(c, sel, spec))
 				if spec != nil {
 					pk := pkValues(c, sel, spec)
-					k, ok := spec.lookupKey(db.Statement.Context, pk...)
+					k, ok := spec.keys.Lookup(db.Statement.Context, pk...)
 					if !ok {
 						continue
 					}

@@ -24,7 +24,7 @@ func KeyOf(db *gorm.DB, p *Plugin, model any, pk ...any) (string, error) {
 	if spec == nil {
 		return "", fmt.Errorf("%T is not cached", model)
 	}
-	key, ok := spec.lookupKey(context.Background(), pk...)
+	key, ok := spec.keys.Lookup(context.Background(), pk...)
 	if !ok {
 		return "", fmt.Errorf("%v does not fit %T's primary key", pk, model)
 	}

@@ -41,11 +41,11 @@ func Inspect(ctx context.Context, db *gorm.DB, model any, key any) (Entry, error
 		return Entry{}, fmt.Errorf("%w: %T has no cache tag", ErrUnsupported, model)
 	}
 	p.resolveKeys(db, spec)
-	vals, err := spec.keyValues(ctx, key, spec.asModelValue)
+	vals, err := spec.keyValues(ctx, key, spec.keys.ModelValue)
 	if err != nil {
 		return Entry{}, err
 	}
-	k := spec.keyFromValues(vals)
+	k := spec.keys.Key(vals)
 	out := Entry{Key: k, State: "absent"}
 	raw, err := p.rdb.Get(ctx, k).Bytes()
 	if errors.Is(err, redis.Nil) {

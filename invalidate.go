@@ -62,11 +62,11 @@ func Invalidate(db *gorm.DB, model any, keys ...any) error {
 			targets = append(targets, ts...)
 			continue
 		}
-		vals, err := spec.keyValues(ctx, k, spec.asModelValue)
+		vals, err := spec.keyValues(ctx, k, spec.keys.ModelValue)
 		if err != nil {
 			return err
 		}
-		targets = append(targets, target{key: spec.keyFromValues(vals), pk: vals})
+		targets = append(targets, target{key: spec.keys.Key(vals), pk: vals})
 	}
 	// A loose key (citext, char(n)) may be spelled otherwise in the
 	// database: invalidate the rows' own keys too.

@@ -170,7 +170,7 @@ func (p *Plugin) decodeInto(ctx context.Context, spec *modelSpec, key string, ra
 		}
 		// canonical keys: a loose key's entry is served only under the
 		// row's own spelling.
-		if spec.looseKeys() && !spec.keyMatches(ctx, dst, key) {
+		if spec.keys.Loose() && !spec.keys.Matches(ctx, dst, key) {
 			return lookBusy
 		}
 		return lookHit
@@ -350,9 +350,9 @@ func (p *Plugin) load(db *gorm.DB, spec *modelSpec, key string, orig func(*gorm.
 	p.at("read:after-db-before-fill", key)
 	// canonical keys: fill only under the key of the row the database
 	// returned, and a tombstone only where no other spelling can match.
-	canonical := !spec.looseKeys()
+	canonical := !spec.keys.Loose()
 	if lr.found {
-		canonical = spec.keyMatches(st.Context, rows[0], key)
+		canonical = spec.keys.Matches(st.Context, rows[0], key)
 	}
 	if leased && canonical {
 		p.fill(st.Context, spec, key, token, lr.found, lr.row)
@@ -553,7 +553,7 @@ func (p *Plugin) serveMany(db *gorm.DB, plan readPlan, orig func(*gorm.DB)) {
 	}
 	var calls []*entry.Call
 	for _, rv := range p.rowsOf(st) {
-		key, ok := spec.keyOf(st.Context, rv)
+		key, ok := spec.keys.RowKey(st.Context, rv)
 		if !ok || !leased[key] {
 			continue
 		}
@@ -567,7 +567,7 @@ func (p *Plugin) serveMany(db *gorm.DB, plan readPlan, orig func(*gorm.DB)) {
 	for key := range leased {
 		// canonical keys: a loose key's row may have come back under
 		// another spelling; no tombstone.
-		if st.Schema != nil && !st.Unscoped && !spec.looseKeys() {
+		if st.Schema != nil && !st.Unscoped && !spec.keys.Loose() {
 			calls = append(calls, p.fillCall(spec, key, token, false, nil))
 		}
 	}
@@ -802,7 +802,7 @@ func (p *Plugin) condKeys(st *gorm.Statement, spec *modelSpec, conds []clause.Ex
 			}
 			tuple[i] = vs[0]
 		}
-		key, ok := spec.lookupKey(ctx, tuple...)
+		key, ok := spec.keys.Lookup(ctx, tuple...)
 		if !ok {
 			return nil, false
 		}
@@ -810,7 +810,7 @@ func (p *Plugin) condKeys(st *gorm.Statement, spec *modelSpec, conds []clause.Ex
 			for _, v := range vs[1:] {
 				alt := append([]any(nil), tuple...)
 				alt[i] = v
-				if k, ok := spec.lookupKey(ctx, alt...); !ok || k != key {
+				if k, ok := spec.keys.Lookup(ctx, alt...); !ok || k != key {
 					return nil, false
 				}
 			}
@@ -827,7 +827,7 @@ func (p *Plugin) condKeys(st *gorm.Statement, spec *modelSpec, conds []clause.Ex
 		set := make(map[string]bool, len(vs))
 		var ks []string
 		for _, v := range vs {
-			key, ok := spec.lookupKey(ctx, v)
+			key, ok := spec.keys.Lookup(ctx, v)
 			if !ok {
 				return nil, false
 			}

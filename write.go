@@ -296,7 +296,7 @@ func (p *Plugin) invalidateShared(db *gorm.DB, ws *writeState, tx *hookTx, inTx 
 	var keys []specKey
 	for _, s := range ws.shared {
 		for _, t := range targets {
-			k, ok := s.lookupKey(ctx, t.pk...)
+			k, ok := s.keys.Lookup(ctx, t.pk...)
 			if !ok || mine[k] {
 				continue
 			}
@@ -478,7 +478,7 @@ func (p *Plugin) targetsInAs(ctx context.Context, spec *modelSpec, other *schema
 				}
 				pk[i] = val
 			}
-			out = append(out, target{key: spec.keyFromValues(pk), pk: pk})
+			out = append(out, target{key: spec.keys.Key(pk), pk: pk})
 		case v.Kind() == reflect.Struct && other != nil && v.Type() == other.ModelType:
 			// A struct of another type written into the model's table:
 			// its key columns, converted as GORM converts them.
@@ -492,13 +492,13 @@ func (p *Plugin) targetsInAs(ctx context.Context, spec *modelSpec, other *schema
 				if zero {
 					return
 				}
-				n, ok := spec.normalize(ctx, spec.pks[i], val)
+				n, ok := spec.keys.Normalize(ctx, spec.pks[i], val)
 				if !ok {
 					return
 				}
 				pk[i] = n
 			}
-			out = append(out, target{key: spec.keyFromValues(pk), pk: pk})
+			out = append(out, target{key: spec.keys.Key(pk), pk: pk})
 		case v.Kind() == reflect.Map && v.Type().Key().Kind() == reflect.String:
 			pk := make([]any, len(spec.pks))
 			for i, f := range spec.pks {
@@ -509,13 +509,13 @@ func (p *Plugin) targetsInAs(ctx context.Context, spec *modelSpec, other *schema
 				if !mv.IsValid() {
 					return
 				}
-				n, ok := spec.normalize(ctx, f, mv.Interface())
+				n, ok := spec.keys.Normalize(ctx, f, mv.Interface())
 				if !ok {
 					return
 				}
 				pk[i] = n
 			}
-			out = append(out, target{key: spec.keyFromValues(pk), pk: pk})
+			out = append(out, target{key: spec.keys.Key(pk), pk: pk})
 		}
 	}
 	switch rv.Kind() {
@@ -564,7 +564,7 @@ func (p *Plugin) reread(db *gorm.DB, spec *modelSpec, targets []target) error {
 	list := rows.Elem()
 	for i := 0; i < list.Len(); i++ {
 		rv := list.Index(i)
-		key, ok := spec.keyOf(ctx, rv)
+		key, ok := spec.keys.RowKey(ctx, rv)
 		if !ok {
 			continue
 		}

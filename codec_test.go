@@ -24,6 +24,7 @@ import (
 	"gorm.io/gorm/schema"
 
 	"github.com/gorm-writethrough/writethrough"
+	"github.com/gorm-writethrough/writethrough/internal/testenv"
 )
 
 // Promise P7: a cached read returns exactly what the same read from the
@@ -513,9 +514,7 @@ func TestCachedReadEqualsDatabaseReadInAnotherLocalZone(t *testing.T) {
 		TestCachedReadEqualsDatabaseRead(t)
 		return
 	}
-	if testing.Short() {
-		t.Skip("starts a child test process")
-	}
+	testenv.SkipShort(t) // the child needs the servers
 	if _, err := time.LoadLocation("America/St_Johns"); err != nil {
 		t.Skip("no time zone database:", err)
 	}

@@ -9,6 +9,8 @@ import (
 
 	"github.com/redis/go-redis/v9"
 	"gorm.io/gorm"
+
+	"github.com/gorm-writethrough/writethrough/internal/entry"
 )
 
 // Entry describes what Redis holds for one row, for debugging and
@@ -39,11 +41,11 @@ func Inspect(ctx context.Context, db *gorm.DB, model any, key any) (Entry, error
 		return Entry{}, fmt.Errorf("%w: %T has no cache tag", ErrUnsupported, model)
 	}
 	p.resolveKeys(db, spec)
-	vals, err := spec.keyValues(ctx, key, spec.asModelValue)
+	vals, err := spec.keyValues(ctx, key, spec.keys.ModelValue)
 	if err != nil {
 		return Entry{}, err
 	}
-	k := spec.keyFromValues(vals)
+	k := spec.keys.Key(vals)
 	out := Entry{Key: k, State: "absent"}
 	raw, err := p.rdb.Get(ctx, k).Bytes()
 	if errors.Is(err, redis.Nil) {
@@ -54,34 +56,34 @@ func Inspect(ctx context.Context, db *gorm.DB, model any, key any) (Entry, error
 	}
 	out.Size = len(raw)
 	out.TTL, _ = p.rdb.PTTL(ctx, k).Result()
-	e, err := parseEntry(raw)
+	e, err := entry.Parse(raw)
 	switch {
-	case errors.Is(err, errForeign):
+	case errors.Is(err, entry.ErrForeign):
 		out.State = "foreign"
 		return out, nil
 	case err != nil:
 		out.State = "corrupt"
 		return out, nil
 	}
-	switch e.state {
-	case stateCommitted:
+	switch e.State {
+	case entry.Committed:
 		out.State = "committed"
-		if string(e.fp) != spec.codec.fp {
+		if string(e.Fingerprint) != spec.codec.Fingerprint() {
 			out.State = "foreign"
 			return out, nil
 		}
 		row := reflect.New(spec.sch.ModelType)
-		if err := spec.codec.decodeRow(e.row, row.Elem()); err != nil {
+		if err := spec.codec.Decode(e.Row, row.Elem()); err != nil {
 			out.State = "corrupt"
 			return out, nil
 		}
 		out.Row = row.Interface()
-	case statePending:
+	case entry.Pending:
 		out.State = "pending"
-		out.Writers = int(raw[headerLen+1])
-	case stateLease:
+		out.Writers = e.Writers
+	case entry.Lease:
 		out.State = "lease"
-	case stateTombstone:
+	case entry.Tombstone:
 		out.State = "tombstone"
 	}
 	return out, nil

@@ -48,8 +48,8 @@ func DecodeRow(db *gorm.DB, p *Plugin, raw []byte, dst any) error {
 	if e.State != entry.Committed {
 		return fmt.Errorf("entry in state %q holds no row", e.State)
 	}
-	if string(e.Fingerprint) != spec.codec.fp {
+	if string(e.Fingerprint) != spec.codec.Fingerprint() {
 		return fmt.Errorf("entry written by another build of %T", dst)
 	}
-	return spec.codec.decodeRow(e.Row, reflect.ValueOf(dst).Elem())
+	return spec.codec.Decode(e.Row, reflect.ValueOf(dst).Elem())
 }

@@ -68,12 +68,12 @@ func Inspect(ctx context.Context, db *gorm.DB, model any, key any) (Entry, error
 	switch e.State {
 	case entry.Committed:
 		out.State = "committed"
-		if string(e.Fingerprint) != spec.codec.fp {
+		if string(e.Fingerprint) != spec.codec.Fingerprint() {
 			out.State = "foreign"
 			return out, nil
 		}
 		row := reflect.New(spec.sch.ModelType)
-		if err := spec.codec.decodeRow(e.Row, row.Elem()); err != nil {
+		if err := spec.codec.Decode(e.Row, row.Elem()); err != nil {
 			out.State = "corrupt"
 			return out, nil
 		}

@@ -10,6 +10,7 @@ import (
 	"gorm.io/gorm/schema"
 
 	"github.com/gorm-writethrough/writethrough/internal/keyspec"
+	"github.com/gorm-writethrough/writethrough/internal/rowcodec"
 )
 
 // modelSpec is everything the plugin knows about one cached model, built
@@ -23,7 +24,7 @@ type modelSpec struct {
 	mode      Mode
 	aside     bool          // writes only invalidate
 	deletedAt *schema.Field // a gorm.DeletedAt column, if any
-	codec     *rowCodec
+	codec     *rowcodec.Codec
 	keys      *keyspec.Spec // the keys of the model's rows
 }
 
@@ -116,7 +117,7 @@ func (p *Plugin) buildSpec(sch *schema.Schema) (*modelSpec, error) {
 			spec.deletedAt = f
 		}
 	}
-	codec, err := newRowCodec(sch)
+	codec, err := rowcodec.New(sch)
 	if err != nil {
 		return nil, &TagError{Model: sch.Name, Field: tag.FieldName, Reason: err.Error()}
 	}

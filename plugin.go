@@ -402,8 +402,6 @@ func pluginOf(db *gorm.DB) (*Plugin, error) {
 	return nil, fmt.Errorf("writethrough: plugin not registered on this *gorm.DB (call db.Use(writethrough.New(...)))")
 }
 
-var typeOfTime = reflect.TypeOf(time.Time{})
-
 // deadlinePolicy decides whether Redis calls need a context deadline to
 // honour Config.Timeout, and explains when they cannot honour it.
 func deadlinePolicy(rdb redis.UniversalClient, timeout time.Duration) (bool, string) {

@@ -161,10 +161,10 @@ func (p *Plugin) decodeInto(ctx context.Context, spec *modelSpec, key string, ra
 	}
 	switch e.State {
 	case entry.Committed:
-		if string(e.Fingerprint) != spec.codec.fp {
+		if string(e.Fingerprint) != spec.codec.Fingerprint() {
 			return lookBusy
 		}
-		if err := spec.codec.decodeRow(e.Row, dst); err != nil {
+		if err := spec.codec.Decode(e.Row, dst); err != nil {
 			p.heal(ctx, key, err)
 			return lookBusy
 		}
@@ -289,7 +289,7 @@ func (p *Plugin) deliverLoaded(db *gorm.DB, plan readPlan, lr *loadResult, orig 
 		return
 	}
 	elem := p.target(db.Statement, plan)
-	if err := plan.spec.codec.decodeRow(lr.row, elem); err != nil {
+	if err := plan.spec.codec.Decode(lr.row, elem); err != nil {
 		orig(db)
 		return
 	}
@@ -313,7 +313,7 @@ func (p *Plugin) load(db *gorm.DB, spec *modelSpec, key string, orig func(*gorm.
 	leased := false
 	if tryLease {
 		ctx, cancel := p.opCtx(st.Context)
-		lease := entry.LeaseValue(token, spec.codec.fp)
+		lease := entry.LeaseValue(token, spec.codec.Fingerprint())
 		var ok bool
 		err := p.redisCall(ctx, func() (err error) {
 			ok, err = p.rdb.SetNX(ctx, key, lease, p.cfg.LeaseTTL).Result()
@@ -339,7 +339,7 @@ func (p *Plugin) load(db *gorm.DB, spec *modelSpec, key string, orig func(*gorm.
 	switch len(rows) {
 	case 0:
 	case 1:
-		row, err := spec.codec.appendRow(nil, rows[0])
+		row, err := spec.codec.Append(nil, rows[0])
 		if err != nil || len(row) > p.cfg.MaxRowSize {
 			return &loadResult{failed: true}
 		}
@@ -371,9 +371,9 @@ func (p *Plugin) fill(parent context.Context, spec *modelSpec, key, token string
 
 func (p *Plugin) fillCall(spec *modelSpec, key, token string, found bool, row []byte) *entry.Call {
 	if found {
-		return entry.Fill(key, token, entry.CommittedValue(token, spec.codec.fp, row), p.entryTTL(spec))
+		return entry.Fill(key, token, entry.CommittedValue(token, spec.codec.Fingerprint(), row), p.entryTTL(spec))
 	}
-	return entry.Fill(key, token, entry.TombstoneValue(token, spec.codec.fp), p.cfg.NegativeTTL)
+	return entry.Fill(key, token, entry.TombstoneValue(token, spec.codec.Fingerprint()), p.cfg.NegativeTTL)
 }
 
 func (p *Plugin) countFill(c *entry.Call) {
@@ -521,7 +521,7 @@ func (p *Plugin) serveMany(db *gorm.DB, plan readPlan, orig func(*gorm.DB)) {
 	p.stats.misses.Add(1)
 	// Lease the empty keys, read everything in SQL, fill what we leased.
 	token := entry.NewToken()
-	lease := entry.LeaseValue(token, spec.codec.fp)
+	lease := entry.LeaseValue(token, spec.codec.Fingerprint())
 	leased := map[string]bool{}
 	if len(empty) > 0 {
 		cmds := make([]*redis.BoolCmd, len(empty))
@@ -558,7 +558,7 @@ func (p *Plugin) serveMany(db *gorm.DB, plan readPlan, orig func(*gorm.DB)) {
 			continue
 		}
 		delete(leased, key)
-		row, err := spec.codec.appendRow(nil, rv)
+		row, err := spec.codec.Append(nil, rv)
 		if err != nil || len(row) > p.cfg.MaxRowSize {
 			continue
 		}

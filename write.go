@@ -580,7 +580,7 @@ func (p *Plugin) reread(db *gorm.DB, spec *modelSpec, targets []target) error {
 				}
 			}
 		}
-		row, err := spec.codec.appendRow(nil, rv)
+		row, err := spec.codec.Append(nil, rv)
 		if err != nil || len(row) > p.cfg.MaxRowSize {
 			t.intent = 0 // cannot or will not cache it: invalidate only
 			if err != nil {
@@ -767,7 +767,7 @@ func (p *Plugin) stageAutocommit(db *gorm.DB, spec *modelSpec, kind writeKind, w
 	fin := make([]*entry.Call, len(targets))
 	for i, t := range targets {
 		fin[i] = entry.FinalizeRow(t.key, entry.FinalizeRowArgs{
-			Token: token, Intent: looseIntent(spec, t.intent), Fingerprint: spec.codec.fp, Row: t.row,
+			Token: token, Intent: looseIntent(spec, t.intent), Fingerprint: spec.codec.Fingerprint(), Row: t.row,
 			TTL: p.entryTTL(spec), NegativeTTL: p.cfg.NegativeTTL,
 		})
 		p.flights.Forget(t.key)
@@ -852,7 +852,7 @@ func (p *Plugin) finalize(parent context.Context, token string, entries []*stage
 func (p *Plugin) prepareCall(spec *modelSpec, token, key string, intent entry.Flags, row []byte) *entry.Call {
 	return entry.Prepare(key, entry.PrepareArgs{
 		Token:       token,
-		Fingerprint: spec.codec.fp,
+		Fingerprint: spec.codec.Fingerprint(),
 		Intent:      looseIntent(spec, intent), // canonical keys
 		Row:         row,
 		PendingTTL:  p.cfg.PendingTTL,

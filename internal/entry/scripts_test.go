@@ -11,6 +11,7 @@ import (
 	"github.com/gorm-writethrough/writethrough/internal/entry"
 	"github.com/gorm-writethrough/writethrough/internal/redisproc"
 	"github.com/gorm-writethrough/writethrough/internal/testenv"
+	"github.com/gorm-writethrough/writethrough/internal/testrig"
 )
 
 const (
@@ -491,19 +492,7 @@ func TestOutOfMemory(t *testing.T) {
 	r.put("committed", committedA, kept)
 	r.put("lease", leaseA, kept)
 	r.put("released", pending(tokA, 2, row, tokA), kept)
-	pipe := rdb.Pipeline()
-	for i := 0; i < 2000; i++ {
-		pipe.Set(ctx, "filler:"+strconv.Itoa(i), string(make([]byte, 512)), 0)
-	}
-	if _, err := pipe.Exec(ctx); err != nil {
-		t.Fatalf("filling: %v", err)
-	}
-	if err := rdb.ConfigSet(ctx, "maxmemory", "1mb").Err(); err != nil {
-		t.Fatalf("CONFIG SET: %v", err)
-	}
-	if err := rdb.Set(ctx, "probe", "x", 0).Err(); !redis.IsOOMError(err) {
-		t.Fatalf("Redis must now refuse writes: %v", err)
-	}
+	testrig.FillRedis(t, rdb)
 
 	allowed := []*entry.Call{
 		entry.Finalize("staged", tokA, entry.InstallStaged, ttl, negTTL),

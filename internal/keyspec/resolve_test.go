@@ -45,10 +45,7 @@ type (
 // spelling, anything else stays loose; a table that does not exist yet is
 // an error and keeps the columns loose.
 func TestResolveLearnsHowStringKeysCompare(t *testing.T) {
-	if testing.Short() {
-		t.Skip("needs PostgreSQL")
-	}
-	db := testenv.Postgres(t, nil)
+	db := testenv.Postgres(t, nil) // skips under -short
 	for _, ddl := range []string{
 		`CREATE TABLE r_texts (id text PRIMARY KEY)`,
 		`CREATE TABLE r_varchars (id varchar(20) PRIMARY KEY)`,

@@ -63,6 +63,20 @@ type Config struct {
 
 	// Logger receives what the consumer does; nil is silent.
 	Logger *slog.Logger
+
+	// OnApply, when set, is called after each transaction that changed a
+	// followed table was applied in Redis, on the consumer's goroutine:
+	// keep it short. For metrics (lag histograms) and tests.
+	OnApply func(Applied)
+}
+
+// Applied describes one transaction the consumer applied.
+type Applied struct {
+	CommitTime time.Time // when PostgreSQL committed it (the server's clock)
+	AppliedAt  time.Time // when its invalidations were applied in Redis
+	Keys       int       // keys it invalidated
+	Truncates  int       // tables it truncated
+	Own        bool      // the plugin wrote it (its own message was in it)
 }
 
 // ErrInvalidConfig is returned by [New] for a Config it cannot use.

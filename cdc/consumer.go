@@ -53,17 +53,21 @@ func (s State) String() string {
 // Stats is a snapshot of a consumer's counters.
 type Stats struct {
 	State        State
-	Transactions uint64        // committed transactions that changed a followed table
-	KeysApplied  uint64        // invalidations applied in Redis
-	KeysSkipped  uint64        // keys the plugin's own write had already installed
-	Truncates    uint64        // tables whose every key was removed for a TRUNCATE
-	Purges       uint64        // full purges after a new or invalidated slot
-	PurgedKeys   uint64        // keys removed by purges and truncates
-	Reconnects   uint64        // replication sessions started after the first
-	Errors       uint64        // failures that led to a backoff
-	Lag          time.Duration // commit time to invalidation applied, last transaction
-	ConfirmedLSN string        // last position known applied
-	LastError    string        // the last failure, "" when none
+	Transactions uint64 // committed transactions that changed a followed table
+	KeysApplied  uint64 // invalidations applied in Redis
+	KeysSkipped  uint64 // keys the plugin's own write had already installed
+	Truncates    uint64 // tables whose every key was removed for a TRUNCATE
+	Purges       uint64 // full purges after a new or invalidated slot
+	PurgedKeys   uint64 // keys removed by purges and truncates
+	Reconnects   uint64 // replication sessions started after the first
+	Errors       uint64 // failures that led to a backoff
+	// VisibilityWaits counts waits for a commit that had reached the stream
+	// but was not yet visible to new snapshots (see the package doc).
+	VisibilityWaits uint64
+	Lag             time.Duration // commit time to invalidation applied, last transaction
+	MaxLag          time.Duration // the longest Lag since the consumer was made
+	ConfirmedLSN    string        // last position known applied
+	LastError       string        // the last failure, "" when none
 }
 
 // Consumer follows the logical replication stream and invalidates the cache.
@@ -93,8 +97,9 @@ func (c *Consumer) at(point string) {
 
 type counters struct {
 	transactions, keysApplied, keysSkipped, truncates, purges, purgedKeys,
-	reconnects, errors atomic.Uint64
+	reconnects, errors, visibilityWaits atomic.Uint64
 	lagNanos     atomic.Int64
+	maxLagNanos  atomic.Int64
 	confirmedLSN atomic.Uint64
 }
 
@@ -253,7 +258,14 @@ func (c *Consumer) session(ctx context.Context) (streamed bool, err error) {
 	if err != nil {
 		return false, err
 	}
-	s := &session{c: c, conn: conn, rels: map[uint32]*relation{}}
+	plain := c.connCfg.Copy()
+	delete(plain.RuntimeParams, "replication")
+	sqlConn, err := pgconn.ConnectConfig(ctx, plain)
+	if err != nil {
+		return false, fmt.Errorf("connect: %w", err)
+	}
+	defer sqlConn.Close(context.Background())
+	s := &session{c: c, conn: conn, sql: sqlConn, rels: map[uint32]*relation{}}
 	switch {
 	case fresh:
 		// Changes committed before the slot existed were never seen.
@@ -421,18 +433,20 @@ func (c *Consumer) Stats() Stats {
 	last := c.lastErr
 	c.mu.Unlock()
 	return Stats{
-		State:        State(c.state.Load()),
-		Transactions: s.transactions.Load(),
-		KeysApplied:  s.keysApplied.Load(),
-		KeysSkipped:  s.keysSkipped.Load(),
-		Truncates:    s.truncates.Load(),
-		Purges:       s.purges.Load(),
-		PurgedKeys:   s.purgedKeys.Load(),
-		Reconnects:   s.reconnects.Load(),
-		Errors:       s.errors.Load(),
-		Lag:          time.Duration(s.lagNanos.Load()),
-		ConfirmedLSN: pglogrepl.LSN(s.confirmedLSN.Load()).String(),
-		LastError:    last,
+		State:           State(c.state.Load()),
+		Transactions:    s.transactions.Load(),
+		KeysApplied:     s.keysApplied.Load(),
+		KeysSkipped:     s.keysSkipped.Load(),
+		Truncates:       s.truncates.Load(),
+		Purges:          s.purges.Load(),
+		PurgedKeys:      s.purgedKeys.Load(),
+		Reconnects:      s.reconnects.Load(),
+		Errors:          s.errors.Load(),
+		VisibilityWaits: s.visibilityWaits.Load(),
+		Lag:             time.Duration(s.lagNanos.Load()),
+		MaxLag:          time.Duration(s.maxLagNanos.Load()),
+		ConfirmedLSN:    pglogrepl.LSN(s.confirmedLSN.Load()).String(),
+		LastError:       last,
 	}
 }
 

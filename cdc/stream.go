@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/jackc/pglogrepl"
@@ -29,6 +31,7 @@ type txn struct {
 	truncated map[*table]struct{}
 	token     string // the plugin's writer token, when the plugin wrote it
 	commitAt  time.Time
+	xid       uint32
 	changes   int
 }
 
@@ -44,6 +47,7 @@ func (t *txn) reset() {
 type session struct {
 	c    *Consumer
 	conn *pgconn.PgConn
+	sql  *pgconn.PgConn // an ordinary connection, for visibility checks
 	rels map[uint32]*relation
 	tx   txn
 
@@ -153,6 +157,7 @@ func (s *session) logical(ctx context.Context, data []byte) error {
 		s.tx.reset()
 		s.tx.open = true
 		s.tx.commitAt = m.CommitTime
+		s.tx.xid = m.Xid
 	case *pglogrepl.InsertMessage:
 		s.tuple(m.RelationID, m.Tuple)
 	case *pglogrepl.UpdateMessage:
@@ -173,13 +178,29 @@ func (s *session) logical(ctx context.Context, data []byte) error {
 		}
 	case *pglogrepl.CommitMessage:
 		s.c.at("commit:received")
+		if s.tx.changes > 0 {
+			if err := s.visible(ctx, s.tx.xid); err != nil {
+				return err
+			}
+		}
 		if err := s.c.apply(ctx, &s.tx); err != nil {
 			return err
 		}
 		s.c.at("commit:applied")
 		if s.tx.changes > 0 {
+			now := time.Now()
+			lag := now.Sub(s.tx.commitAt)
 			st.transactions.Add(1)
-			st.lagNanos.Store(int64(time.Since(s.tx.commitAt)))
+			st.lagNanos.Store(int64(lag))
+			for {
+				max := st.maxLagNanos.Load()
+				if int64(lag) <= max || st.maxLagNanos.CompareAndSwap(max, int64(lag)) {
+					break
+				}
+			}
+			if f := s.c.cfg.OnApply; f != nil {
+				f(Applied{CommitTime: s.tx.commitAt, AppliedAt: now, Keys: len(s.tx.keys), Truncates: len(s.tx.truncated), Own: s.tx.token != ""})
+			}
 		}
 		s.tx.reset()
 		if m.TransactionEndLSN > s.confirmed {
@@ -268,4 +289,43 @@ func pgCode(err error) string {
 		return pe.Code
 	}
 	return ""
+}
+
+// visible waits until transaction xid is visible to new snapshots. The
+// stream carries a commit as soon as its record is flushed, a moment before
+// the committing backend leaves the process array: a reader that missed the
+// cache in that moment would read the old row and could fill it after the
+// invalidation. Invalidating only once the commit is visible leaves such a
+// reader's lease to be removed, or its read to see the new row.
+func (s *session) visible(ctx context.Context, xid uint32) error {
+	wait := 50 * time.Microsecond
+	for {
+		rows, err := query(ctx, s.sql, "SELECT pg_current_snapshot()::text")
+		if err != nil {
+			return fmt.Errorf("snapshot: %w", err)
+		}
+		if len(rows) != 1 || !inProgress(rows[0][0], xid) {
+			return nil
+		}
+		s.c.stats.visibilityWaits.Add(1)
+		if !sleep(ctx, wait) {
+			return ctx.Err()
+		}
+		wait = min(2*wait, 10*time.Millisecond)
+	}
+}
+
+// inProgress reports whether snapshot (xmin:xmax:xip,...) lists xid (its
+// low 32 bits) as in progress.
+func inProgress(snapshot string, xid uint32) bool {
+	parts := strings.SplitN(snapshot, ":", 3)
+	if len(parts) != 3 || parts[2] == "" {
+		return false
+	}
+	for _, x := range strings.Split(parts[2], ",") {
+		if v, err := strconv.ParseUint(x, 10, 64); err == nil && uint32(v) == xid {
+			return true
+		}
+	}
+	return false
 }

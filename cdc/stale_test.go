@@ -198,16 +198,24 @@ func TestBypassWritesAreStaleAtMostTheLag(t *testing.T) {
 		}
 	})
 	t.Run("without cdc", func(t *testing.T) {
-		r := newRig(t, &Counter{})
-		h := runMix(t, r, *staleOps/2)
-		if p2 := h.staleness(true); len(p2) > 0 {
-			t.Fatalf("%d reads older than a write through the plugin that completed before they began (P2)", len(p2))
+		// Under heavy load the cache may answer few reads (timeouts send
+		// them to the database): try a few runs before calling the check
+		// blind.
+		for attempt := 1; ; attempt++ {
+			r := newRig(t, &Counter{})
+			h := runMix(t, r, *staleOps/2)
+			if p2 := h.staleness(true); len(p2) > 0 {
+				t.Fatalf("%d reads older than a write through the plugin that completed before they began (P2)", len(p2))
+			}
+			stale := h.staleness(false)
+			slices.Sort(stale)
+			if len(stale) > 0 {
+				t.Logf("without a consumer: %d of %d reads stale, worst %v", len(stale), len(h.reads), stale[len(stale)-1])
+				return
+			}
+			if attempt == 3 {
+				t.Fatal("no stale read without a consumer in 3 runs: the check cannot see what it is for")
+			}
 		}
-		stale := h.staleness(false)
-		slices.Sort(stale)
-		if len(stale) == 0 {
-			t.Fatal("no stale read without a consumer: the check cannot see what it is for")
-		}
-		t.Logf("without a consumer: %d of %d reads stale, worst %v", len(stale), len(h.reads), stale[len(stale)-1])
 	})
 }

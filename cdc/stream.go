@@ -315,11 +315,23 @@ func (s *session) visible(ctx context.Context, xid uint32) error {
 	}
 }
 
-// inProgress reports whether snapshot (xmin:xmax:xip,...) lists xid (its
-// low 32 bits) as in progress.
+// inProgress reports whether snapshot (xmin:xmax:xip,...) does not yet see
+// xid as committed: xid is at or past xmax (the snapshot's horizon stops
+// before it) or listed among the running ones. Only the low 32 bits of the
+// snapshot's txids are compared, modulo 2^32, as xids are.
 func inProgress(snapshot string, xid uint32) bool {
 	parts := strings.SplitN(snapshot, ":", 3)
-	if len(parts) != 3 || parts[2] == "" {
+	if len(parts) != 3 {
+		return false
+	}
+	xmax, err := strconv.ParseUint(parts[1], 10, 64)
+	if err != nil {
+		return false
+	}
+	if int32(xid-uint32(xmax)) >= 0 {
+		return true
+	}
+	if parts[2] == "" {
 		return false
 	}
 	for _, x := range strings.Split(parts[2], ",") {

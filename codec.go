@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"hash/fnv"
 	"reflect"
+	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -145,7 +146,7 @@ func (c *rowCodec) encodeRow(dst []byte, rv reflect.Value) (out []byte, err erro
 	s.buf.Reset()
 	defer func() {
 		if r := recover(); r != nil {
-			err = fmt.Errorf("writethrough: encode row of %s: %v", c.typ, r)
+			err = fmt.Errorf("writethrough: encode row of %s: panic: %v\n\n%s", c.typ, r, debug.Stack())
 		}
 	}()
 	if err := s.enc.EncodeArrayLen(len(c.fields)); err != nil {
@@ -177,7 +178,7 @@ func (c *rowCodec) decodeRow(b []byte, rv reflect.Value) (err error) {
 	s.dec.Reset(&s.r)
 	defer func() {
 		if r := recover(); r != nil {
-			err = fmt.Errorf("%w: %w: %v", errCorrupt, errDecodePanic, r)
+			err = fmt.Errorf("%w: %w: %v\n\n%s", errCorrupt, errDecodePanic, r, debug.Stack())
 		}
 	}()
 	n, err := s.dec.DecodeArrayLen()

@@ -31,7 +31,8 @@ import (
 // how the rows' keys are spelled there, and invalidates those keys too; a
 // row deleted by raw SQL is no longer there to read, so pass its key as it
 // was stored.
-func Invalidate(db *gorm.DB, model any, keys ...any) error {
+func Invalidate(db *gorm.DB, model any, keys ...any) (err error) {
+	defer recoverErr(&err, "invalidate")
 	p, err := pluginOf(db)
 	if err != nil {
 		return err

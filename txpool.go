@@ -229,19 +229,25 @@ func (t *hookTx) finish(committed bool) {
 	if len(entries) == 0 {
 		return
 	}
-	if t.p.cfg.AsyncFinalize {
+	// Close waits for the finalizes it counts; once it has begun, a
+	// finalize runs here, uncounted, before Commit returns.
+	counted := t.p.gate.enter()
+	if counted && t.p.cfg.AsyncFinalize {
 		// Readers of a pending key already go to the database, so the
 		// caller need not wait for the install. Forget the flights now, so
 		// that reads starting after Commit returns never join older loads.
 		for _, e := range entries {
 			t.p.flights.Forget(e.key)
 		}
-		t.p.inflight.Add(1)
 		go func() {
-			defer t.p.inflight.Done()
+			defer t.p.gate.leave()
+			defer t.p.recoverLogged("asynchronous finalize")
 			t.p.finalize(t.ctx, t.token, entries, committed)
 		}()
 		return
+	}
+	if counted {
+		defer t.p.gate.leave()
 	}
 	t.p.finalize(t.ctx, t.token, entries, committed)
 }

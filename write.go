@@ -70,7 +70,7 @@ type target struct {
 
 func (p *Plugin) beforeWrite(kind writeKind) func(*gorm.DB) {
 	return func(db *gorm.DB) {
-		defer p.recoverInto(db)
+		defer p.recoverInto(db, kind)
 		if db.Error != nil || db.DryRun {
 			return
 		}
@@ -197,7 +197,7 @@ func (p *Plugin) beforeWrite(kind writeKind) func(*gorm.DB) {
 
 func (p *Plugin) afterWrite(kind writeKind) func(*gorm.DB) {
 	return func(db *gorm.DB) {
-		defer p.recoverInto(db)
+		defer p.recoverInto(db, kind)
 		var ws *writeState
 		if v, ok := db.InstanceGet(stateKey); ok {
 			ws, _ = v.(*writeState)
@@ -545,10 +545,18 @@ func dedupe(ts []target) []target {
 // reread loads the rows of targets as the database has them now, on the
 // statement's own connection (inside its transaction, when there is one),
 // and fills in each target's intent and row.
-func (p *Plugin) reread(db *gorm.DB, spec *modelSpec, targets []target) error {
+//
+// The re-read runs the model's Scan methods where GORM alone would not; a
+// panic in one is returned as a *PanicError, a failed re-read like any other.
+func (p *Plugin) reread(db *gorm.DB, spec *modelSpec, targets []target) (err error) {
 	if spec.aside {
 		return nil // aside: writes only invalidate
 	}
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("writethrough: re-read %s after write: %w", spec.name, newPanicError("re-read after write", r))
+		}
+	}()
 	rows, err := rowsByKey(db, spec, targets, false)
 	if err != nil {
 		return fmt.Errorf("writethrough: re-read %s after write: %w", spec.name, err)
@@ -659,6 +667,7 @@ func (p *Plugin) stageTx(db *gorm.DB, spec *modelSpec, kind writeKind, tx *hookT
 			_ = db.AddError(err)
 			return
 		}
+		p.logf("writethrough: re-read failed; keys invalidated", "model", spec.name, "err", err)
 		for i := range targets {
 			targets[i].intent, targets[i].row = 0, nil
 		}
@@ -737,6 +746,9 @@ func (p *Plugin) stageForeign(db *gorm.DB, spec *modelSpec, kind writeKind, targ
 func (p *Plugin) stageAutocommit(db *gorm.DB, spec *modelSpec, kind writeKind, ws *writeState, targets []target) {
 	if len(targets) == 0 {
 		return
+	}
+	if p.gate.enter() { // Close waits for this finalize
+		defer p.gate.leave()
 	}
 	token := ws.token
 	if token == "" {
@@ -914,11 +926,13 @@ func jittered(ttl time.Duration, pct int) time.Duration {
 	return d
 }
 
-// recoverInto turns a panic inside a plugin callback into a statement error,
-// so that GORM's implicit transaction is still rolled back.
-func (p *Plugin) recoverInto(db *gorm.DB) {
+// recoverInto, deferred in a write callback, turns a panic in it (the
+// plugin's own code, or user code it runs on its own account: a key's Value
+// method while it reads keys) into a *PanicError on the statement, so that
+// GORM's implicit transaction is still rolled back.
+func (p *Plugin) recoverInto(db *gorm.DB, kind writeKind) {
 	if r := recover(); r != nil {
-		_ = db.AddError(fmt.Errorf("writethrough: internal error: %v", r))
+		_ = db.AddError(newPanicError(kind.String()+" callback", r))
 	}
 }
 

@@ -108,15 +108,22 @@ func (p *Plugin) drainLoop(ctx context.Context) {
 	t := time.NewTicker(p.cfg.DrainInterval)
 	defer t.Stop()
 	for {
-		if _, err := p.Drain(ctx); err != nil && ctx.Err() == nil {
-			p.logf("writethrough: outbox drain failed; retrying", "err", err)
-		}
+		p.drainPass(ctx)
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
 		case <-p.wake:
 		}
+	}
+}
+
+// drainPass is one pass of the background drainer; a panic in it is
+// logged, and the drainer carries on.
+func (p *Plugin) drainPass(ctx context.Context) {
+	defer p.recoverLogged("outbox drain")
+	if _, err := p.Drain(ctx); err != nil && ctx.Err() == nil {
+		p.logf("writethrough: outbox drain failed; retrying", "err", err)
 	}
 }
 

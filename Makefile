@@ -74,17 +74,37 @@ differential: services ## Run the differential test longer, on a new seed (SEED=
 	$(GO) test -count=1 -run '^TestDifferential$$' -timeout 0 . -args -diff.seed=$(SEED) -diff.steps=$(STEPS)
 
 .PHONY: lint
-lint: ## Fail on unformatted files, then go vet every module
+lint: ## Fail on unformatted files or an internal package that imports the root, then go vet every module
 	@unformatted=$$(gofmt -l .); \
 	if [ -n "$$unformatted" ]; then \
 		echo "gofmt: these files need formatting (run make fmt):"; \
 		echo "$$unformatted"; \
 		exit 1; \
 	fi
+	@$(MAKE) internal-imports
 	@for m in $(MODULES); do \
 		echo "==> $$m: go vet ./..."; \
 		(cd $$m && $(GO) vet ./...); \
 	done
+
+# Every dependency, direct or not, of every package under internal/ and of
+# its tests, one "package|dependency" per line; a line naming the root
+# package (or a test build of it) is a violation, and so is an import cycle
+# (an internal package importing the root that imports it). A package's
+# external tests show as <package>_test.
+.PHONY: internal-imports
+internal-imports: ## Fail if a package under internal/ (or its tests) imports the root package
+	@root=$$($(GO) list -m); \
+	deps=$$($(GO) list -e -test -f '{{$$p := .ImportPath}}{{range .Deps}}{{$$p}}|{{.}}{{"\n"}}{{end}}{{with .Error}}{{$$p}}|ERROR {{.Err}}{{"\n"}}{{end}}' ./internal/...); \
+	bad=$$(echo "$$deps" | awk -F'|' -v root="$$root" '$$2 == root || index($$2, root " [") == 1 || $$2 ~ /^ERROR .*import cycle/ { sub(/ \[.*/, "", $$1); if ($$1 !~ /\.test$$/) print "  " $$1 }' | sort -u); \
+	if [ -n "$$bad" ]; then \
+		echo "internal-imports: packages under internal/ must never import the root package $$root"; \
+		echo "(directly or through another package; see docs/testing.md). These do:"; \
+		echo "$$bad"; \
+		echo "Find the path with: go list -deps -test ./internal/<pkg> | grep -x '$$root'"; \
+		exit 1; \
+	fi; \
+	echo "internal-imports: no package under internal/ imports $$root"
 
 .PHONY: fmt
 fmt: ## Format every Go file in place

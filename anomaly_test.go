@@ -1,6 +1,6 @@
 package writethrough_test
 
-// One deterministic test per anomaly of ../shared/research/consistency.md
+// One deterministic test per anomaly listed in docs/consistency.md
 // that the design prevents (A1 stale set, A2 fill from an old snapshot, A3
 // uncommitted data, A4 rollback and savepoint phantoms, A5 failed or unknown
 // commits, A7 out-of-order finalize, A8 torn rows, A10 negative entry then
@@ -14,27 +14,16 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
-	"net"
-	"net/url"
-	"strconv"
-	"strings"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
-	"gorm.io/driver/postgres"
 	"gorm.io/gorm"
-	"gorm.io/gorm/logger"
 
 	"github.com/gorm-writethrough/writethrough"
-	"github.com/gorm-writethrough/writethrough/internal/faultproxy"
-	"github.com/gorm-writethrough/writethrough/internal/testenv"
+	"github.com/gorm-writethrough/writethrough/internal/testrig"
 )
 
 // Account is the row the anomaly tests race on.
@@ -53,179 +42,7 @@ type AsideAccount struct {
 	Balance int64
 }
 
-// stepTimeout bounds every wait for another goroutine: reaching it is a failure
-// (a deadlock, or a goroutine that never reached its point), never a way to
-// order events.
-const stepTimeout = 15 * time.Second
-
 var errBoom = errors.New("boom")
-
-// points drives a plugin's interleaving points.
-type points struct {
-	mu     sync.Mutex        // protects the fields below
-	pauses map[string]*pause // by point + " " + key
-	hits   map[string]int    // by point + " " + key
-	step   *stepper
-}
-
-// pause stops the first goroutine that reaches its point for its key.
-type pause struct {
-	reached chan struct{}
-	release chan struct{}
-	once    sync.Once
-}
-
-func hookPoints(t testing.TB, p *writethrough.Plugin) *points {
-	pts := &points{pauses: map[string]*pause{}, hits: map[string]int{}}
-	writethrough.SetHook(p, pts.hit)
-	t.Cleanup(func() {
-		pts.mu.Lock()
-		defer pts.mu.Unlock()
-		for _, pa := range pts.pauses {
-			pa.resume()
-		}
-		if pts.step != nil {
-			pts.step.stop()
-		}
-	})
-	return pts
-}
-
-func (pts *points) hit(point, key string) {
-	id := point + " " + key
-	pts.mu.Lock()
-	pts.hits[id]++
-	pa := pts.pauses[id]
-	if pa != nil {
-		delete(pts.pauses, id) // only the first goroutine stops
-	}
-	st := pts.step
-	pts.mu.Unlock()
-	if pa != nil {
-		close(pa.reached)
-		<-pa.release
-	}
-	if st != nil {
-		st.hit(point, key)
-	}
-}
-
-// count says how often point was reached for key.
-func (pts *points) count(point, key string) int {
-	pts.mu.Lock()
-	defer pts.mu.Unlock()
-	return pts.hits[point+" "+key]
-}
-
-// pauseAt arms a pause: the first goroutine to reach point for key waits
-// there until resume.
-func (pts *points) pauseAt(point, key string) *pause {
-	pa := &pause{reached: make(chan struct{}), release: make(chan struct{})}
-	pts.mu.Lock()
-	defer pts.mu.Unlock()
-	pts.pauses[point+" "+key] = pa
-	return pa
-}
-
-func (pa *pause) wait(t testing.TB) {
-	t.Helper()
-	select {
-	case <-pa.reached:
-	case <-time.After(stepTimeout):
-		t.Fatal("no goroutine reached the pause point")
-	}
-}
-
-func (pa *pause) resume() { pa.once.Do(func() { close(pa.release) }) }
-
-// stepper stops the writer at every write or transaction point it reaches
-// for its keys (the hook names a transaction's first key at tx:before-commit
-// and at finalize) from its prepare on, and hands each stop to the test goroutine, which looks at the
-// world and lets it go on. Read points are not stopped: the test goroutine
-// itself reads at each stop.
-type stepper struct {
-	keys  map[string]bool // nil: every key
-	stops chan string
-	goOn  chan struct{}
-	done  chan struct{}
-	once  sync.Once
-}
-
-func (pts *points) stepThrough(keys ...string) *stepper {
-	st := &stepper{stops: make(chan string), goOn: make(chan struct{}), done: make(chan struct{})}
-	if len(keys) > 0 {
-		st.keys = map[string]bool{}
-		for _, k := range keys {
-			st.keys[k] = true
-		}
-	}
-	pts.mu.Lock()
-	defer pts.mu.Unlock()
-	pts.step = st
-	return st
-}
-
-func (st *stepper) hit(point, key string) {
-	if (st.keys != nil && !st.keys[key]) || strings.HasPrefix(point, "read:") || point == "write:after-reread" {
-		return
-	}
-	select {
-	case st.stops <- point:
-	case <-st.done:
-		return
-	}
-	select {
-	case <-st.goOn:
-	case <-st.done:
-	}
-}
-
-func (st *stepper) stop() { st.once.Do(func() { close(st.done) }) }
-
-// run steps the writer until it is done, calling look at every stop, and
-// returns the points it stopped at.
-func (st *stepper) run(t testing.TB, writerDone <-chan struct{}, look func(point string)) []string {
-	t.Helper()
-	var seen []string
-	for {
-		select {
-		case point := <-st.stops:
-			seen = append(seen, point)
-			look(point)
-			st.goOn <- struct{}{}
-		case <-writerDone:
-			return seen
-		case <-time.After(stepTimeout):
-			t.Fatalf("the writer neither stopped nor finished; stops so far: %v", seen)
-		}
-	}
-}
-
-type outcome[T any] struct {
-	v   T
-	err error
-}
-
-// async runs f on its own goroutine.
-func async[T any](f func() (T, error)) <-chan outcome[T] {
-	ch := make(chan outcome[T], 1)
-	go func() {
-		v, err := f()
-		ch <- outcome[T]{v, err}
-	}()
-	return ch
-}
-
-func await[T any](t testing.TB, ch <-chan outcome[T]) outcome[T] {
-	t.Helper()
-	select {
-	case o := <-ch:
-		return o
-	case <-time.After(stepTimeout):
-		t.Fatal("the goroutine did not finish")
-	}
-	panic("unreachable")
-}
 
 func setupAccounts(t testing.TB, gcfg *gorm.Config) (*env, *points) {
 	t.Helper()
@@ -238,13 +55,6 @@ func (e *env) account(t testing.TB, owner string, balance int64) (Account, strin
 	a := Account{Owner: owner, Email: owner + "@example.com", Balance: balance}
 	require.NoError(t, e.db.Create(&a).Error)
 	return a, e.keyOf(t, &Account{}, a.ID)
-}
-
-func (e *env) keyOf(t testing.TB, model any, id any) string {
-	t.Helper()
-	key, err := writethrough.KeyOf(e.db, e.p, model, id)
-	require.NoError(t, err)
-	return key
 }
 
 // cachedAccount reads one account through the cache, as a caller would.
@@ -664,15 +474,6 @@ func TestA4RollbackAndSavepointPhantoms(t *testing.T) {
 	}
 }
 
-// sqlState returns the SQLSTATE of a PostgreSQL error, or "".
-func sqlState(err error) string {
-	var pe *pgconn.PgError
-	if errors.As(err, &pe) {
-		return pe.Code
-	}
-	return ""
-}
-
 func TestA5FailedCommitLeavesNoTrace(t *testing.T) {
 	t.Parallel()
 	const phantom = 999
@@ -728,7 +529,7 @@ func TestA5FailedCommitLeavesNoTrace(t *testing.T) {
 				return tx.Model(&Account{ID: a.ID}).Updates(map[string]any{"email": b.Email, "balance": phantom}).Error
 			})
 		}, nil)
-		assert.Equal(t, "23505", sqlState(werr), "COMMIT failed on the deferred constraint: %v", werr)
+		assert.Equal(t, "23505", testrig.SQLState(werr), "COMMIT failed on the deferred constraint: %v", werr)
 	})
 
 	t.Run("serialization failure at COMMIT", func(t *testing.T) {
@@ -749,7 +550,7 @@ func TestA5FailedCommitLeavesNoTrace(t *testing.T) {
 		require.NoError(t, t1.Commit().Error)
 
 		werr := check(t, e, pts, keyB, b.ID, 50, func() error { return t2.Commit().Error }, nil)
-		assert.Equal(t, "40001", sqlState(werr), "COMMIT failed to serialize: %v", werr)
+		assert.Equal(t, "40001", testrig.SQLState(werr), "COMMIT failed to serialize: %v", werr)
 		e.assertConverged(t, a.ID)
 	})
 
@@ -811,7 +612,7 @@ func TestA5FailedCommitLeavesNoTrace(t *testing.T) {
 			}
 			// Once COMMIT waits on the gate, kill its backend.
 			killer = async(func() (bool, error) {
-				err := pollUntil(func() (bool, error) {
+				err := testrig.Poll(stepTimeout, func() (bool, error) {
 					var n int
 					err := e.db.Raw(`SELECT count(*) FROM pg_locks
 						WHERE pid = ? AND locktype = 'advisory' AND NOT granted`, pid).Scan(&n).Error
@@ -835,7 +636,7 @@ func TestA5FailedCommitLeavesNoTrace(t *testing.T) {
 		t.Parallel()
 		// The outcome is unknown to the writer, so the plugin must delete the
 		// key, never install: readers then get whatever the database has.
-		e, proxy, direct := setupProxied(t)
+		e, proxy, direct := setupProxied(t, writethrough.Config{}, &Account{})
 		pts := hookPoints(t, e.p)
 		a, key := e.account(t, "ann", 100)
 		st := pts.stepThrough(key)
@@ -857,7 +658,7 @@ func TestA5FailedCommitLeavesNoTrace(t *testing.T) {
 			// but the connection is cut as soon as the commit shows.
 			proxy.SetLatency(2 * time.Second)
 			cutter = async(func() (struct{}, error) {
-				err := pollUntil(func() (bool, error) {
+				err := testrig.Poll(stepTimeout, func() (bool, error) {
 					var bal int64
 					err := direct.Raw("SELECT balance FROM accounts WHERE id = ?", a.ID).Scan(&bal).Error
 					return bal == 300, err
@@ -876,63 +677,6 @@ func TestA5FailedCommitLeavesNoTrace(t *testing.T) {
 		assert.Equal(t, int64(300), got.Balance, "the commit happened: the database says so")
 		e.assertConverged(t, a.ID)
 	})
-}
-
-// setupProxied is setup with the database behind a fault proxy; direct
-// reaches the same schema without it. The pool keeps no idle connections, so
-// that cutting the proxy's links breaks only the statement in flight.
-func setupProxied(t testing.TB) (e *env, proxy *faultproxy.Proxy, direct *gorm.DB) {
-	t.Helper()
-	dsn := testenv.PostgresDSN(t)
-	pc, err := pgx.ParseConfig(dsn)
-	require.NoError(t, err)
-	target := net.JoinHostPort(pc.Host, strconv.Itoa(int(pc.Port)))
-	proxy = faultproxy.New(t, target)
-	host, port, err := net.SplitHostPort(proxy.Addr())
-	require.NoError(t, err)
-	n := &atomic.Int64{}
-	open := func(dsn string, cfg *gorm.Config) *gorm.DB {
-		db, err := gorm.Open(postgres.Open(dsn), cfg)
-		require.NoError(t, err)
-		sqlDB, err := db.DB()
-		require.NoError(t, err)
-		sqlDB.SetMaxIdleConns(0)
-		t.Cleanup(func() { _ = sqlDB.Close() })
-		return db
-	}
-	db := open(withHostPort(dsn, host, port), &gorm.Config{Logger: sqlCounter{Interface: logger.Discard, n: n}})
-	direct = open(dsn, &gorm.Config{Logger: logger.Discard})
-	rdb, prefix := testenv.Redis(t)
-	p := writethrough.New(rdb, writethrough.Config{Prefix: prefix})
-	require.NoError(t, db.Use(p))
-	require.NoError(t, db.AutoMigrate(&Account{}))
-	return &env{db: db, rdb: rdb, prefix: prefix, p: p, sqls: n}, proxy, direct
-}
-
-// withHostPort points a DSN, in URL or keyword/value form, at host:port.
-func withHostPort(dsn, host, port string) string {
-	if u, err := url.Parse(dsn); err == nil && (u.Scheme == "postgres" || u.Scheme == "postgresql") {
-		u.Host = net.JoinHostPort(host, port)
-		return u.String()
-	}
-	return dsn + " host=" + host + " port=" + port // a later keyword wins
-}
-
-// pollUntil polls cond until it holds: a wait for a state the test cannot be
-// told about (a lock wait inside PostgreSQL, a commit on another
-// connection), not a wait for time to pass.
-func pollUntil(cond func() (bool, error)) error {
-	deadline := time.Now().Add(stepTimeout)
-	for {
-		ok, err := cond()
-		if err != nil || ok {
-			return err
-		}
-		if time.Now().After(deadline) {
-			return errors.New("condition never held")
-		}
-		time.Sleep(time.Millisecond)
-	}
 }
 
 func TestA7OutOfOrderFinalizeNeverInstallsTheOlderRow(t *testing.T) {
@@ -1005,7 +749,7 @@ func TestA8PartialUpdatesCacheTheWholeRow(t *testing.T) {
 			return struct{}{}, e.db.Model(&Account{ID: a.ID}).Update("balance", 200).Error
 		})
 		// The second writer waits on the row lock inside PostgreSQL.
-		require.NoError(t, pollUntil(func() (bool, error) {
+		require.NoError(t, testrig.Poll(stepTimeout, func() (bool, error) {
 			var n int
 			err := e.db.Raw(`SELECT count(*) FROM pg_stat_activity
 				WHERE application_name = current_setting('application_name') AND wait_event_type = 'Lock'`).Scan(&n).Error

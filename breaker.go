@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/gorm-writethrough/writethrough/internal/entry"
 )
 
 // BreakerState is the state of the plugin's circuit breaker.
@@ -161,18 +163,18 @@ func connectionError(err error) bool {
 }
 
 // run runs script calls through the breaker.
-func (p *Plugin) run(ctx context.Context, calls []*call) {
+func (p *Plugin) run(ctx context.Context, calls []*entry.Call) {
 	if !p.brk.allow() {
 		for _, c := range calls {
-			c.err = errBreakerOpen
+			c.Err = errBreakerOpen
 		}
 		return
 	}
-	p.scripts.run(ctx, p.rdb, calls)
+	p.scripts.Run(ctx, p.rdb, calls)
 	var failed error
 	for _, c := range calls {
-		if connectionError(c.err) {
-			failed = c.err
+		if connectionError(c.Err) {
+			failed = c.Err
 			break
 		}
 	}

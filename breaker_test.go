@@ -13,7 +13,7 @@ import (
 
 // readWith runs every kind of cached read of u with ctx, ignoring their
 // errors: the caller's context may have ended.
-func readWith(ctx context.Context, e *faultEnv, id uint) {
+func readWith(ctx context.Context, e *env, id uint) {
 	var got User
 	_ = e.db.WithContext(ctx).Scopes(writethrough.Cached).First(&got, id).Error
 	var list []User

@@ -9,6 +9,8 @@ import (
 	"gorm.io/gorm"
 	"gorm.io/gorm/clause"
 	"gorm.io/gorm/schema"
+
+	"github.com/gorm-writethrough/writethrough/internal/entry"
 )
 
 // Foreign keys with ON DELETE CASCADE / SET NULL / SET DEFAULT (and the
@@ -303,7 +305,7 @@ func (p *Plugin) cascadeTargets(db *gorm.DB, kind writeKind) (keys []specKey, pa
 				id := r.child.Table + "\x00" + fmt.Sprint(pkValues(c, sel, spec))
 				if spec != nil {
 					pk := pkValues(c, sel, spec)
-					k, ok := spec.lookupKey(db.Statement.Context, pk...)
+					k, ok := spec.keys.Lookup(db.Statement.Context, pk...)
 					if !ok {
 						continue
 					}
@@ -431,7 +433,7 @@ func (p *Plugin) stageCascade(db *gorm.DB, ws *writeState, keys []specKey) error
 		return p.pendForeign(db.Statement.Context, keys, "cascade")
 	}
 	if ws.token == "" {
-		ws.token = newToken()
+		ws.token = entry.NewToken()
 	}
 	failed, err := p.pend(db.Statement.Context, ws.token, keys, "cascade")
 	for _, k := range keys {
@@ -446,7 +448,7 @@ func (p *Plugin) stageCascade(db *gorm.DB, ws *writeState, keys []specKey) error
 // pend makes keys pending under token, with no row. It returns the keys
 // Redis missed that may go to the outbox (Soft), or the error of a Strict one.
 func (p *Plugin) pend(ctx context.Context, token string, keys []specKey, what string) ([]string, error) {
-	calls := make([]*call, len(keys))
+	calls := make([]*entry.Call, len(keys))
 	for i, k := range keys {
 		calls[i] = p.prepareCall(k.spec, token, k.key, 0, nil)
 	}
@@ -456,14 +458,14 @@ func (p *Plugin) pend(ctx context.Context, token string, keys []specKey, what st
 	var failed []string
 	for i, c := range calls {
 		p.stats.prepares.Add(1)
-		p.flights.Forget(c.key)
+		p.flights.Forget(c.Key)
 		if err := prepareErr(c); err != nil {
 			p.stats.prepareErrors.Add(1)
 			if keys[i].spec.mode == Strict {
 				return failed, unavailable("prepare "+what, err)
 			}
-			p.logf("writethrough: prepare failed; the key goes to the outbox", "key", c.key, "err", err)
-			failed = append(failed, c.key)
+			p.logf("writethrough: prepare failed; the key goes to the outbox", "key", c.Key, "err", err)
+			failed = append(failed, c.Key)
 		}
 	}
 	return failed, nil
@@ -473,7 +475,7 @@ func (p *Plugin) pend(ctx context.Context, token string, keys []specKey, what st
 // end: they stay uncached until PendingTTL.
 func (p *Plugin) pendForeign(ctx context.Context, keys []specKey, what string) error {
 	p.logf("writethrough: "+what+" in a transaction the plugin cannot see; keys stay uncached until PendingTTL", "keys", len(keys))
-	_, err := p.pend(ctx, newToken(), keys, what)
+	_, err := p.pend(ctx, entry.NewToken(), keys, what)
 	return err
 }
 

@@ -24,6 +24,7 @@ import (
 	"gorm.io/gorm/schema"
 
 	"github.com/gorm-writethrough/writethrough"
+	"github.com/gorm-writethrough/writethrough/internal/testenv"
 )
 
 // Promise P7: a cached read returns exactly what the same read from the
@@ -394,8 +395,6 @@ func keyOnly[T any](t testing.TB, db *gorm.DB, row *T) *T {
 	return out
 }
 
-func ptr[T any](v T) *T { return &v }
-
 func p7Cases() []p7Case {
 	kolkata, err := time.LoadLocation("Asia/Kolkata")
 	if err != nil {
@@ -515,9 +514,7 @@ func TestCachedReadEqualsDatabaseReadInAnotherLocalZone(t *testing.T) {
 		TestCachedReadEqualsDatabaseRead(t)
 		return
 	}
-	if testing.Short() {
-		t.Skip("starts a child test process")
-	}
+	testenv.SkipShort(t) // the child needs the servers
 	if _, err := time.LoadLocation("America/St_Johns"); err != nil {
 		t.Skip("no time zone database:", err)
 	}
@@ -760,7 +757,3 @@ func TestEmbeddedColumnsAreCached(t *testing.T) {
 	assert.Equal(t, "Ship", got.Ship.Street)
 	assert.Nil(t, got.Ship.City)
 }
-
-// calm is the Config of tests about what is stored rather than about timing:
-// a Redis call is not cut short on a loaded machine.
-func calm() writethrough.Config { return writethrough.Config{Timeout: 2 * time.Second} }

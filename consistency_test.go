@@ -30,7 +30,6 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/require"
-	"gorm.io/driver/postgres"
 	"gorm.io/gorm"
 	"gorm.io/gorm/clause"
 	"gorm.io/gorm/logger"
@@ -39,6 +38,7 @@ import (
 	"github.com/gorm-writethrough/writethrough/internal/checker"
 	"github.com/gorm-writethrough/writethrough/internal/faultproxy"
 	"github.com/gorm-writethrough/writethrough/internal/testenv"
+	"github.com/gorm-writethrough/writethrough/internal/testrig"
 )
 
 // Item is the row of the histories. Every update increments Version under
@@ -897,13 +897,8 @@ func openItems(t testing.TB, gcfg *gorm.Config, clients int) (*gorm.DB, *redis.C
 	gcfg.Logger = logger.Discard
 	// Bulk updates lock rows in scan order, not id order, and may deadlock
 	// with other writers: have PostgreSQL notice quickly.
-	db, err := gorm.Open(postgres.Open(testenv.PostgresDSN(t)+" deadlock_timeout=100ms"), gcfg)
-	require.NoError(t, err)
-	sqlDB, err := db.DB()
-	require.NoError(t, err)
-	sqlDB.SetMaxOpenConns(clients + 8)
-	sqlDB.SetMaxIdleConns(clients + 8)
-	t.Cleanup(func() { _ = sqlDB.Close() })
+	db := testrig.Open(t, testenv.PostgresDSN(t)+" deadlock_timeout=100ms", gcfg)
+	testrig.Pool(t, db, clients+8, clients+8)
 	require.NoError(t, db.Exec(itemsDDL).Error)
 	rdb, prefix := testenv.Redis(t)
 	return db, rdb, prefix
@@ -931,9 +926,7 @@ func pluginRunOn(t testing.TB, db *gorm.DB, pluginRdb redis.UniversalClient, rdb
 	t.Helper()
 	pcfg := cfg.plugin
 	pcfg.Prefix = prefix
-	p := writethrough.New(pluginRdb, pcfg)
-	require.NoError(t, db.Use(p))
-	t.Cleanup(func() { _ = p.Close() })
+	p := install(t, db, pluginRdb, pcfg)
 	s := &pluginStrategy{gdb: db, p: p, rdb: rdb, keys: make([]string, cfg.rows+1)}
 	for id := 1; id <= cfg.rows; id++ {
 		k, err := writethrough.KeyOf(db, p, &Item{}, int64(id))
@@ -1272,8 +1265,7 @@ func newSoftFaultRun(t testing.TB, cfg runConfig) *harness {
 	t.Helper()
 	db, rdb, prefix := openItems(t, nil, cfg.clients)
 	proxy := faultproxy.New(t, rdb.Options().Addr)
-	prdb := redis.NewClient(&redis.Options{Addr: proxy.Addr(), ContextTimeoutEnabled: true, MaxRetries: -1})
-	t.Cleanup(func() { _ = prdb.Close() })
+	prdb := testrig.FaultClient(t, proxy.Addr())
 	cfg.faults = redisFaults(proxy, cfg.seed)
 	cfg.plugin.Mode = writethrough.Soft
 	if cfg.plugin.Timeout == 0 {

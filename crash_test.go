@@ -34,7 +34,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -42,12 +41,11 @@ import (
 	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
-	"gorm.io/driver/postgres"
 	"gorm.io/gorm"
-	"gorm.io/gorm/logger"
 
 	"github.com/gorm-writethrough/writethrough"
 	"github.com/gorm-writethrough/writethrough/internal/checker"
+	"github.com/gorm-writethrough/writethrough/internal/testrig"
 )
 
 // crashEnv selects the writer process; the other settings follow it as
@@ -57,46 +55,47 @@ const crashEnv = "WT_CRASH_WRITER"
 // crashHold bounds how long an orphaned writer waits at its point.
 const crashHold = time.Minute
 
-func init() {
-	crashScenarios = append(crashScenarios,
-		&faultScenario{
+// crashScenarios are the fault matrix's crash rows.
+func crashScenarios() []*faultScenario {
+	return []*faultScenario{
+		{
 			name:    "writer SIGKILL between prepare and COMMIT",
 			reserve: true,
 			live:    true,
-			inject: func(t *testing.T, r *rig) {
+			inject: func(t *testing.T, r *faultRun) {
 				r.crashWriter(t, "tx:before-commit", false)
 			},
-			check: func(t *testing.T, r *rig) { r.assertCrashRow(t) },
+			check: func(t *testing.T, r *faultRun) { r.assertCrashRow(t) },
 		},
-		&faultScenario{
+		{
 			name:    "writer SIGKILL between COMMIT and finalize",
 			reserve: true,
 			live:    true,
-			inject: func(t *testing.T, r *rig) {
+			inject: func(t *testing.T, r *faultRun) {
 				r.crashWriter(t, "write:before-finalize", false)
 			},
-			check: func(t *testing.T, r *rig) { r.assertCrashRow(t) },
+			check: func(t *testing.T, r *faultRun) { r.assertCrashRow(t) },
 		},
-		&faultScenario{
+		{
 			name:       "writer SIGKILL between COMMIT and finalize, Redis paused",
 			modes:      []writethrough.Mode{writethrough.Soft},
 			redisFault: true,
 			reserve:    true,
 			live:       true,
-			inject: func(t *testing.T, r *rig) {
+			inject: func(t *testing.T, r *faultRun) {
 				r.crashWriter(t, "write:before-finalize", true)
 			},
 			staleIn: softOnly(winFault, winRecovery),
 			bound:   "the crashed writer's outbox record committed with its row: the old entry is served until the surviving process's drainer deletes it after Redis answers",
-			check:   func(t *testing.T, r *rig) { r.assertCrashRow(t) },
+			check:   func(t *testing.T, r *faultRun) { r.assertCrashRow(t) },
 		},
-	)
+	}
 }
 
 // crashWriter starts the writer process on row 1, waits for it to reach
 // point, kills it with SIGKILL and checks the state it left. With paused,
 // Redis is paused while the writer runs and resumed after the kill.
-func (r *rig) crashWriter(t *testing.T, point string, paused bool) {
+func (r *faultRun) crashWriter(t *testing.T, point string, paused bool) {
 	ctx := context.Background()
 	const id = 1
 	key := r.keys[id]
@@ -142,7 +141,7 @@ func (r *rig) crashWriter(t *testing.T, point string, paused bool) {
 		r.srv.Resume()
 	} else {
 		require.Zero(t, records, "a prepared key is not in the outbox: the crash came before finalize")
-		en := r.entry(t, key)
+		en := stateOf(t, r.rdb, key)
 		require.Equal(t, byte(writethrough.StatePending), en, "the crashed writer's pending entry stays until PendingTTL")
 	}
 	r.note("writer killed %s after start", time.Duration(killAt-spawnAt).Round(time.Millisecond))
@@ -155,13 +154,13 @@ type writerProc struct {
 	cmd              *exec.Cmd
 	wait             func()
 	tag              int64
-	spawnAt, readyAt int64 // on the rig's clock
+	spawnAt, readyAt int64 // on the run's clock
 }
 
 // startWriter runs the test binary as a writer process that updates row id
-// (tag and val from the rig) and waits until it reports that it stopped at
+// (tag and val from the run) and waits until it reports that it stopped at
 // point. The process is killed when the test ends.
-func (r *rig) startWriter(t *testing.T, point string, id int64) *writerProc {
+func (r *faultRun) startWriter(t *testing.T, point string, id int64) *writerProc {
 	t.Helper()
 	tag := r.tags.Add(1)
 	val := 900_000_000 + tag // no other write uses this range
@@ -218,24 +217,11 @@ func (w *writerProc) kill(t *testing.T) {
 	require.Equal(t, "signal: killed", w.cmd.ProcessState.String())
 }
 
-// entry returns the state byte of key, 0 when absent.
-func (r *rig) entry(t *testing.T, key string) byte {
-	t.Helper()
-	raw, err := r.rdb.Get(context.Background(), key).Bytes()
-	if errors.Is(err, redis.Nil) {
-		return 0
-	}
-	require.NoError(t, err)
-	en, err := writethrough.ParseEntry(raw)
-	require.NoError(t, err)
-	return en.State
-}
-
 // watchCrash polls row 1's key from the kill on, and notes when it stopped
 // holding another row than the database's (stale-free) and when it held
 // the row or nothing (converged: the pending entry expired, or the outbox
 // was drained).
-func (r *rig) watchCrash(ctx context.Context, cr *crash) {
+func (r *faultRun) watchCrash(ctx context.Context, cr *crash) {
 	defer close(cr.done)
 	key := r.keys[1]
 	deadline := cr.at.Add(r.cfg.PendingTTL + 2*r.cfg.DrainInterval + r.cfg.BreakerCooldown + 10*time.Second)
@@ -274,7 +260,7 @@ func (r *rig) watchCrash(ctx context.Context, cr *crash) {
 
 // assertCrashRow checks row 1 once the run is over: the database holds what
 // the crashed writer left, and the key converged.
-func (r *rig) assertCrashRow(t *testing.T) {
+func (r *faultRun) assertCrashRow(t *testing.T) {
 	cr := r.crash
 	require.NotNil(t, cr)
 	<-cr.done
@@ -294,7 +280,7 @@ func (r *rig) assertCrashRow(t *testing.T) {
 // make this process forget the load anyway.
 func TestReaderAfterACommitNeverJoinsALoadThatBeganBeforeIt(t *testing.T) {
 	ctx := context.Background()
-	r := newRig(t, &faultScenario{name: t.Name(), reserve: true}, writethrough.Soft, shape())
+	r := newFaultRun(t, &faultScenario{name: t.Name(), reserve: true}, writethrough.Soft, shape())
 	const id = 1
 	key := r.keys[id]
 	var before FaultRow
@@ -302,7 +288,7 @@ func TestReaderAfterACommitNeverJoinsALoadThatBeganBeforeIt(t *testing.T) {
 	require.NoError(t, writethrough.Invalidate(r.db, &FaultRow{}, id))
 
 	// The leader of a load read the row and stops before its fill.
-	pause := pauseOnce(r.p, "read:after-db-before-fill", key)
+	pause := hookPoints(t, r.p).pauseAt("read:after-db-before-fill", key)
 	leader := make(chan FaultRow, 1)
 	go func() {
 		row, err := writethrough.Get[FaultRow](ctx, r.db, id)
@@ -321,7 +307,7 @@ func TestReaderAfterACommitNeverJoinsALoadThatBeganBeforeIt(t *testing.T) {
 	var now FaultRow
 	require.NoError(t, r.db.Take(&now, id).Error)
 	require.Equal(t, before.Version+1, now.Version, "the writer committed")
-	require.Equal(t, byte(writethrough.StatePending), r.entry(t, key))
+	require.Equal(t, byte(writethrough.StatePending), stateOf(t, r.rdb, key))
 
 	// A read that begins after the commit must see it.
 	late := make(chan FaultRow, 1)
@@ -341,29 +327,6 @@ func TestReaderAfterACommitNeverJoinsALoadThatBeganBeforeIt(t *testing.T) {
 	pause.resume()
 	assert.Equal(t, before.value(), (<-leader).value(), "the leader began before the commit")
 	w.kill(t)
-}
-
-// pointPause stops the first goroutine that reaches a hook point for a key.
-type pointPause struct {
-	reached chan struct{}
-	release chan struct{}
-	once    sync.Once
-}
-
-func (pp *pointPause) resume() { pp.once.Do(func() { close(pp.release) }) }
-
-// pauseOnce installs a hook on p that stops the first goroutine reaching
-// point for key until resume.
-func pauseOnce(p *writethrough.Plugin, point, key string) *pointPause {
-	pp := &pointPause{reached: make(chan struct{}), release: make(chan struct{})}
-	var hit atomic.Bool
-	writethrough.SetHook(p, func(pt, k string) {
-		if pt == point && k == key && hit.CompareAndSwap(false, true) {
-			close(pp.reached)
-			<-pp.release
-		}
-	})
-	return pp
 }
 
 // readyWatch collects the writer's output and reports its READY line.
@@ -413,14 +376,13 @@ func TestCrashWriterSubprocess(t *testing.T) {
 		require.NoError(t, err, name)
 		return d
 	}
-	db, err := gorm.Open(postgres.Open(env("DSN")), &gorm.Config{Logger: logger.Discard})
-	require.NoError(t, err)
-	rdb := redis.NewClient(&redis.Options{Addr: env("REDIS"), ContextTimeoutEnabled: true, MaxRetries: -1})
+	db := testrig.Open(t, env("DSN"), nil)
+	rdb := testrig.FaultClient(t, env("REDIS"))
 	mode := writethrough.Soft
 	if env("MODE") == writethrough.Strict.String() {
 		mode = writethrough.Strict
 	}
-	p := writethrough.New(rdb, writethrough.Config{
+	p := install(t, db, rdb, writethrough.Config{
 		Prefix:           env("PREFIX"),
 		Mode:             mode,
 		Timeout:          dur("TIMEOUT"),
@@ -428,7 +390,6 @@ func TestCrashWriterSubprocess(t *testing.T) {
 		DrainInterval:    -1, // the parent drains
 		BreakerThreshold: -1,
 	})
-	require.NoError(t, db.Use(p))
 	id := num("ID")
 	key, err := writethrough.KeyOf(db, p, &FaultRow{}, id)
 	require.NoError(t, err)

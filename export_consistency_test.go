@@ -6,6 +6,8 @@ import (
 	"reflect"
 
 	"gorm.io/gorm"
+
+	"github.com/gorm-writethrough/writethrough/internal/entry"
 )
 
 // The consistency tests (anomaly_test.go, consistency_test.go) compare what
@@ -22,7 +24,7 @@ func KeyOf(db *gorm.DB, p *Plugin, model any, pk ...any) (string, error) {
 	if spec == nil {
 		return "", fmt.Errorf("%T is not cached", model)
 	}
-	key, ok := spec.lookupKey(context.Background(), pk...)
+	key, ok := spec.keys.Lookup(context.Background(), pk...)
 	if !ok {
 		return "", fmt.Errorf("%v does not fit %T's primary key", pk, model)
 	}
@@ -39,15 +41,15 @@ func DecodeRow(db *gorm.DB, p *Plugin, raw []byte, dst any) error {
 	if spec == nil {
 		return fmt.Errorf("%T is not cached", dst)
 	}
-	e, err := parseEntry(raw)
+	e, err := entry.Parse(raw)
 	if err != nil {
 		return err
 	}
-	if e.state != stateCommitted {
-		return fmt.Errorf("entry in state %q holds no row", e.state)
+	if e.State != entry.Committed {
+		return fmt.Errorf("entry in state %q holds no row", e.State)
 	}
-	if string(e.fp) != spec.codec.fp {
+	if string(e.Fingerprint) != spec.codec.Fingerprint() {
 		return fmt.Errorf("entry written by another build of %T", dst)
 	}
-	return spec.codec.decodeRow(e.row, reflect.ValueOf(dst).Elem())
+	return spec.codec.Decode(e.Row, reflect.ValueOf(dst).Elem())
 }

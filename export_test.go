@@ -1,5 +1,7 @@
 package writethrough
 
+import "github.com/gorm-writethrough/writethrough/internal/entry"
+
 // SetHook installs a test hook called at the plugin's named interleaving
 // points ("read:after-lease", "read:after-db-before-fill",
 // "read:flight" (before joining or starting the shared load),
@@ -20,21 +22,20 @@ type RawEntry struct {
 
 // ParseEntry decodes a raw Redis value's header.
 func ParseEntry(b []byte) (RawEntry, error) {
-	e, err := parseEntry(b)
+	e, err := entry.Parse(b)
 	if err != nil {
 		return RawEntry{}, err
 	}
-	out := RawEntry{State: e.state, Token: string(e.token), Row: e.row}
-	if e.state == statePending {
-		out.Flags = b[headerLen]
-		out.Writers = int(b[headerLen+1])
+	out := RawEntry{State: byte(e.State), Token: string(e.Token), Writers: e.Writers, Flags: byte(e.Flags)}
+	if e.State == entry.Committed {
+		out.Row = e.Row
 	}
 	return out, nil
 }
 
 const (
-	StateCommitted = stateCommitted
-	StatePending   = statePending
-	StateLease     = stateLease
-	StateTombstone = stateTombstone
+	StateCommitted = byte(entry.Committed)
+	StatePending   = byte(entry.Pending)
+	StateLease     = byte(entry.Lease)
+	StateTombstone = byte(entry.Tombstone)
 )

@@ -56,7 +56,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -70,6 +69,7 @@ import (
 	"github.com/gorm-writethrough/writethrough/internal/faultproxy"
 	"github.com/gorm-writethrough/writethrough/internal/redisproc"
 	"github.com/gorm-writethrough/writethrough/internal/testenv"
+	"github.com/gorm-writethrough/writethrough/internal/testrig"
 )
 
 var (
@@ -158,9 +158,9 @@ type faultScenario struct {
 	// during, when set, runs on its own goroutine from then until stop is
 	// closed, at the end of the fault window. heal undoes the fault at the
 	// start of the recovery window.
-	inject func(t *testing.T, r *rig)
-	during func(r *rig, stop <-chan struct{})
-	heal   func(t *testing.T, r *rig)
+	inject func(t *testing.T, r *faultRun)
+	during func(r *faultRun, stop <-chan struct{})
+	heal   func(t *testing.T, r *faultRun)
 	// live: inject while the clients run (a crash); otherwise the fault
 	// is in place before the fault window's clients start.
 	live bool
@@ -177,7 +177,7 @@ type faultScenario struct {
 	// fail (with ErrCacheUnavailable).
 	strictFails bool
 	// check adds assertions at the end of the run.
-	check func(t *testing.T, r *rig)
+	check func(t *testing.T, r *faultRun)
 }
 
 // sabotage breaks a transaction after its write was prepared, before
@@ -185,10 +185,10 @@ type faultScenario struct {
 type sabotage struct {
 	name string
 	// assign adds to the write's assignments.
-	assign func(r *rig, id int64) map[string]any
+	assign func(r *faultRun, id int64) map[string]any
 	// beforeCommit runs inside the transaction once the write returned
 	// (its key is pending); pid is the transaction's backend.
-	beforeCommit func(r *rig, pid int) error
+	beforeCommit func(r *faultRun, pid int) error
 	// collateral lists SQLSTATEs with which any write may fail while the
 	// sabotage runs (certainly not committed): two transactions whose
 	// deferred checks wait for each other at COMMIT deadlock, and the
@@ -213,23 +213,20 @@ const boundDrain = "a Soft write whose prepare and release both failed leaves th
 
 const boundFinalize = "a pending entry lost in Redis lets a reader fill the old row; it is served from the writer's COMMIT until the same writer's finalize deletes it"
 
-// crashScenarios are added by crash_test.go (Linux only).
-var crashScenarios []*faultScenario
-
 func faultScenarios() []*faultScenario {
 	list := []*faultScenario{
 		{
 			name:        "Redis SIGKILL, restarted empty",
 			redisFault:  true,
-			inject:      func(t *testing.T, r *rig) { r.srv.Kill() },
-			heal:        func(t *testing.T, r *rig) { r.srv.Restart() },
+			inject:      func(t *testing.T, r *faultRun) { r.srv.Kill() },
+			heal:        func(t *testing.T, r *faultRun) { r.srv.Restart() },
 			strictFails: true,
 		},
 		{
 			name:        "Redis SIGSTOP, then SIGCONT (data kept)",
 			redisFault:  true,
-			inject:      func(t *testing.T, r *rig) { r.srv.Pause() },
-			heal:        func(t *testing.T, r *rig) { r.srv.Resume() },
+			inject:      func(t *testing.T, r *faultRun) { r.srv.Pause() },
+			heal:        func(t *testing.T, r *faultRun) { r.srv.Resume() },
 			strictFails: true,
 			staleIn:     softOnly(winRecovery),
 			bound:       boundDrain,
@@ -238,13 +235,13 @@ func faultScenarios() []*faultScenario {
 			name:       "Redis maxmemory, noeviction, full",
 			redisFault: true,
 			redisArgs:  []string{"--maxmemory-policy", "noeviction"},
-			inject:     func(t *testing.T, r *rig) { r.fillRedis(t) },
-			during:     (*rig).invalidateAll,
-			heal: func(t *testing.T, r *rig) {
+			inject:     func(t *testing.T, r *faultRun) { testrig.FillRedis(t, r.rdb) },
+			during:     (*faultRun).invalidateAll,
+			heal: func(t *testing.T, r *faultRun) {
 				require.NoError(t, r.rdb.ConfigSet(context.Background(), "maxmemory", "0").Err())
 			},
 			strictFails: true,
-			check: func(t *testing.T, r *rig) {
+			check: func(t *testing.T, r *faultRun) {
 				// Finalize's deletes are checked by the zero stale reads of
 				// the fault window: a Soft write whose finalize failed would
 				// leave the old row there.
@@ -255,7 +252,7 @@ func faultScenarios() []*faultScenario {
 		{
 			name:       "Redis FLUSHALL every 50ms",
 			redisFault: true,
-			during:     (*rig).flushAll,
+			during:     (*faultRun).flushAll,
 			staleIn:    always(winFault),
 			bound:      boundFinalize,
 		},
@@ -263,8 +260,8 @@ func faultScenarios() []*faultScenario {
 			name:       "Redis allkeys-lru, tiny maxmemory, evicting",
 			redisFault: true,
 			redisArgs:  []string{"--maxmemory-policy", "allkeys-lru", "--maxmemory-samples", "1"},
-			during:     (*rig).evict,
-			heal: func(t *testing.T, r *rig) {
+			during:     (*faultRun).evict,
+			heal: func(t *testing.T, r *faultRun) {
 				require.NoError(t, r.rdb.ConfigSet(context.Background(), "maxmemory", "0").Err())
 			},
 			staleIn: always(winFault),
@@ -274,10 +271,10 @@ func faultScenarios() []*faultScenario {
 			name:       "proxy latency 3x Timeout",
 			redisFault: true,
 			proxy:      true,
-			inject: func(t *testing.T, r *rig) {
+			inject: func(t *testing.T, r *faultRun) {
 				r.proxy.SetLatency(3 * r.cfg.Timeout)
 			},
-			heal: func(t *testing.T, r *rig) {
+			heal: func(t *testing.T, r *faultRun) {
 				// Reset too, so that no delayed command reaches Redis after
 				// the heal.
 				r.proxy.SetLatency(0)
@@ -291,7 +288,7 @@ func faultScenarios() []*faultScenario {
 			name:       "proxy resets every connection every 20ms",
 			redisFault: true,
 			proxy:      true,
-			during:     (*rig).resetAll,
+			during:     (*faultRun).resetAll,
 			staleIn:    softOnly(winFault, winRecovery),
 			bound:      boundDrain,
 		},
@@ -299,7 +296,7 @@ func faultScenarios() []*faultScenario {
 			name: "PostgreSQL backend killed between prepare and COMMIT",
 			sabotage: &sabotage{
 				name: "killed",
-				beforeCommit: func(r *rig, pid int) error {
+				beforeCommit: func(r *faultRun, pid int) error {
 					var killed bool
 					if err := r.db.Raw("SELECT pg_terminate_backend(?, 5000)", pid).Scan(&killed).Error; err != nil {
 						return err
@@ -315,7 +312,7 @@ func faultScenarios() []*faultScenario {
 			name: "COMMIT fails (deferred unique constraint)",
 			sabotage: &sabotage{
 				name: "failed at COMMIT",
-				assign: func(r *rig, id int64) map[string]any {
+				assign: func(r *faultRun, id int64) map[string]any {
 					other := id%int64(r.rows) + 1 // another row's slot
 					return map[string]any{"slot": other}
 				},
@@ -323,7 +320,7 @@ func faultScenarios() []*faultScenario {
 			},
 		},
 	}
-	return append(list, crashScenarios...)
+	return append(list, crashScenarios()...) // crash_test.go (Linux only)
 }
 
 // TestFaultMatrix runs every scenario in Soft and in Strict. The rows run
@@ -344,7 +341,7 @@ func TestFaultMatrix(t *testing.T) {
 		}
 		for _, mode := range modes {
 			t.Run(sc.name+"/"+mode.String(), func(t *testing.T) {
-				r := newRig(t, sc, mode, sh)
+				r := newFaultRun(t, sc, mode, sh)
 				row := r.run(t)
 				rep.add(row)
 			})
@@ -352,9 +349,9 @@ func TestFaultMatrix(t *testing.T) {
 	}
 }
 
-// rig is one run: a redis-server, a schema, a plugin, the workload's
-// clients, and what they saw.
-type rig struct {
+// faultRun is one run of the matrix: a redis-server, a schema, a plugin,
+// the workload's clients, and what they saw.
+type faultRun struct {
 	t     *testing.T
 	sc    *faultScenario
 	mode  writethrough.Mode
@@ -400,9 +397,9 @@ type commitMark struct {
 	at      int64
 }
 
-func newRig(t *testing.T, sc *faultScenario, mode writethrough.Mode, sh faultShape) *rig {
+func newFaultRun(t *testing.T, sc *faultScenario, mode writethrough.Mode, sh faultShape) *faultRun {
 	t.Helper()
-	r := &rig{
+	r := &faultRun{
 		t: t, sc: sc, mode: mode, sh: sh,
 		rows:      sh.writers * sh.rowsPerWriter,
 		ids:       map[string]int64{},
@@ -415,23 +412,16 @@ func newRig(t *testing.T, sc *faultScenario, mode writethrough.Mode, sh faultSha
 	}
 	r.srv = redisproc.Start(t, sc.redisArgs...)
 	r.rdb = r.srv.Client(t)
-	opts := r.srv.Options()
+	addr := r.srv.Addr()
 	if sc.proxy {
 		r.proxy = faultproxy.New(t, r.srv.Addr())
-		opts.Addr = r.proxy.Addr()
+		addr = r.proxy.Addr()
 	}
-	opts.MaxRetries = -1
-	prdb := redis.NewClient(opts)
-	t.Cleanup(func() { _ = prdb.Close() })
+	prdb := testrig.FaultClient(t, addr)
 
 	r.dsn = testenv.PostgresDSN(t)
-	db, err := gorm.Open(postgres.Open(r.dsn), &gorm.Config{Logger: logger.Discard})
-	require.NoError(t, err)
-	sqlDB, err := db.DB()
-	require.NoError(t, err)
-	sqlDB.SetMaxOpenConns(sh.writers + sh.readers + 8)
-	sqlDB.SetMaxIdleConns(sh.writers + sh.readers + 8)
-	t.Cleanup(func() { _ = sqlDB.Close() })
+	db := testrig.Open(t, r.dsn, nil)
+	testrig.Pool(t, db, sh.writers+sh.readers+8, sh.writers+sh.readers+8)
 	require.NoError(t, db.Exec(faultRowsDDL).Error)
 
 	r.cfg = writethrough.Config{
@@ -442,9 +432,7 @@ func newRig(t *testing.T, sc *faultScenario, mode writethrough.Mode, sh faultSha
 		DrainInterval:   sh.drainInterval,
 		BreakerCooldown: sh.breakerCooldown,
 	}
-	r.p = writethrough.New(prdb, r.cfg)
-	require.NoError(t, db.Use(r.p))
-	t.Cleanup(func() { _ = r.p.Close() }) // before the database closes
+	r.p = install(t, db, prdb, r.cfg) // closed before the database
 	writethrough.SetHook(r.p, r.hook)
 	// The version a transaction wrote, as soon as its UPDATE returned it,
 	// while it holds the row lock.
@@ -486,9 +474,9 @@ func newRig(t *testing.T, sc *faultScenario, mode writethrough.Mode, sh faultSha
 	return r
 }
 
-func (r *rig) now() int64 { return int64(time.Since(r.start)) }
+func (r *faultRun) now() int64 { return int64(time.Since(r.start)) }
 
-func (r *rig) note(format string, args ...any) {
+func (r *faultRun) note(format string, args ...any) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.notes = append(r.notes, fmt.Sprintf(format, args...))
@@ -496,7 +484,7 @@ func (r *rig) note(format string, args ...any) {
 
 // hook notes the moment a COMMIT returned (or failed: the writer drops the
 // mark then) for the version the transaction wrote.
-func (r *rig) hook(point, key string) {
+func (r *faultRun) hook(point, key string) {
 	if point != "write:before-finalize" {
 		return
 	}
@@ -515,7 +503,7 @@ func (r *rig) hook(point, key string) {
 
 // committed records that the write of version to row id returned success
 // at ret; its COMMIT returned at the hook's mark, or by ret.
-func (r *rig) committed(id, version, ret int64) {
+func (r *faultRun) committed(id, version, ret int64) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	at := ret
@@ -527,7 +515,7 @@ func (r *rig) committed(id, version, ret int64) {
 	r.commits[id] = append(r.commits[id], commitMark{version: version, at: at})
 }
 
-func (r *rig) failed(id int64) {
+func (r *faultRun) failed(id int64) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	delete(r.tentative, id)
@@ -585,7 +573,7 @@ func (w *window) merge(o *window) {
 
 // runWindow runs the readers (and the writers, when writers is set) while
 // body runs, then stops them and checks what they did.
-func (r *rig) runWindow(name string, writers bool, pre, body func()) *window {
+func (r *faultRun) runWindow(name string, writers bool, pre, body func()) *window {
 	t := r.t
 	t.Helper()
 	init := r.snapshot(t)
@@ -649,7 +637,7 @@ func (r *rig) runWindow(name string, writers bool, pre, body func()) *window {
 
 // dump writes the whole history of a row found not linearizable, for
 // porcupine's visualizer or a closer look.
-func (r *rig) dump(v checker.Violation, win *window) {
+func (r *faultRun) dump(v checker.Violation, win *window) {
 	var ops []checker.Op
 	for _, o := range win.ops {
 		if o.Key == v.Key {
@@ -677,7 +665,7 @@ func stopped(stop <-chan struct{}) bool {
 }
 
 // snapshot reads every row from the database.
-func (r *rig) snapshot(t *testing.T) map[int64]checker.Value {
+func (r *faultRun) snapshot(t *testing.T) map[int64]checker.Value {
 	t.Helper()
 	var rows []FaultRow
 	require.NoError(t, r.db.Order("id").Find(&rows).Error)
@@ -690,7 +678,7 @@ func (r *rig) snapshot(t *testing.T) map[int64]checker.Value {
 
 // staleVsCommits counts the window's reads that returned a version older
 // than one whose COMMIT had returned before the read began.
-func (r *rig) staleVsCommits(win *window) {
+func (r *faultRun) staleVsCommits(win *window) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	for _, o := range win.ops {
@@ -719,7 +707,7 @@ func (r *rig) staleVsCommits(win *window) {
 }
 
 // read runs one cached read: First, Get, or GetMany of three rows.
-func (r *rig) read(ctx context.Context, rng *rand.Rand, client int, win *window) {
+func (r *faultRun) read(ctx context.Context, rng *rand.Rand, client int, win *window) {
 	id := 1 + rng.Int64N(int64(r.rows))
 	call := r.now()
 	var got []FaultRow
@@ -775,7 +763,7 @@ func (r *rig) read(ctx context.Context, rng *rand.Rand, client int, win *window)
 // faultWriter writes the rows it owns, one transaction at a time, and
 // knows what each of them must hold.
 type faultWriter struct {
-	r      *rig
+	r      *faultRun
 	rng    *rand.Rand
 	own    []int64
 	expect map[int64]checker.Value   // the last value that committed
@@ -869,7 +857,7 @@ func (w *faultWriter) step(ctx context.Context, win *window) {
 	case errors.Is(err, writethrough.ErrCacheUnavailable):
 		win.cacheErrs++
 		r.failed(id)
-	case r.sc.sabotage != nil && slices.Contains(r.sc.sabotage.collateral, pgCode(err)):
+	case r.sc.sabotage != nil && slices.Contains(r.sc.sabotage.collateral, testrig.SQLState(err)):
 		win.injected++
 		r.failed(id)
 		w.checkReleased(ctx, id, row.value(), win)
@@ -894,7 +882,7 @@ func (w *faultWriter) checkReleased(ctx context.Context, id int64, failed checke
 	bad, leak := "", false
 	// The release may still be on its way when its call timed out: poll
 	// for a second (the entry would otherwise expire at PendingTTL).
-	_ = pollFor(time.Second, func() (bool, error) {
+	_ = testrig.Poll(time.Second, func() (bool, error) {
 		bad, leak = w.released(ctx, id, failed)
 		return bad == "" || leak, nil
 	})
@@ -950,7 +938,7 @@ type keyScan struct {
 
 func (s keyScan) converged() bool { return len(s.wrong) == 0 && s.pending == 0 }
 
-func (r *rig) scan(ctx context.Context) (keyScan, error) {
+func (r *faultRun) scan(ctx context.Context) (keyScan, error) {
 	var s keyScan
 	var rows []FaultRow
 	if err := r.db.WithContext(ctx).Find(&rows).Error; err != nil {
@@ -1030,7 +1018,7 @@ type faultRow struct {
 }
 
 // run runs the four windows, asserts, and returns the report row.
-func (r *rig) run(t *testing.T) faultRow {
+func (r *faultRun) run(t *testing.T) faultRow {
 	ctx := context.Background()
 	sc := r.sc
 	wins := map[string]*window{}
@@ -1096,7 +1084,7 @@ func (r *rig) run(t *testing.T) faultRow {
 	// The after window tests the healed system: a breaker still open from
 	// the fault closes with the first probe after its cool-down.
 	var q FaultRow
-	require.NoError(t, pollFor(deadline, func() (bool, error) {
+	require.NoError(t, testrig.Poll(deadline, func() (bool, error) {
 		if r.p.Stats().Breaker == writethrough.BreakerClosed {
 			return true, nil
 		}
@@ -1112,7 +1100,7 @@ func (r *rig) run(t *testing.T) faultRow {
 	s, err := r.scan(ctx)
 	require.NoError(t, err)
 	assert.Empty(t, s.wrong, "P3 after the drain")
-	require.NoError(t, pollFor(r.cfg.PendingTTL+5*time.Second, func() (bool, error) {
+	require.NoError(t, testrig.Poll(r.cfg.PendingTTL+5*time.Second, func() (bool, error) {
 		s, err := r.scan(ctx)
 		return err == nil && s.converged(), err
 	}), "P3: pending entries left after the drain did not expire")
@@ -1192,7 +1180,7 @@ func (r *rig) run(t *testing.T) faultRow {
 // breaker). Its key is then bounded by the outbox drain, as under any Redis
 // fault: stale reads are allowed in that window and the next, and noted.
 // Anything read that no committed write produced is never allowed.
-func (r *rig) assertWindow(t *testing.T, w *window, prev *window) {
+func (r *faultRun) assertWindow(t *testing.T, w *window, prev *window) {
 	t.Helper()
 	name := w.name
 	assert.Zero(t, w.res.Phantoms, "P1: %s window: reads of values no committed write produced: %v", name, r.chk.PhantomOps)
@@ -1234,7 +1222,7 @@ func (r *rig) assertWindow(t *testing.T, w *window, prev *window) {
 // assertDatabase checks P4 on the database: every row holds the last write
 // that returned success (or one whose outcome was unknown), and its version
 // counts exactly the writes that committed.
-func (r *rig) assertDatabase(t *testing.T) {
+func (r *faultRun) assertDatabase(t *testing.T) {
 	t.Helper()
 	got := r.snapshot(t)
 	for _, w := range r.writers {
@@ -1257,15 +1245,6 @@ func (r *rig) assertDatabase(t *testing.T) {
 	}
 }
 
-// pgCode is the SQLSTATE of a PostgreSQL error, or "".
-func pgCode(err error) string {
-	var pe *pgconn.PgError
-	if errors.As(err, &pe) {
-		return pe.Code
-	}
-	return ""
-}
-
 func diffStats(a, b writethrough.Stats) writethrough.Stats {
 	return writethrough.Stats{
 		PrepareErrors:  a.PrepareErrors - b.PrepareErrors,
@@ -1278,22 +1257,6 @@ func diffStats(a, b writethrough.Stats) writethrough.Stats {
 // holdFor lets the workload run for d: a deadline, not an ordering.
 func holdFor(d time.Duration) {
 	<-time.After(d)
-}
-
-// pollFor polls cond until it holds or d has passed: a wait for a state
-// (an entry expiring in Redis), not for time to pass.
-func pollFor(d time.Duration, cond func() (bool, error)) error {
-	deadline := time.Now().Add(d)
-	for {
-		ok, err := cond()
-		if err != nil || ok {
-			return err
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("condition still false after %s", d)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
 }
 
 func execOutput(name string, args ...string) (string, error) {
@@ -1313,23 +1276,8 @@ func percentile(ds []time.Duration, q float64) time.Duration {
 
 // Fault injectors that run during the fault window.
 
-// fillRedis fills Redis and lowers maxmemory below what it uses, so that
-// commands that add data are refused.
-func (r *rig) fillRedis(t *testing.T) {
-	ctx := context.Background()
-	pipe := r.rdb.Pipeline()
-	for i := 0; i < 2000; i++ {
-		pipe.Set(ctx, "filler:"+strconv.Itoa(i), string(make([]byte, 512)), 0)
-	}
-	_, err := pipe.Exec(ctx)
-	require.NoError(t, err)
-	require.NoError(t, r.rdb.ConfigSet(ctx, "maxmemory", "1mb").Err())
-	err = r.rdb.Set(ctx, "probe", "x", 0).Err()
-	require.True(t, redis.IsOOMError(err), "Redis must now refuse writes: %v", err)
-}
-
 // invalidateAll calls Invalidate on random rows until stop.
-func (r *rig) invalidateAll(stop <-chan struct{}) {
+func (r *faultRun) invalidateAll(stop <-chan struct{}) {
 	tick := time.NewTicker(5 * time.Millisecond)
 	defer tick.Stop()
 	for i := int64(0); ; i++ {
@@ -1353,7 +1301,7 @@ func (r *rig) invalidateAll(stop <-chan struct{}) {
 }
 
 // flushAll runs FLUSHALL every 50ms until stop.
-func (r *rig) flushAll(stop <-chan struct{}) {
+func (r *faultRun) flushAll(stop <-chan struct{}) {
 	tick := time.NewTicker(50 * time.Millisecond)
 	defer tick.Stop()
 	n := 0
@@ -1373,7 +1321,7 @@ func (r *rig) flushAll(stop <-chan struct{}) {
 // evict sets maxmemory just above what Redis uses and writes 32 KiB values
 // every 2ms until stop, so that Redis evicts keys (with one sample per
 // eviction, nearly at random: pending entries too) all along.
-func (r *rig) evict(stop <-chan struct{}) {
+func (r *faultRun) evict(stop <-chan struct{}) {
 	ctx := context.Background()
 	used := infoInt(ctx, r.rdb, "memory", "used_memory")
 	evicted := infoInt(ctx, r.rdb, "stats", "evicted_keys")
@@ -1410,7 +1358,7 @@ func infoInt(ctx context.Context, rdb *redis.Client, section, field string) int6
 }
 
 // resetAll resets every connection through the proxy every 20ms until stop.
-func (r *rig) resetAll(stop <-chan struct{}) {
+func (r *faultRun) resetAll(stop <-chan struct{}) {
 	tick := time.NewTicker(20 * time.Millisecond)
 	defer tick.Stop()
 	n := 0

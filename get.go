@@ -10,6 +10,8 @@ import (
 	"gorm.io/gorm"
 	"gorm.io/gorm/clause"
 	"gorm.io/gorm/schema"
+
+	"github.com/gorm-writethrough/writethrough/internal/keyspec"
 )
 
 // afterFinder is GORM's AfterFind hook.
@@ -40,7 +42,10 @@ func Get[T any](ctx context.Context, db *gorm.DB, key any) (T, error) {
 	if err != nil {
 		return out, err
 	}
-	ks := keySpecOf(spec, sch)
+	ks, err := keySpecOf(spec, sch)
+	if err != nil {
+		return out, err
+	}
 	if spec != nil && servable(db) {
 		p.resolveKeys(db, spec)
 		k, ok, err := fastKey[T](ctx, spec, key)
@@ -127,7 +132,10 @@ func GetMany[T any](ctx context.Context, db *gorm.DB, keys ...any) ([]T, error) 
 	if err != nil {
 		return nil, err
 	}
-	ks := keySpecOf(spec, sch)
+	ks, err := keySpecOf(spec, sch)
+	if err != nil {
+		return nil, err
+	}
 	vals, rkeys, err := manyKeys[T](ctx, ks, keys)
 	if err != nil {
 		return nil, err
@@ -189,7 +197,7 @@ func manyKeys[T any](ctx context.Context, ks *modelSpec, keys []any) (vals [][]a
 	seen := make(map[string]bool, len(keys))
 	uniq := vals[:0]
 	for _, v := range vals {
-		if k := ks.keyFromValues(v); !seen[k] {
+		if k := ks.keys.Key(v); !seen[k] {
 			seen[k] = true
 			rkeys = append(rkeys, k)
 			uniq = append(uniq, v)
@@ -240,7 +248,7 @@ func getManyFast[T any](ctx context.Context, p *Plugin, db *gorm.DB, spec *model
 func inKeyOrder[T any](ctx context.Context, ks *modelSpec, keys []string, rows []T) []T {
 	byKey := make(map[string]int, len(rows))
 	for i := range rows {
-		k, ok := ks.keyOf(ctx, reflect.ValueOf(&rows[i]).Elem())
+		k, ok := ks.keys.RowKey(ctx, reflect.ValueOf(&rows[i]).Elem())
 		if !ok {
 			continue
 		}
@@ -260,7 +268,7 @@ func inKeyOrder[T any](ctx context.Context, ks *modelSpec, keys []string, rows [
 		if used[i] {
 			continue
 		}
-		if k, ok := ks.keyOf(ctx, reflect.ValueOf(&rows[i]).Elem()); ok && byKey[k] != i {
+		if k, ok := ks.keys.RowKey(ctx, reflect.ValueOf(&rows[i]).Elem()); ok && byKey[k] != i {
 			continue // a second copy of a row already placed
 		}
 		out = append(out, rows[i])
@@ -296,11 +304,15 @@ func fastSpec[T any](db *gorm.DB) (*Plugin, *modelSpec, *schema.Schema, error) {
 
 // keySpecOf is the spec that turns keys into values and keys: the model's,
 // or, for a model without the cache tag, one that knows only its key.
-func keySpecOf(spec *modelSpec, sch *schema.Schema) *modelSpec {
+func keySpecOf(spec *modelSpec, sch *schema.Schema) (*modelSpec, error) {
 	if spec != nil {
-		return spec
+		return spec, nil
 	}
-	return &modelSpec{sch: sch, name: sch.Name, pks: sch.PrimaryFields}
+	keys, err := keyspec.New(sch, "", nil)
+	if err != nil {
+		return nil, fmt.Errorf("writethrough: keys of %s: %w", sch.Name, err)
+	}
+	return &modelSpec{sch: sch, name: sch.Name, pks: sch.PrimaryFields, keys: keys}, nil
 }
 
 // fastKey is the Redis key of key, without allocating for integer keys; ok
@@ -310,7 +322,7 @@ func fastKey[T any](ctx context.Context, spec *modelSpec, key any) (k string, ok
 	defer recoverErr(&err, "build a cache key")
 	if len(spec.pks) == 1 {
 		if _, isModel := asModel[T](key); !isModel {
-			k, ok = spec.lookupKey1(key)
+			k, ok = spec.keys.Lookup1(key)
 			return k, ok, nil
 		}
 	}
@@ -318,71 +330,28 @@ func fastKey[T any](ctx context.Context, spec *modelSpec, key any) (k string, ok
 	if verr != nil {
 		return "", false, nil
 	}
-	return spec.keyFromValues(vals), true, nil
+	return spec.keys.Key(vals), true, nil
 }
 
 // keyValues turns a key as a caller gives it to Get, GetMany, Invalidate or
-// Inspect into one value per primary-key column, of the fields' types and
-// in canonical spelling: a value for a one-column key, a model value with
-// its key set (model says whether key is one), or a []any per composite key.
-// A panic in user code it runs (a key type's Scan method, through GORM's
-// setter) is returned as a *PanicError.
+// Inspect into one value per primary-key column (keyspec.Spec.Values); a
+// key that does not fit gives an error wrapping [ErrUnsupported]. A panic in
+// user code it runs (a key type's Scan method, through GORM's setter) is
+// returned as a *PanicError.
 func (s *modelSpec) keyValues(ctx context.Context, key any, model func(any) (reflect.Value, bool)) (_ []any, err error) {
 	defer recoverErr(&err, "read a key")
-	if m, ok := model(key); ok {
-		vals := make([]any, len(s.pks))
-		for i, f := range s.pks {
-			v, zero := f.ValueOf(ctx, m)
-			if zero {
-				return nil, keyMisfit(s, key)
-			}
-			vals[i] = v
-		}
-		if c := s.canon(); c.classes != nil {
-			for i := range vals {
-				var ok bool
-				if vals[i], ok = s.canonValue(c, i, vals[i]); !ok {
-					return nil, keyMisfit(s, key)
-				}
-			}
-		}
+	vals, err := s.keys.Values(ctx, key, model)
+	var ke *keyspec.KeyError
+	switch {
+	case err == nil:
 		return vals, nil
+	case !errors.As(err, &ke):
+		return nil, err
+	case ke.Tuple:
+		return nil, fmt.Errorf("%w: %s has a composite primary key; pass a %s with the key set, or a []any of its %d key columns",
+			ErrUnsupported, s.name, s.name, len(s.pks))
 	}
-	parts := []any{key}
-	if tuple, ok := key.([]any); ok && len(tuple) == 1 && len(s.pks) == 1 {
-		parts = tuple
-	}
-	if len(s.pks) > 1 {
-		tuple, ok := key.([]any)
-		if !ok {
-			return nil, fmt.Errorf("%w: %s has a composite primary key; pass a %s with the key set, or a []any of its %d key columns",
-				ErrUnsupported, s.name, s.name, len(s.pks))
-		}
-		parts = tuple
-	}
-	vals, ok := s.normalizeAll(ctx, parts)
-	if !ok {
-		return nil, keyMisfit(s, key)
-	}
-	return vals, nil
-}
-
-// asModelValue reports whether key is a value of the model, or a non-nil
-// pointer to one, and gives it.
-func (s *modelSpec) asModelValue(key any) (reflect.Value, bool) {
-	rv := reflect.ValueOf(key)
-	if rv.Kind() == reflect.Pointer {
-		if rv.IsNil() || rv.Type().Elem() != s.sch.ModelType {
-			return reflect.Value{}, false
-		}
-		return rv.Elem(), true
-	}
-	if !rv.IsValid() || rv.Type() != s.sch.ModelType {
-		return reflect.Value{}, false
-	}
-	cp := reflect.New(rv.Type()).Elem()
-	cp.Set(rv)
-	return cp, true
+	return nil, keyMisfit(s, key)
 }
 
 // keyMisfit is the error every entry point gives for a key that does not fit

@@ -63,8 +63,6 @@ func getOn[T any](tw *twin, db *gorm.DB, mod func(*gorm.DB) *gorm.DB, pk string,
 	return res(out, err)
 }
 
-func none(db *gorm.DB) *gorm.DB { return db }
-
 func TestGetKeysAreValuesNeverSQL(t *testing.T) {
 	tw := newTwin(t, twinOpts{models: []any{&gProduct{}, &gCode{}, &gDoc{}, &gPlainProduct{}, &gPair{}}})
 	ctx := context.Background()

@@ -9,6 +9,8 @@ import (
 
 	"github.com/redis/go-redis/v9"
 	"gorm.io/gorm"
+
+	"github.com/gorm-writethrough/writethrough/internal/entry"
 )
 
 // EntryState is what a Redis key holds, as [Inspect] reports it. Its String
@@ -90,11 +92,11 @@ func Inspect(ctx context.Context, db *gorm.DB, model any, key any) (_ Entry, err
 		return Entry{}, fmt.Errorf("%w: %T has no cache tag", ErrUnsupported, model)
 	}
 	p.resolveKeys(db, spec)
-	vals, err := spec.keyValues(ctx, key, spec.asModelValue)
+	vals, err := spec.keyValues(ctx, key, spec.keys.ModelValue)
 	if err != nil {
 		return Entry{}, err
 	}
-	k := spec.keyFromValues(vals)
+	k := spec.keys.Key(vals)
 	out := Entry{Key: k, State: EntryAbsent}
 	c, cancel := p.readCtx(ctx)
 	defer cancel()
@@ -120,34 +122,34 @@ func Inspect(ctx context.Context, db *gorm.DB, model any, key any) (_ Entry, err
 	}
 	out.Size = len(raw)
 	out.TTL, _ = ttl.Result()
-	e, err := parseEntry(raw)
+	e, err := entry.Parse(raw)
 	switch {
-	case errors.Is(err, errForeign):
+	case errors.Is(err, entry.ErrForeign):
 		out.State = EntryForeign
 		return out, nil
 	case err != nil:
 		out.State = EntryCorrupt
 		return out, nil
 	}
-	switch e.state {
-	case stateCommitted:
+	switch e.State {
+	case entry.Committed:
 		out.State = EntryCommitted
-		if string(e.fp) != spec.codec.fp {
+		if string(e.Fingerprint) != spec.codec.Fingerprint() {
 			out.State = EntryForeign
 			return out, nil
 		}
 		row := reflect.New(spec.sch.ModelType)
-		if err := spec.codec.decodeRow(e.row, row.Elem()); err != nil {
+		if err := spec.codec.Decode(e.Row, row.Elem()); err != nil {
 			out.State = EntryCorrupt
 			return out, nil
 		}
 		out.Row = row.Interface()
-	case statePending:
+	case entry.Pending:
 		out.State = EntryPending
-		out.Writers = int(raw[headerLen+1])
-	case stateLease:
+		out.Writers = e.Writers
+	case entry.Lease:
 		out.State = EntryLease
-	case stateTombstone:
+	case entry.Tombstone:
 		out.State = EntryTombstone
 	}
 	return out, nil

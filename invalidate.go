@@ -6,6 +6,8 @@ import (
 	"reflect"
 
 	"gorm.io/gorm"
+
+	"github.com/gorm-writethrough/writethrough/internal/entry"
 )
 
 // Invalidate removes the cached rows of model with the given primary keys,
@@ -61,11 +63,11 @@ func Invalidate(db *gorm.DB, model any, keys ...any) (err error) {
 			targets = append(targets, ts...)
 			continue
 		}
-		vals, err := spec.keyValues(ctx, k, spec.asModelValue)
+		vals, err := spec.keyValues(ctx, k, spec.keys.ModelValue)
 		if err != nil {
 			return err
 		}
-		targets = append(targets, target{key: spec.keyFromValues(vals), pk: vals})
+		targets = append(targets, target{key: spec.keys.Key(vals), pk: vals})
 	}
 	// A loose key (citext, char(n)) may be spelled otherwise in the
 	// database: invalidate the rows' own keys too.
@@ -99,7 +101,7 @@ func (p *Plugin) stageInvalidations(db *gorm.DB, tx *hookTx, keys []specKey, wha
 		return nil
 	}
 	entries := make([]*staged, len(keys))
-	calls := make([]*call, len(keys))
+	calls := make([]*entry.Call, len(keys))
 	for i, k := range keys {
 		entries[i] = tx.stage(k.spec, k.key)
 		calls[i] = p.prepareCall(k.spec, tx.token, k.key, 0, nil)
@@ -112,7 +114,7 @@ func (p *Plugin) stageInvalidations(db *gorm.DB, tx *hookTx, keys []specKey, wha
 	for i, c := range calls {
 		p.stats.prepares.Add(1)
 		p.stats.invalidations.Add(1)
-		p.flights.Forget(c.key)
+		p.flights.Forget(c.Key)
 		err := prepareErr(c)
 		if err == nil {
 			continue
@@ -127,8 +129,8 @@ func (p *Plugin) stageInvalidations(db *gorm.DB, tx *hookTx, keys []specKey, wha
 				strictErr = err
 			}
 		case !already:
-			p.logf("writethrough: prepare failed; the key goes to the outbox", "key", c.key, "err", err)
-			failed = append(failed, c.key)
+			p.logf("writethrough: prepare failed; the key goes to the outbox", "key", c.Key, "err", err)
+			failed = append(failed, c.Key)
 		}
 	}
 	if strictErr != nil {
@@ -147,9 +149,9 @@ func (p *Plugin) invalidateKeys(ctx context.Context, keys []string) error {
 	for _, k := range keys {
 		p.flights.Forget(k)
 	}
-	calls := make([]*call, len(keys))
+	calls := make([]*entry.Call, len(keys))
 	for i, k := range keys {
-		calls[i] = &call{sc: p.scripts.invalidate, key: k}
+		calls[i] = entry.Invalidate(k)
 	}
 	c, cancel := p.opCtx(ctx)
 	defer cancel()
@@ -159,8 +161,8 @@ func (p *Plugin) invalidateKeys(ctx context.Context, keys []string) error {
 	}
 	for _, c := range calls {
 		p.stats.invalidations.Add(1)
-		if c.err != nil {
-			return unavailable("invalidate", c.err)
+		if c.Err != nil {
+			return unavailable("invalidate", c.Err)
 		}
 	}
 	return nil

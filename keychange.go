@@ -157,14 +157,14 @@ func (p *Plugin) movedTargets(db *gorm.DB, spec *modelSpec, before []target) ([]
 	for _, b := range before {
 		pk := append([]any(nil), b.pk...)
 		for i, v := range vals {
-			n, ok := spec.normalize(st.Context, spec.pks[i], v)
+			n, ok := spec.keys.Normalize(st.Context, spec.pks[i], v)
 			if !ok {
 				return nil, fmt.Errorf("%w: update of cached model %s assigns %s the value %v, which is not a key",
 					ErrUnsupported, spec.name, spec.pks[i].Name, v)
 			}
 			pk[i] = n
 		}
-		out = append(out, target{key: spec.keyFromValues(pk), pk: pk})
+		out = append(out, target{key: spec.keys.Key(pk), pk: pk})
 	}
 	return out, nil
 }

@@ -62,15 +62,6 @@ type kThrough struct {
 	Name string
 }
 
-// pttl returns the key's remaining lifetime, failing when it has none.
-func pttl(t *testing.T, e *env, key string) time.Duration {
-	t.Helper()
-	d, err := e.rdb.PTTL(context.Background(), key).Result()
-	require.NoError(t, err)
-	require.Greater(t, d, time.Duration(0), "key %s must exist and have a TTL (PTTL %v)", key, d)
-	return d
-}
-
 func TestTagSettingsTakeEffect(t *testing.T) {
 	t.Run("key template", func(t *testing.T) {
 		t.Parallel()
@@ -166,9 +157,7 @@ func TestTagSettingsTakeEffect(t *testing.T) {
 		// Nothing listens on port 1: every Redis call fails at once.
 		rdb := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1", MaxRetries: -1, DialTimeout: 100 * time.Millisecond})
 		t.Cleanup(func() { _ = rdb.Close() })
-		p := writethrough.New(rdb, writethrough.Config{Mode: writethrough.Soft, DrainInterval: -1, BreakerThreshold: -1})
-		t.Cleanup(func() { _ = p.Close() })
-		require.NoError(t, db.Use(p))
+		install(t, db, rdb, writethrough.Config{Mode: writethrough.Soft, DrainInterval: -1, BreakerThreshold: -1})
 		require.NoError(t, db.AutoMigrate(&kStrict{}, &kSoft{}))
 		assert.ErrorIs(t, db.Create(&kStrict{ID: 1}).Error, writethrough.ErrCacheUnavailable, "mode:strict fails the write")
 		assert.NoError(t, db.Create(&kSoft{ID: 1}).Error, "mode:soft lets the write commit")

@@ -6,74 +6,14 @@ import (
 	"testing"
 	"time"
 
-	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"gorm.io/gorm"
 
 	"github.com/gorm-writethrough/writethrough"
-	"github.com/gorm-writethrough/writethrough/internal/faultproxy"
-	"github.com/gorm-writethrough/writethrough/internal/redisproc"
 	"github.com/gorm-writethrough/writethrough/internal/testenv"
+	"github.com/gorm-writethrough/writethrough/internal/testrig"
 )
-
-// faultEnv is a test with a redis-server of its own, which it may break.
-type faultEnv struct {
-	*env
-	srv *redisproc.Server
-}
-
-func setupFault(t *testing.T, cfg writethrough.Config, args ...string) *faultEnv {
-	t.Helper()
-	return setupFaultVia(t, cfg, nil, args...)
-}
-
-// setupBehindProxy reaches Redis through a fault proxy: Block makes commands
-// fail without ever reaching Redis.
-func setupBehindProxy(t *testing.T, cfg writethrough.Config) (*faultEnv, *faultproxy.Proxy) {
-	t.Helper()
-	var proxy *faultproxy.Proxy
-	e := setupFaultVia(t, cfg, func(srv *redisproc.Server) string {
-		proxy = faultproxy.New(t, srv.Addr())
-		return proxy.Addr()
-	})
-	return e, proxy
-}
-
-func setupFaultVia(t *testing.T, cfg writethrough.Config, via func(*redisproc.Server) string, args ...string) *faultEnv {
-	t.Helper()
-	srv := redisproc.Start(t, args...)
-	opts := srv.Options()
-	if via != nil {
-		opts.Addr = via(srv)
-	}
-	opts.ContextTimeoutEnabled = true
-	opts.MaxRetries = -1
-	rdb := redis.NewClient(opts)
-	t.Cleanup(func() { _ = rdb.Close() })
-	db := testenv.Postgres(t, nil)
-	if cfg.Prefix == "" {
-		cfg.Prefix = "fault"
-	}
-	if cfg.Timeout == 0 {
-		cfg.Timeout = 200 * time.Millisecond
-	}
-	if cfg.DrainInterval == 0 {
-		cfg.DrainInterval = -1 // tests drain explicitly
-	}
-	p := writethrough.New(rdb, cfg)
-	require.NoError(t, db.Use(p))
-	t.Cleanup(func() { _ = p.Close() })
-	require.NoError(t, db.AutoMigrate(&User{}))
-	return &faultEnv{env: &env{db: db, rdb: rdb, prefix: cfg.Prefix, p: p}, srv: srv}
-}
-
-func (e *faultEnv) dbUser(t *testing.T, id uint) User {
-	t.Helper()
-	var u User
-	require.NoError(t, e.db.First(&u, id).Error)
-	return u
-}
 
 func TestStrictFailsAndRollsBackWhenRedisIsDown(t *testing.T) {
 	e := setupFault(t, writethrough.Config{Mode: writethrough.Strict, BreakerThreshold: -1})
@@ -165,7 +105,7 @@ func TestOutOfMemoryRedisStillInvalidates(t *testing.T) {
 			require.NoError(t, e.db.Create(&u).Error)
 			key := e.key("users", u.ID)
 			require.Equal(t, byte(writethrough.StateCommitted), e.state(t, key))
-			fillRedis(t, e.rdb)
+			testrig.FillRedis(t, e.rdb)
 
 			err := e.db.Model(&u).Update("balance", 2).Error
 			if mode == writethrough.Strict {
@@ -186,23 +126,6 @@ func TestOutOfMemoryRedisStillInvalidates(t *testing.T) {
 			require.NoError(t, writethrough.Invalidate(e.db, &User{}, u.ID), "Invalidate works out of memory")
 		})
 	}
-}
-
-// fillRedis lowers maxmemory below what Redis uses, so that commands that
-// add data are refused.
-func fillRedis(t *testing.T, rdb *redis.Client) {
-	t.Helper()
-	ctx := context.Background()
-	pipe := rdb.Pipeline()
-	for i := 0; i < 2000; i++ {
-		pipe.Set(ctx, "filler:"+uintStr(uint64(i)), string(make([]byte, 512)), 0)
-	}
-	_, err := pipe.Exec(ctx)
-	require.NoError(t, err)
-	require.NoError(t, rdb.ConfigSet(ctx, "maxmemory", "1mb").Err())
-	err = rdb.Set(ctx, "probe", "x", 0).Err()
-	require.Error(t, err)
-	require.True(t, redis.IsOOMError(err), "Redis must now refuse writes: %v", err)
 }
 
 func TestBreakerOpensAndCloses(t *testing.T) {

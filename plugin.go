@@ -14,6 +14,8 @@ import (
 	"golang.org/x/sync/singleflight"
 	"gorm.io/gorm"
 	"gorm.io/gorm/schema"
+
+	"github.com/gorm-writethrough/writethrough/internal/entry"
 )
 
 // Mode says what a write does when Redis cannot take part in it.
@@ -212,7 +214,7 @@ type Plugin struct {
 	rdb     redis.UniversalClient
 	cfg     Config
 	cfgErr  error
-	scripts *scriptSet
+	scripts entry.Scripts
 
 	specs sync.Map // reflect.Type -> *specEntry
 
@@ -269,7 +271,6 @@ func New(rdb redis.UniversalClient, cfg Config) *Plugin {
 	if p.cfgErr == nil && rdb == nil {
 		p.cfgErr = &ConfigError{Field: "rdb", Reason: "New was given a nil Redis client"}
 	}
-	p.scripts = newScriptSet()
 	return p
 }
 
@@ -476,8 +477,6 @@ func pluginOf(db *gorm.DB) (*Plugin, error) {
 	}
 	return nil, fmt.Errorf("%w (call db.Use(writethrough.New(...)))", ErrNotRegistered)
 }
-
-var typeOfTime = reflect.TypeOf(time.Time{})
 
 // deadlinePolicy decides whether Redis calls need a context deadline to
 // honour Config.Timeout, and explains when they cannot honour it.

@@ -3,122 +3,14 @@ package writethrough_test
 import (
 	"context"
 	"errors"
-	"sync/atomic"
 	"testing"
-	"time"
 
-	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"gorm.io/gorm"
-	"gorm.io/gorm/logger"
 
 	"github.com/gorm-writethrough/writethrough"
-	"github.com/gorm-writethrough/writethrough/internal/testenv"
 )
-
-type User struct {
-	ID        uint   `gorm:"primaryKey" cache:"ttl:10m"`
-	Email     string `gorm:"uniqueIndex"`
-	Name      string
-	Balance   int64
-	Status    string `gorm:"default:active"`
-	CreatedAt time.Time
-	UpdatedAt time.Time
-	finds     int `gorm:"-"`
-}
-
-func (u *User) AfterFind(*gorm.DB) error {
-	u.finds++
-	return nil
-}
-
-// env is one test's database, Redis and plugin.
-type env struct {
-	db     *gorm.DB
-	rdb    *redis.Client
-	prefix string
-	p      *writethrough.Plugin
-	sqls   *atomic.Int64 // statements that reached the database
-}
-
-// sqlCounter counts statements GORM sends to the database.
-type sqlCounter struct {
-	logger.Interface
-	n *atomic.Int64
-}
-
-func (c sqlCounter) Trace(ctx context.Context, begin time.Time, fc func() (string, int64), err error) {
-	c.n.Add(1)
-}
-
-func (c sqlCounter) LogMode(logger.LogLevel) logger.Interface { return c }
-
-func setup(t testing.TB, gcfg *gorm.Config, cfg writethrough.Config, models ...any) *env {
-	t.Helper()
-	n := &atomic.Int64{}
-	if gcfg == nil {
-		gcfg = &gorm.Config{}
-	}
-	gcfg.Logger = sqlCounter{Interface: logger.Discard, n: n}
-	db := testenv.Postgres(t, gcfg)
-	rdb, prefix := testenv.Redis(t)
-	if cfg.Prefix == "" {
-		cfg.Prefix = prefix
-	}
-	if cfg.DrainInterval == 0 {
-		cfg.DrainInterval = -1 // no background statements: the SQL counter counts only the test's
-	}
-	p := writethrough.New(rdb, cfg)
-	t.Cleanup(func() { _ = p.Close() })
-	require.NoError(t, db.Use(p))
-	if len(models) == 0 {
-		models = []any{&User{}}
-	}
-	require.NoError(t, db.AutoMigrate(models...))
-	return &env{db: db, rdb: rdb, prefix: cfg.Prefix, p: p, sqls: n}
-}
-
-func (e *env) key(table string, id any) string {
-	return e.prefix + ":" + table + ":" + toString(id)
-}
-
-func toString(v any) string {
-	switch x := v.(type) {
-	case string:
-		return x
-	case uint:
-		return uintStr(uint64(x))
-	case int:
-		return uintStr(uint64(x))
-	}
-	panic("unsupported")
-}
-
-func uintStr(n uint64) string {
-	if n == 0 {
-		return "0"
-	}
-	var b []byte
-	for n > 0 {
-		b = append([]byte{byte('0' + n%10)}, b...)
-		n /= 10
-	}
-	return string(b)
-}
-
-// state returns the state byte of the key's entry, or 0 when absent.
-func (e *env) state(t testing.TB, key string) byte {
-	t.Helper()
-	raw, err := e.rdb.Get(context.Background(), key).Bytes()
-	if errors.Is(err, redis.Nil) {
-		return 0
-	}
-	require.NoError(t, err)
-	en, err := writethrough.ParseEntry(raw)
-	require.NoError(t, err)
-	return en.State
-}
 
 func TestCreateThenCachedReadIsAHit(t *testing.T) {
 	e := setup(t, nil, writethrough.Config{})

@@ -12,6 +12,9 @@ import (
 	"gorm.io/gorm"
 	"gorm.io/gorm/clause"
 	"gorm.io/gorm/schema"
+
+	"github.com/gorm-writethrough/writethrough/internal/entry"
+	"github.com/gorm-writethrough/writethrough/internal/rowcodec"
 )
 
 const (
@@ -170,32 +173,32 @@ const (
 
 // decodeInto classifies raw and, for a committed entry, decodes it into dst.
 func (p *Plugin) decodeInto(ctx context.Context, spec *modelSpec, key string, raw []byte, dst reflect.Value) lookup {
-	e, err := parseEntry(raw)
+	e, err := entry.Parse(raw)
 	switch {
-	case errors.Is(err, errForeign):
+	case errors.Is(err, entry.ErrForeign):
 		return lookBusy
 	case err != nil:
 		p.heal(ctx, key, err)
 		return lookEmpty
 	}
-	switch e.state {
-	case stateCommitted:
-		if string(e.fp) != spec.codec.fp {
+	switch e.State {
+	case entry.Committed:
+		if string(e.Fingerprint) != spec.codec.Fingerprint() {
 			return lookBusy
 		}
-		if err := spec.codec.decodeRow(e.row, dst); err != nil {
+		if err := spec.codec.Decode(e.Row, dst); err != nil {
 			p.heal(ctx, key, err)
 			return lookBusy
 		}
 		// canonical keys: a loose key's entry is served only under the
 		// row's own spelling.
-		if spec.looseKeys() && !spec.keyMatches(ctx, dst, key) {
+		if spec.keys.Loose() && !spec.keys.Matches(ctx, dst, key) {
 			return lookBusy
 		}
 		return lookHit
-	case stateTombstone:
+	case entry.Tombstone:
 		return lookNotFound
-	case statePending:
+	case entry.Pending:
 		return lookPending
 	}
 	return lookBusy
@@ -206,8 +209,7 @@ func (p *Plugin) decodeInto(ctx context.Context, spec *modelSpec, key string, ra
 func (p *Plugin) heal(ctx context.Context, key string, cause error) {
 	p.stats.decodeErrors.Add(1)
 	p.logf("writethrough: undecodable cache entry deleted", "key", key, "err", cause)
-	c := &call{sc: p.scripts.invalidate, key: key}
-	p.run(ctx, []*call{c})
+	p.run(ctx, []*entry.Call{entry.Invalidate(key)})
 }
 
 func (p *Plugin) serveOne(db *gorm.DB, plan readPlan, orig func(*gorm.DB)) {
@@ -324,7 +326,7 @@ func (p *Plugin) deliverLoaded(db *gorm.DB, plan readPlan, lr *loadResult, orig 
 		return
 	}
 	elem := p.target(db.Statement, plan)
-	if err := plan.spec.codec.decodeRow(lr.row, elem); err != nil {
+	if err := plan.spec.codec.Decode(lr.row, elem); err != nil {
 		orig(db)
 		return
 	}
@@ -365,11 +367,11 @@ func (p *Plugin) load(db *gorm.DB, spec *modelSpec, key string, orig func(*gorm.
 		lr = &loadResult{failed: true}
 	}()
 	st := db.Statement
-	token := newToken()
+	token := entry.NewToken()
 	leased := false
 	if tryLease {
 		ctx, cancel := p.opCtx(st.Context)
-		lease := appendHeader(make([]byte, 0, headerLen), stateLease, token, spec.codec.fp)
+		lease := entry.LeaseValue(token, spec.codec.Fingerprint())
 		var ok bool
 		err := p.redisCall(ctx, func() (err error) {
 			ok, err = p.rdb.SetNX(ctx, key, lease, p.cfg.LeaseTTL).Result()
@@ -398,9 +400,9 @@ func (p *Plugin) load(db *gorm.DB, spec *modelSpec, key string, orig func(*gorm.
 	switch len(rows) {
 	case 0:
 	case 1:
-		row, err := spec.codec.appendRow(nil, rows[0])
+		row, err := spec.codec.Append(nil, rows[0])
 		if err != nil || len(row) > p.cfg.MaxRowSize {
-			if err != nil && !errors.Is(err, errNoRoundTrip) {
+			if err != nil && !errors.Is(err, rowcodec.ErrNoRoundTrip) {
 				p.logf("writethrough: row not cached", "key", key, "err", err)
 			}
 			return &loadResult{failed: true}
@@ -412,9 +414,9 @@ func (p *Plugin) load(db *gorm.DB, spec *modelSpec, key string, orig func(*gorm.
 	p.at("read:after-db-before-fill", key)
 	// canonical keys: fill only under the key of the row the database
 	// returned, and a tombstone only where no other spelling can match.
-	canonical := !spec.looseKeys()
+	canonical := !spec.keys.Loose()
 	if lr.found {
-		canonical = spec.keyMatches(st.Context, rows[0], key)
+		canonical = spec.keys.Matches(st.Context, rows[0], key)
 	}
 	if leased && canonical {
 		p.fill(st.Context, spec, key, token, lr.found, lr.row)
@@ -439,29 +441,22 @@ func (p *Plugin) fill(parent context.Context, spec *modelSpec, key, token string
 	ctx, cancel := p.opCtx(parent)
 	defer cancel()
 	c := p.fillCall(spec, key, token, found, row)
-	p.run(ctx, []*call{c})
+	p.run(ctx, []*entry.Call{c})
 	p.countFill(c)
 }
 
-func (p *Plugin) fillCall(spec *modelSpec, key, token string, found bool, row []byte) *call {
-	var val []byte
-	var ttl int64
+func (p *Plugin) fillCall(spec *modelSpec, key, token string, found bool, row []byte) *entry.Call {
 	if found {
-		val = appendHeader(make([]byte, 0, headerLen+len(row)), stateCommitted, token, spec.codec.fp)
-		val = append(val, row...)
-		ttl = p.ttlMillis(spec)
-	} else {
-		val = appendHeader(make([]byte, 0, headerLen), stateTombstone, token, spec.codec.fp)
-		ttl = p.cfg.NegativeTTL.Milliseconds()
+		return entry.Fill(key, token, entry.CommittedValue(token, spec.codec.Fingerprint(), row), p.entryTTL(spec))
 	}
-	return &call{sc: p.scripts.fill, key: key, args: []any{token, val, ttl}}
+	return entry.Fill(key, token, entry.TombstoneValue(token, spec.codec.Fingerprint()), p.cfg.NegativeTTL)
 }
 
-func (p *Plugin) countFill(c *call) {
+func (p *Plugin) countFill(c *entry.Call) {
 	switch {
-	case c.err != nil:
+	case c.Err != nil:
 		p.stats.redisErrors.Add(1)
-	case c.res == 1:
+	case c.Filled() == entry.FillFilled:
 		p.stats.fills.Add(1)
 	default:
 		p.stats.fillsLost.Add(1)
@@ -601,8 +596,8 @@ func (p *Plugin) serveMany(db *gorm.DB, plan readPlan, orig func(*gorm.DB)) {
 	}
 	p.stats.misses.Add(1)
 	// Lease the empty keys, read everything in SQL, fill what we leased.
-	token := newToken()
-	lease := appendHeader(make([]byte, 0, headerLen), stateLease, token, spec.codec.fp)
+	token := entry.NewToken()
+	lease := entry.LeaseValue(token, spec.codec.Fingerprint())
 	leased := map[string]bool{}
 	if len(empty) > 0 {
 		cmds := make([]*redis.BoolCmd, len(empty))
@@ -641,16 +636,16 @@ func (p *Plugin) serveMany(db *gorm.DB, plan readPlan, orig func(*gorm.DB)) {
 func (p *Plugin) fillMany(db *gorm.DB, spec *modelSpec, token string, leased map[string]bool) {
 	defer p.recoverLogged("fill after a read of several keys")
 	st := db.Statement
-	var calls []*call
+	var calls []*entry.Call
 	for _, rv := range p.rowsOf(st) {
-		key, ok := spec.keyOf(st.Context, rv)
+		key, ok := spec.keys.RowKey(st.Context, rv)
 		if !ok || !leased[key] {
 			continue
 		}
 		delete(leased, key)
-		row, err := spec.codec.appendRow(nil, rv)
+		row, err := spec.codec.Append(nil, rv)
 		if err != nil || len(row) > p.cfg.MaxRowSize {
-			if err != nil && !errors.Is(err, errNoRoundTrip) {
+			if err != nil && !errors.Is(err, rowcodec.ErrNoRoundTrip) {
 				p.logf("writethrough: row not cached", "key", key, "err", err)
 			}
 			continue
@@ -660,14 +655,14 @@ func (p *Plugin) fillMany(db *gorm.DB, spec *modelSpec, token string, leased map
 	for key := range leased {
 		// canonical keys: a loose key's row may have come back under
 		// another spelling; no tombstone.
-		if st.Schema != nil && !st.Unscoped && !spec.looseKeys() {
+		if st.Schema != nil && !st.Unscoped && !spec.keys.Loose() {
 			calls = append(calls, p.fillCall(spec, key, token, false, nil))
 		}
 	}
 	if len(calls) == 0 {
 		return
 	}
-	p.at("read:after-db-before-fill", calls[0].key)
+	p.at("read:after-db-before-fill", calls[0].Key)
 	fctx, fcancel := p.opCtx(st.Context)
 	defer fcancel()
 	p.run(fctx, calls)
@@ -895,7 +890,7 @@ func (p *Plugin) condKeys(st *gorm.Statement, spec *modelSpec, conds []clause.Ex
 			}
 			tuple[i] = vs[0]
 		}
-		key, ok := spec.lookupKey(ctx, tuple...)
+		key, ok := spec.keys.Lookup(ctx, tuple...)
 		if !ok {
 			return nil, false
 		}
@@ -903,7 +898,7 @@ func (p *Plugin) condKeys(st *gorm.Statement, spec *modelSpec, conds []clause.Ex
 			for _, v := range vs[1:] {
 				alt := append([]any(nil), tuple...)
 				alt[i] = v
-				if k, ok := spec.lookupKey(ctx, alt...); !ok || k != key {
+				if k, ok := spec.keys.Lookup(ctx, alt...); !ok || k != key {
 					return nil, false
 				}
 			}
@@ -920,7 +915,7 @@ func (p *Plugin) condKeys(st *gorm.Statement, spec *modelSpec, conds []clause.Ex
 		set := make(map[string]bool, len(vs))
 		var ks []string
 		for _, v := range vs {
-			key, ok := spec.lookupKey(ctx, v)
+			key, ok := spec.keys.Lookup(ctx, v)
 			if !ok {
 				return nil, false
 			}

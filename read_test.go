@@ -11,8 +11,6 @@ import (
 	"gorm.io/gorm"
 
 	"github.com/gorm-writethrough/writethrough"
-	"github.com/gorm-writethrough/writethrough/internal/redisproc"
-	"github.com/gorm-writethrough/writethrough/internal/testenv"
 )
 
 func seedUsers(t *testing.T, e *env, n int) []User {
@@ -280,12 +278,8 @@ func TestConcurrentMissesShareOneDatabaseRead(t *testing.T) {
 }
 
 func TestRedisDownReadsFallBackToTheDatabase(t *testing.T) {
-	srv := redisproc.Start(t)
-	db := testenv.Postgres(t, nil)
-	rdb := srv.Client(t)
-	p := writethrough.New(rdb, writethrough.Config{Prefix: "down"})
-	require.NoError(t, db.Use(p))
-	require.NoError(t, db.AutoMigrate(&User{}))
+	e := newEnv(t, rigOpts{own: true, cfg: writethrough.Config{Prefix: "down"}})
+	db, srv := e.db, e.srv
 	u := User{Email: "down@x", Name: "Dee"}
 	require.NoError(t, db.Create(&u).Error)
 	srv.Kill()
@@ -298,7 +292,7 @@ func TestRedisDownReadsFallBackToTheDatabase(t *testing.T) {
 	g, err := writethrough.Get[User](context.Background(), db, u.ID)
 	require.NoError(t, err)
 	assert.Equal(t, "Dee", g.Name)
-	assert.NotZero(t, p.Stats().RedisErrors)
+	assert.NotZero(t, e.p.Stats().RedisErrors)
 }
 
 func TestGetManyKeepsKeyOrder(t *testing.T) {

@@ -15,7 +15,6 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"gorm.io/gorm"
-	"gorm.io/gorm/logger"
 	"gorm.io/gorm/schema"
 
 	"github.com/gorm-writethrough/writethrough"
@@ -61,10 +60,8 @@ func newTwin(t testing.TB, o twinOpts) *twin {
 		if o.gorm != nil {
 			gcfg = o.gorm()
 		}
-		n := &atomic.Int64{}
-		gcfg.Logger = sqlCounter{Interface: logger.Discard, n: n}
 		gcfg.NowFunc = func() time.Time { return twinNow }
-		return testenv.Postgres(t, gcfg), n
+		return openDB(t, gcfg)
 	}
 	tw := &twin{models: o.models}
 	tw.plain, tw.plainSQL = open()
@@ -78,9 +75,7 @@ func newTwin(t testing.TB, o twinOpts) *twin {
 	if cfg.DrainInterval == 0 {
 		cfg.DrainInterval = -1
 	}
-	tw.p = writethrough.New(tw.rdb, cfg)
-	t.Cleanup(func() { _ = tw.p.Close() })
-	require.NoError(t, tw.cached.Use(tw.p))
+	tw.p = install(t, tw.cached, tw.rdb, cfg)
 	for _, db := range []*gorm.DB{tw.plain, tw.cached} {
 		if o.setup != nil {
 			require.NoError(t, o.setup(db))

@@ -2,7 +2,6 @@ package writethrough
 
 import (
 	"context"
-	"crypto/rand"
 	"database/sql"
 	"errors"
 	"fmt"
@@ -10,6 +9,8 @@ import (
 	"sync"
 
 	"gorm.io/gorm"
+
+	"github.com/gorm-writethrough/writethrough/internal/entry"
 )
 
 // GORM has no after-commit hook: a callback placed after
@@ -48,7 +49,7 @@ func (h *hookPool) BeginTx(ctx context.Context, opts *sql.TxOptions) (gorm.ConnP
 	default:
 		return nil, gorm.ErrInvalidTransaction
 	}
-	return &hookTx{Tx: tx, pool: h, p: h.p, ctx: ctx, token: newToken()}, nil
+	return &hookTx{Tx: tx, pool: h, p: h.p, ctx: ctx, token: entry.NewToken()}, nil
 }
 
 // GetDBConn implements gorm.GetDBConnector, so that db.DB() keeps working.
@@ -69,12 +70,6 @@ func (h *hookPool) Ping() error {
 		return err
 	}
 	return db.Ping()
-}
-
-func newToken() string {
-	var b [tokenLen]byte
-	_, _ = rand.Read(b[:])
-	return string(b[:])
 }
 
 // wrapPool installs the hook pool under GORM's prepared-statement wrapper, so

@@ -10,6 +10,8 @@ import (
 	"gorm.io/gorm"
 	"gorm.io/gorm/clause"
 	"gorm.io/gorm/schema"
+
+	"github.com/gorm-writethrough/writethrough/internal/entry"
 )
 
 // The write protocol (docs/design.md, "Writes"):
@@ -63,9 +65,9 @@ type writeState struct {
 type target struct {
 	key    string
 	pk     []any
-	intent int    // pendHasRow, pendDelete, or 0 (invalidate only)
-	row    []byte // encoded row for pendHasRow
-	moved  bool   // the key the row had before its primary key was assigned
+	intent entry.Flags // entry.FlagHasRow, entry.FlagDelete, or 0 (invalidate only)
+	row    []byte      // encoded row for entry.FlagHasRow
+	moved  bool        // the key the row had before its primary key was assigned
 }
 
 func (p *Plugin) beforeWrite(kind writeKind) func(*gorm.DB) {
@@ -167,10 +169,10 @@ func (p *Plugin) beforeWrite(kind writeKind) func(*gorm.DB) {
 		// No transaction: make the keys pending before the statement, so that
 		// no reader fills them while it runs.
 		if ws.token == "" {
-			ws.token = newToken()
+			ws.token = entry.NewToken()
 		}
 		ws.early = make(map[string]bool, len(targets))
-		calls := make([]*call, len(targets))
+		calls := make([]*entry.Call, len(targets))
 		for i, t := range targets {
 			calls[i] = p.prepareCall(spec, ws.token, t.key, 0, nil)
 		}
@@ -186,8 +188,8 @@ func (p *Plugin) beforeWrite(kind writeKind) func(*gorm.DB) {
 					_ = db.AddError(unavailable("prepare "+kind.String(), err))
 					return
 				}
-				p.logf("writethrough: prepare failed; the key goes to the outbox", "key", c.key, "err", err)
-				ws.failed = append(ws.failed, c.key)
+				p.logf("writethrough: prepare failed; the key goes to the outbox", "key", c.Key, "err", err)
+				ws.failed = append(ws.failed, c.Key)
 				continue
 			}
 			ws.early[targets[i].key] = true
@@ -294,7 +296,7 @@ func (p *Plugin) invalidateShared(db *gorm.DB, ws *writeState, tx *hookTx, inTx 
 	var keys []specKey
 	for _, s := range ws.shared {
 		for _, t := range targets {
-			k, ok := s.lookupKey(ctx, t.pk...)
+			k, ok := s.keys.Lookup(ctx, t.pk...)
 			if !ok || mine[k] {
 				continue
 			}
@@ -476,7 +478,7 @@ func (p *Plugin) targetsInAs(ctx context.Context, spec *modelSpec, other *schema
 				}
 				pk[i] = val
 			}
-			out = append(out, target{key: spec.keyFromValues(pk), pk: pk})
+			out = append(out, target{key: spec.keys.Key(pk), pk: pk})
 		case v.Kind() == reflect.Struct && other != nil && v.Type() == other.ModelType:
 			// A struct of another type written into the model's table:
 			// its key columns, converted as GORM converts them.
@@ -490,13 +492,13 @@ func (p *Plugin) targetsInAs(ctx context.Context, spec *modelSpec, other *schema
 				if zero {
 					return
 				}
-				n, ok := spec.normalize(ctx, spec.pks[i], val)
+				n, ok := spec.keys.Normalize(ctx, spec.pks[i], val)
 				if !ok {
 					return
 				}
 				pk[i] = n
 			}
-			out = append(out, target{key: spec.keyFromValues(pk), pk: pk})
+			out = append(out, target{key: spec.keys.Key(pk), pk: pk})
 		case v.Kind() == reflect.Map && v.Type().Key().Kind() == reflect.String:
 			pk := make([]any, len(spec.pks))
 			for i, f := range spec.pks {
@@ -507,13 +509,13 @@ func (p *Plugin) targetsInAs(ctx context.Context, spec *modelSpec, other *schema
 				if !mv.IsValid() {
 					return
 				}
-				n, ok := spec.normalize(ctx, f, mv.Interface())
+				n, ok := spec.keys.Normalize(ctx, f, mv.Interface())
 				if !ok {
 					return
 				}
 				pk[i] = n
 			}
-			out = append(out, target{key: spec.keyFromValues(pk), pk: pk})
+			out = append(out, target{key: spec.keys.Key(pk), pk: pk})
 		}
 	}
 	switch rv.Kind() {
@@ -563,14 +565,14 @@ func (p *Plugin) reread(db *gorm.DB, spec *modelSpec, targets []target) (err err
 	}
 	byKey := make(map[string]int, len(targets))
 	for i := range targets {
-		targets[i].intent = pendDelete // absent after the write: not found
+		targets[i].intent = entry.FlagDelete // absent after the write: not found
 		byKey[targets[i].key] = i
 	}
 	ctx := db.Statement.Context
 	list := rows.Elem()
 	for i := 0; i < list.Len(); i++ {
 		rv := list.Index(i)
-		key, ok := spec.keyOf(ctx, rv)
+		key, ok := spec.keys.RowKey(ctx, rv)
 		if !ok {
 			continue
 		}
@@ -586,7 +588,7 @@ func (p *Plugin) reread(db *gorm.DB, spec *modelSpec, targets []target) (err err
 				}
 			}
 		}
-		row, err := spec.codec.appendRow(nil, rv)
+		row, err := spec.codec.Append(nil, rv)
 		if err != nil || len(row) > p.cfg.MaxRowSize {
 			t.intent = 0 // cannot or will not cache it: invalidate only
 			if err != nil {
@@ -594,7 +596,7 @@ func (p *Plugin) reread(db *gorm.DB, spec *modelSpec, targets []target) (err err
 			}
 			continue
 		}
-		t.intent, t.row = pendHasRow, row
+		t.intent, t.row = entry.FlagHasRow, row
 	}
 	return nil
 }
@@ -658,7 +660,7 @@ func (p *Plugin) stageTx(db *gorm.DB, spec *modelSpec, kind writeKind, tx *hookT
 		// Every named row was deleted (or soft-deleted) under this
 		// transaction's lock: tombstones, no re-read needed.
 		for i := range targets {
-			targets[i].intent, targets[i].row = pendDelete, nil
+			targets[i].intent, targets[i].row = entry.FlagDelete, nil
 		}
 	} else if err := p.reread(db, spec, targets); err != nil {
 		// The transaction is still ours to fail; a Soft write keeps going
@@ -682,7 +684,7 @@ func (p *Plugin) stageTx(db *gorm.DB, spec *modelSpec, kind writeKind, tx *hookT
 	}
 	p.at("write:after-reread", targets[0].key)
 	entries := make([]*staged, len(targets))
-	calls := make([]*call, len(targets))
+	calls := make([]*entry.Call, len(targets))
 	for i, t := range targets {
 		entries[i] = tx.stage(spec, t.key)
 		calls[i] = p.prepareCall(spec, tx.token, t.key, t.intent, t.row)
@@ -693,7 +695,7 @@ func (p *Plugin) stageTx(db *gorm.DB, spec *modelSpec, kind writeKind, tx *hookT
 	var failed []string
 	for i, c := range calls {
 		p.stats.prepares.Add(1)
-		p.flights.Forget(c.key)
+		p.flights.Forget(c.Key)
 		if err := prepareErr(c); err != nil {
 			p.stats.prepareErrors.Add(1)
 			err = unavailable("prepare "+kind.String(), err)
@@ -701,12 +703,12 @@ func (p *Plugin) stageTx(db *gorm.DB, spec *modelSpec, kind writeKind, tx *hookT
 			if spec.mode == Strict {
 				_ = db.AddError(err)
 			} else if !already {
-				p.logf("writethrough: prepare failed; the key goes to the outbox", "key", c.key, "err", err)
-				failed = append(failed, c.key)
+				p.logf("writethrough: prepare failed; the key goes to the outbox", "key", c.Key, "err", err)
+				failed = append(failed, c.Key)
 			}
 			continue
 		}
-		p.at("write:after-prepare", c.key)
+		p.at("write:after-prepare", c.Key)
 	}
 	// Soft: the keys Redis missed are recorded in the same transaction, so
 	// the record commits exactly when the write does.
@@ -724,8 +726,8 @@ func (p *Plugin) stageForeign(db *gorm.DB, spec *modelSpec, kind writeKind, targ
 	}
 	p.logf("writethrough: write in a transaction the plugin cannot see; keys stay uncached until PendingTTL",
 		"model", spec.name)
-	calls := make([]*call, len(targets))
-	token := newToken()
+	calls := make([]*entry.Call, len(targets))
+	token := entry.NewToken()
 	for i, t := range targets {
 		calls[i] = p.prepareCall(spec, token, t.key, 0, nil)
 	}
@@ -733,7 +735,7 @@ func (p *Plugin) stageForeign(db *gorm.DB, spec *modelSpec, kind writeKind, targ
 	defer cancel()
 	p.run(ctx, calls)
 	for _, c := range calls {
-		p.flights.Forget(c.key)
+		p.flights.Forget(c.Key)
 		if err := prepareErr(c); err != nil && spec.mode == Strict {
 			_ = db.AddError(unavailable("prepare "+kind.String(), err))
 			return
@@ -752,7 +754,7 @@ func (p *Plugin) stageAutocommit(db *gorm.DB, spec *modelSpec, kind writeKind, w
 	}
 	token := ws.token
 	if token == "" {
-		token = newToken()
+		token = entry.NewToken()
 	}
 	if err := p.reread(db, spec, targets); err != nil {
 		p.logf("writethrough: re-read failed; keys invalidated", "model", spec.name, "err", err)
@@ -760,7 +762,7 @@ func (p *Plugin) stageAutocommit(db *gorm.DB, spec *modelSpec, kind writeKind, w
 			targets[i].intent, targets[i].row = 0, nil
 		}
 	}
-	var calls []*call
+	var calls []*entry.Call
 	for i, t := range targets {
 		if !ws.early[t.key] {
 			if kind != kindCreate || upsertMayMatch(db.Statement, spec) || ws.invalidateOnly {
@@ -774,11 +776,12 @@ func (p *Plugin) stageAutocommit(db *gorm.DB, spec *modelSpec, kind writeKind, w
 			calls = append(calls, p.prepareCall(spec, token, t.key, 0, nil))
 		}
 	}
-	fin := make([]*call, len(targets))
+	fin := make([]*entry.Call, len(targets))
 	for i, t := range targets {
-		fin[i] = &call{sc: p.scripts.finalizeRow, key: t.key, args: []any{
-			token, "r", p.ttlMillis(spec), p.cfg.NegativeTTL.Milliseconds(), looseIntent(spec, t.intent), spec.codec.fp, t.row,
-		}}
+		fin[i] = entry.FinalizeRow(t.key, entry.FinalizeRowArgs{
+			Token: token, Intent: looseIntent(spec, t.intent), Fingerprint: spec.codec.Fingerprint(), Row: t.row,
+			TTL: p.entryTTL(spec), NegativeTTL: p.cfg.NegativeTTL,
+		})
 		p.flights.Forget(t.key)
 	}
 	calls = append(calls, fin...)
@@ -789,10 +792,10 @@ func (p *Plugin) stageAutocommit(db *gorm.DB, spec *modelSpec, kind writeKind, w
 	missed := ws.failed
 	for _, c := range fin {
 		p.stats.finalizes.Add(1)
-		if c.err != nil {
+		if c.Err != nil {
 			p.stats.finalizeErrors.Add(1)
-			p.logf("writethrough: finalize failed; the key goes to the outbox", "key", c.key, "err", c.err)
-			missed = append(missed, c.key)
+			p.logf("writethrough: finalize failed; the key goes to the outbox", "key", c.Key, "err", c.Err)
+			missed = append(missed, c.Key)
 		}
 	}
 	p.recordAfterCommit(db.Statement.Context, missed)
@@ -814,9 +817,9 @@ func (p *Plugin) releaseEarly(ctx context.Context, spec *modelSpec, ws *writeSta
 }
 
 func (p *Plugin) releaseKeys(ctx context.Context, token string, keys []string) {
-	calls := make([]*call, len(keys))
+	calls := make([]*entry.Call, len(keys))
 	for i, k := range keys {
-		calls[i] = &call{sc: p.scripts.finalize, key: k, args: []any{token, "d", 1, 1}}
+		calls[i] = entry.Finalize(k, token, entry.NeverInstall, 0, 0)
 	}
 	p.run(ctx, calls)
 }
@@ -830,25 +833,23 @@ func (p *Plugin) finalize(parent context.Context, token string, entries []*stage
 	p.at("write:before-finalize", entries[0].key)
 	ctx, cancel := p.opCtx(parent)
 	defer cancel()
-	calls := make([]*call, len(entries))
+	calls := make([]*entry.Call, len(entries))
 	for i, e := range entries {
-		mode := "d"
+		mode := entry.NeverInstall
 		if committed && e.valid && !e.failed {
-			mode = "i"
+			mode = entry.InstallStaged
 		}
-		calls[i] = &call{sc: p.scripts.finalize, key: e.key, args: []any{
-			token, mode, p.ttlMillis(e.spec), p.cfg.NegativeTTL.Milliseconds(),
-		}}
+		calls[i] = entry.Finalize(e.key, token, mode, p.entryTTL(e.spec), p.cfg.NegativeTTL)
 	}
 	p.run(ctx, calls)
 	var missed []string
 	for _, c := range calls {
 		p.stats.finalizes.Add(1)
-		if c.err != nil {
+		if c.Err != nil {
 			p.stats.finalizeErrors.Add(1)
-			p.logf("writethrough: finalize failed", "key", c.key, "err", c.err)
-			if e := byKey(entries, c.key); e != nil && !e.failed {
-				missed = append(missed, c.key) // failed ones are in the outbox already
+			p.logf("writethrough: finalize failed", "key", c.Key, "err", c.Err)
+			if e := byKey(entries, c.Key); e != nil && !e.failed {
+				missed = append(missed, c.Key) // failed ones are in the outbox already
 			}
 		}
 	}
@@ -860,22 +861,23 @@ func (p *Plugin) finalize(parent context.Context, token string, entries []*stage
 	p.at("write:after-finalize", entries[0].key)
 }
 
-func (p *Plugin) prepareCall(spec *modelSpec, token, key string, intent int, row []byte) *call {
-	intent = looseIntent(spec, intent) // canonical keys
-	if row == nil {
-		row = []byte{}
-	}
-	return &call{sc: p.scripts.prepare, key: key, args: []any{
-		token, spec.codec.fp, intent, row, p.cfg.PendingTTL.Milliseconds(), maxWriters,
-	}}
+func (p *Plugin) prepareCall(spec *modelSpec, token, key string, intent entry.Flags, row []byte) *entry.Call {
+	return entry.Prepare(key, entry.PrepareArgs{
+		Token:       token,
+		Fingerprint: spec.codec.Fingerprint(),
+		Intent:      looseIntent(spec, intent), // canonical keys
+		Row:         row,
+		PendingTTL:  p.cfg.PendingTTL,
+		MaxWriters:  maxWriters,
+	})
 }
 
-func prepareErr(c *call) error {
-	if c.err != nil {
-		return c.err
+func prepareErr(c *entry.Call) error {
+	if c.Err != nil {
+		return c.Err
 	}
-	if c.res == 0 {
-		return fmt.Errorf("%s: %d writers already in flight", c.key, maxWriters)
+	if c.Prepared() == entry.PrepareRefused {
+		return fmt.Errorf("%s: %d writers already in flight", c.Key, maxWriters)
 	}
 	return nil
 }
@@ -906,9 +908,9 @@ func (p *Plugin) readCtx(parent context.Context) (context.Context, context.Cance
 	return context.WithTimeoutCause(parent, p.cfg.Timeout, errOwnTimeout)
 }
 
-// ttlMillis is the model's TTL with jitter, in milliseconds.
-func (p *Plugin) ttlMillis(spec *modelSpec) int64 {
-	return jittered(spec.ttl, spec.jitter).Milliseconds()
+// entryTTL is the model's TTL with jitter.
+func (p *Plugin) entryTTL(spec *modelSpec) time.Duration {
+	return jittered(spec.ttl, spec.jitter)
 }
 
 func jittered(ttl time.Duration, pct int) time.Duration {

@@ -13,8 +13,6 @@ import (
 	"gorm.io/gorm/clause"
 
 	"github.com/gorm-writethrough/writethrough"
-	"github.com/gorm-writethrough/writethrough/internal/redisproc"
-	"github.com/gorm-writethrough/writethrough/internal/testenv"
 )
 
 // KAccount is a cached model that tests write through its table name.
@@ -478,13 +476,8 @@ func TestInvalidateInATransactionAppliesAtCommit(t *testing.T) {
 func TestInvalidateInATransactionWhenRedisFails(t *testing.T) {
 	for _, mode := range []writethrough.Mode{writethrough.Strict, writethrough.Soft} {
 		t.Run(mode.String(), func(t *testing.T) {
-			srv := redisproc.Start(t)
-			rdb := srv.Client(t)
-			db := testenv.Postgres(t, nil)
-			p := writethrough.New(rdb, writethrough.Config{Mode: mode, DrainInterval: -1, BreakerThreshold: -1})
-			t.Cleanup(func() { _ = p.Close() })
-			require.NoError(t, db.Use(p))
-			require.NoError(t, db.AutoMigrate(&KAccount{}))
+			e := newEnv(t, rigOpts{own: true, cfg: writethrough.Config{Mode: mode, DrainInterval: -1, BreakerThreshold: -1}, models: []any{&KAccount{}}})
+			db, srv := e.db, e.srv
 			require.NoError(t, db.Create(&KAccount{ID: 1, Owner: "a", Balance: 5}).Error)
 			srv.Kill()
 
@@ -512,12 +505,8 @@ func TestInvalidateInATransactionWhenRedisFails(t *testing.T) {
 }
 
 func TestInvalidateInARolledBackTransactionLeavesNoOutboxRecord(t *testing.T) {
-	srv := redisproc.Start(t)
-	db := testenv.Postgres(t, nil)
-	p := writethrough.New(srv.Client(t), writethrough.Config{DrainInterval: -1, BreakerThreshold: -1})
-	t.Cleanup(func() { _ = p.Close() })
-	require.NoError(t, db.Use(p))
-	require.NoError(t, db.AutoMigrate(&KAccount{}))
+	e := newEnv(t, rigOpts{own: true, cfg: writethrough.Config{DrainInterval: -1, BreakerThreshold: -1}, models: []any{&KAccount{}}})
+	db, srv := e.db, e.srv
 	srv.Kill()
 	tx := db.Begin()
 	require.NoError(t, writethrough.Invalidate(tx, &KAccount{}, 1))

@@ -7,6 +7,10 @@
 # It is idempotent: a server that already answers is left alone. One that
 # does not is started from the installed binaries, and installed from
 # Debian's packages first when it is missing and we are root (or have sudo).
+# PostgreSQL must run with wal_level = logical (change-data-capture reads its
+# logical replication stream): when it does not, the setting is changed with
+# ALTER SYSTEM and the local cluster is restarted.
+#
 # It also makes sure the redis-server binary is installed, because the fault
 # tests start their own redis-server on free ports.
 #
@@ -240,6 +244,42 @@ ensure_postgres() {
 	fi
 }
 
+# ensure_logical makes the local cluster run with wal_level = logical, which
+# change-data-capture (package cdc) needs: ALTER SYSTEM, then a restart, since
+# PostgreSQL reads wal_level only at start. A database at DATABASE_URL is only
+# checked and reported.
+ensure_logical() {
+	have psql || return 0
+	local url level
+	if [[ -n ${DATABASE_URL:-} ]]; then
+		level=$(psql "$DATABASE_URL" -X -w -q -t -A -c 'show wal_level' 2>/dev/null) || return 0
+		[[ $level == logical ]] ||
+			log "postgres: wal_level is $level at DATABASE_URL; the cdc tests skip (they need wal_level = logical)"
+		return 0
+	fi
+	url="host=$PG_HOST port=$PG_PORT user=$PG_USER dbname=$PG_DB"
+	level=$(psql "$url" -X -w -q -t -A -c 'show wal_level' 2>/dev/null) || return 0
+	[[ $level == logical ]] && return 0
+	psql "$url" -X -w -q -c 'alter system set wal_level = logical' >/dev/null ||
+		die "cannot set wal_level = logical (ALTER SYSTEM failed)"
+	local cluster ver name
+	cluster=$(pg_cluster)
+	if [[ -n $cluster ]] && can_be_root; then
+		read -r ver name <<<"$cluster"
+		as_root pg_ctlcluster --skip-systemctl-redirect "$ver" "$name" restart ||
+			die "cannot restart cluster $ver/$name to apply wal_level = logical"
+	else
+		local dir
+		dir=$(psql "$url" -X -w -q -t -A -c 'show data_directory')
+		as_postgres pg_ctl -D "$dir" -w restart >/dev/null ||
+			die "cannot restart PostgreSQL (data directory $dir) to apply wal_level = logical"
+	fi
+	wait_for pg_usable || die "PostgreSQL does not answer after the restart for wal_level = logical"
+	level=$(psql "$url" -X -w -q -t -A -c 'show wal_level')
+	[[ $level == logical ]] || die "wal_level is still $level after the restart"
+	log "postgres: set wal_level = logical and restarted"
+}
+
 # --------------------------------------------------------------------- Redis
 
 # redis_ping_tcp sends PING over bash's /dev/tcp and expects +PONG.
@@ -338,4 +378,5 @@ url_hostport() {
 }
 
 ensure_postgres
+ensure_logical
 ensure_redis

@@ -22,6 +22,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/gorm-writethrough/writethrough/internal/testenv"
 )
 
 // readyTimeout bounds how long Start and Restart wait for the server to
@@ -52,9 +54,11 @@ type Server struct {
 // Start starts a redis-server on a free loopback port with persistence off
 // and the data directory in t.TempDir(), followed by args (for example
 // "--maxmemory", "2mb"), and waits until it answers PING. The server is
-// killed when the test ends.
+// killed when the test ends. Under `go test -short` it skips the test
+// ([testenv.SkipShort]).
 func Start(t testing.TB, args ...string) *Server {
 	t.Helper()
+	testenv.SkipShort(t)
 	bin, err := exec.LookPath("redis-server")
 	if err != nil {
 		t.Fatalf("redisproc: redis-server is not installed (%v); run `bash scripts/services.sh`, which installs it", err)

@@ -4,6 +4,10 @@
 //
 // The servers are found through DATABASE_URL and REDIS_URL, or at their
 // default loopback addresses. `make test` (scripts/services.sh) starts them.
+//
+// Under `go test -short` every function that needs a server skips the test
+// instead (see [SkipShort]), so that -short runs exactly the tests that need
+// none.
 package testenv
 
 import (
@@ -37,6 +41,17 @@ const setupTimeout = 10 * time.Second
 
 const howToStart = "start the servers with `make test` or `bash scripts/services.sh`"
 
+// SkipShort skips the test under `go test -short`. Every helper here that
+// needs PostgreSQL or Redis calls it first, and so does
+// internal/redisproc.Start; call it directly before reaching a server some
+// other way.
+func SkipShort(t testing.TB) {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("needs PostgreSQL or Redis: skipped with -short")
+	}
+}
+
 // PostgresDSN creates a schema with a unique name on the server of
 // DATABASE_URL (or [DefaultPostgresDSN]) and returns a DSN whose connections
 // use it as their search_path, so tables the test creates are its own. The
@@ -46,6 +61,7 @@ const howToStart = "start the servers with `make test` or `bash scripts/services
 // terminated and the schema is dropped with everything in it.
 func PostgresDSN(t testing.TB) string {
 	t.Helper()
+	SkipShort(t)
 	base := os.Getenv("DATABASE_URL")
 	if base == "" {
 		base = DefaultPostgresDSN
@@ -144,6 +160,7 @@ func Postgres(t testing.TB, cfg *gorm.Config) *gorm.DB {
 // the client is closed.
 func Redis(t testing.TB) (*redis.Client, string) {
 	t.Helper()
+	SkipShort(t)
 	opts := redisOptions(t)
 	rdb := redis.NewClient(opts)
 

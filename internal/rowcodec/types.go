@@ -1,15 +1,10 @@
-package writethrough
+package rowcodec
 
 import (
-	"bytes"
-	"context"
 	"database/sql"
 	"database/sql/driver"
-	"encoding/binary"
 	"fmt"
-	"hash/fnv"
 	"reflect"
-	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -19,192 +14,14 @@ import (
 	"gorm.io/gorm/schema"
 )
 
-// nilCtx is what GORM field accessors get from the codec; they ignore it.
-var nilCtx = context.Background()
-
-// rowCodec encodes the column fields of one model as a msgpack array, in
-// schema order, so that decoding gives back exactly what the database read
-// gave: times keep their location, nil stays nil, empty stays empty.
-type rowCodec struct {
-	fields []fieldCodec
-	fp     string // 8-byte schema fingerprint
-	typ    reflect.Type
-}
-
-// codecRevision is part of every schema fingerprint. It changes when the
-// encoding of some Go type changes, or when rows an older build cached may
-// not decode to what the database holds, so that those entries are misses.
-// Revision 2: rows are checked to round-trip before they are stored; a
-// revision 1 entry may hold a row that decodes to another value.
-const codecRevision = 2
-
-type fieldCodec struct {
-	f   *schema.Field
-	enc func(e *msgpack.Encoder, v reflect.Value) error
-	dec func(d *msgpack.Decoder, v reflect.Value) error
-	row bool // enc and dec take the whole row, not the field (serializer fields)
-}
-
-func newRowCodec(sch *schema.Schema) (*rowCodec, error) {
-	c := &rowCodec{typ: sch.ModelType}
-	h := fnv.New64a()
-	fmt.Fprintf(h, "wt-row-%d.%d|%s|", formatVersion, codecRevision, sch.Table)
-	for _, f := range sch.Fields {
-		if f.DBName == "" {
-			continue
-		}
-		if f.Serializer != nil {
-			// Stored as the serializer's database value and restored with the
-			// serializer's Scan, as a database read restores it: a generic
-			// encoding would lose what the serializer keeps (a time's zone
-			// inside a JSON document).
-			enc, dec := serializerCodec(f)
-			c.fields = append(c.fields, fieldCodec{f: f, enc: enc, dec: dec, row: true})
-			fmt.Fprintf(h, "%s:%s:%s:ser=%T;", f.DBName, f.FieldType.PkgPath(), f.FieldType.String(), f.Serializer)
-			continue
-		}
-		enc, dec := codecFor(f.FieldType)
-		c.fields = append(c.fields, fieldCodec{f: f, enc: enc, dec: dec})
-		fmt.Fprintf(h, "%s:%s:%s;", f.DBName, f.FieldType.PkgPath(), f.FieldType.String())
-	}
-	if len(c.fields) == 0 {
-		return nil, fmt.Errorf("model has no columns")
-	}
-	var fp [8]byte
-	binary.BigEndian.PutUint64(fp[:], h.Sum64())
-	c.fp = string(fp[:])
-	return c, nil
-}
-
-type encState struct {
-	buf bytes.Buffer
-	enc *msgpack.Encoder
-}
-
-var encPool = sync.Pool{New: func() any {
-	s := &encState{}
-	s.enc = msgpack.NewEncoder(&s.buf)
-	return s
-}}
-
-type decState struct {
-	r   bytes.Reader
-	dec *msgpack.Decoder
-}
-
-var decPool = sync.Pool{New: func() any {
-	s := &decState{}
-	s.dec = msgpack.NewDecoder(&s.r)
-	return s
-}}
-
-// appendRow encodes the row held in rv (an addressable struct of the model
-// type, as GORM scanned it from the database) and appends it to dst. It
-// then decodes what it encoded and returns an error wrapping errNoRoundTrip
-// unless every column comes back deeply equal to rv's: a cache hit must give
-// exactly what a database read gives. Types with Value and Scan methods are
-// stored as their Value and restored with Scan, and nothing else promises
-// that Scan(Value()) is the value scanned from the database (a Scan that
-// accepts nil while Value never returns nil, a Value of a type Scan
-// refuses, state outside exported fields).
-func (c *rowCodec) appendRow(dst []byte, rv reflect.Value) ([]byte, error) {
-	start := len(dst)
-	out, err := c.encodeRow(dst, rv)
-	if err != nil {
-		return nil, err
-	}
-	back := reflect.New(c.typ).Elem()
-	if err := c.decodeRow(out[start:], back); err != nil {
-		return nil, c.noRoundTrip(rv, "", err)
-	}
-	for i := range c.fields {
-		f := c.fields[i].f
-		a, b := f.ReflectValueOf(nilCtx, rv), f.ReflectValueOf(nilCtx, back)
-		if !reflect.DeepEqual(a.Interface(), b.Interface()) {
-			return nil, c.noRoundTrip(rv, f.Name, nil)
-		}
-	}
-	return out, nil
-}
-
-func (c *rowCodec) noRoundTrip(rv reflect.Value, field string, cause error) error {
-	model := c.typ.Name()
-	if len(c.fields) > 0 {
-		model = c.fields[0].f.Schema.Name
-	}
-	if cause != nil {
-		return fmt.Errorf("%w: model %s: decoding the encoded row fails (%v); the row is read from the database",
-			errNoRoundTrip, model, cause)
-	}
-	return fmt.Errorf("%w: model %s, field %s: decoding gives another value than the database read "+
-		"(does its Scan accept what its Value returns?); the row is read from the database", errNoRoundTrip, model, field)
-}
-
-func (c *rowCodec) encodeRow(dst []byte, rv reflect.Value) (out []byte, err error) {
-	s := encPool.Get().(*encState)
-	defer encPool.Put(s)
-	s.buf.Reset()
-	defer func() {
-		if r := recover(); r != nil {
-			err = fmt.Errorf("writethrough: encode row of %s: panic: %v\n\n%s", c.typ, r, debug.Stack())
-		}
-	}()
-	if err := s.enc.EncodeArrayLen(len(c.fields)); err != nil {
-		return nil, err
-	}
-	for i := range c.fields {
-		fc := &c.fields[i]
-		v := rv
-		if !fc.row {
-			v = fc.f.ReflectValueOf(nilCtx, rv)
-		}
-		if err := fc.enc(s.enc, v); err != nil {
-			return nil, fmt.Errorf("writethrough: encode %s.%s: %w", fc.f.Schema.Name, fc.f.Name, err)
-		}
-	}
-	return append(dst, s.buf.Bytes()...), nil
-}
-
-// decodeRow sets the column fields of rv (an addressable struct of the model
-// type) from b. Fields that are not columns are left as they are, as GORM's
-// own scan leaves them. It never panics.
-func (c *rowCodec) decodeRow(b []byte, rv reflect.Value) (err error) {
-	if err := validMsgpack(b, len(c.fields)); err != nil {
-		return err
-	}
-	s := decPool.Get().(*decState)
-	defer decPool.Put(s)
-	s.r.Reset(b)
-	s.dec.Reset(&s.r)
-	defer func() {
-		if r := recover(); r != nil {
-			err = fmt.Errorf("%w: %w: %v\n\n%s", errCorrupt, errDecodePanic, r, debug.Stack())
-		}
-	}()
-	n, err := s.dec.DecodeArrayLen()
-	if err != nil || n != len(c.fields) {
-		return errCorrupt
-	}
-	for i := range c.fields {
-		fc := &c.fields[i]
-		v := rv
-		if !fc.row {
-			v = fc.f.ReflectValueOf(nilCtx, rv)
-		}
-		if err := fc.dec(s.dec, v); err != nil {
-			return fmt.Errorf("%w: field %s: %v", errCorrupt, fc.f.Name, err)
-		}
-	}
-	if s.r.Len() != 0 {
-		return errCorrupt
-	}
-	return nil
-}
-
-type encFunc = func(*msgpack.Encoder, reflect.Value) error
-type decFunc = func(*msgpack.Decoder, reflect.Value) error
+// encFunc writes one value; decFunc sets one value from what encFunc wrote.
+type (
+	encFunc = func(*msgpack.Encoder, reflect.Value) error
+	decFunc = func(*msgpack.Decoder, reflect.Value) error
+)
 
 var (
+	typeOfTime    = reflect.TypeOf(time.Time{})
 	typeOfValuer  = reflect.TypeOf((*driver.Valuer)(nil)).Elem()
 	typeOfScanner = reflect.TypeOf((*sql.Scanner)(nil)).Elem()
 )
@@ -293,6 +110,7 @@ func codecFor(t reflect.Type) (encFunc, decFunc) {
 	return encGeneric, decGeneric
 }
 
+// isNil reports whether the next value is msgpack nil.
 func isNil(d *msgpack.Decoder) bool {
 	c, err := d.PeekCode()
 	return err == nil && c == msgpcode.Nil
@@ -441,10 +259,11 @@ func decTime(d *msgpack.Decoder, v reflect.Value) error {
 
 // Types with Value and Scan methods (sql.Null*, gorm.DeletedAt, JSON columns,
 // custom scanners) are stored as the driver value they produce and restored
-// with their own Scan, the same path a database read takes.
+// with their own Scan, the same path a database read takes. A nil driver
+// value is msgpack nil; any other is [tag, value] with one of these tags
+// (0 is never written).
 const (
-	dvNil = iota
-	dvInt
+	dvInt = iota + 1
 	dvFloat
 	dvBool
 	dvBytes
@@ -629,153 +448,4 @@ func decGeneric(d *msgpack.Decoder, v reflect.Value) error {
 	}
 	v.Set(fresh.Elem())
 	return nil
-}
-
-// validMsgpack walks b and checks that it is exactly one msgpack value whose
-// every length fits in the bytes that remain (so decoding cannot be made to
-// allocate more than len(b)), nested at most 32 deep. When arrayLen >= 0 the
-// value must be an array of that length.
-func validMsgpack(b []byte, arrayLen int) error {
-	if arrayLen >= 0 {
-		n, hdr, ok := arrayHeader(b)
-		if !ok || n != arrayLen {
-			return errCorrupt
-		}
-		rest, ok := skipN(b[hdr:], n, 0)
-		if !ok || len(rest) != 0 {
-			return errCorrupt
-		}
-		return nil
-	}
-	rest, ok := skipValue(b, 0)
-	if !ok || len(rest) != 0 {
-		return errCorrupt
-	}
-	return nil
-}
-
-func arrayHeader(b []byte) (n, hdr int, ok bool) {
-	if len(b) == 0 {
-		return 0, 0, false
-	}
-	switch c := b[0]; {
-	case c >= 0x90 && c <= 0x9f:
-		return int(c & 0x0f), 1, true
-	case c == 0xdc && len(b) >= 3:
-		return int(binary.BigEndian.Uint16(b[1:])), 3, true
-	case c == 0xdd && len(b) >= 5:
-		return int(binary.BigEndian.Uint32(b[1:])), 5, true
-	}
-	return 0, 0, false
-}
-
-func skipN(b []byte, n, depth int) ([]byte, bool) {
-	if n > len(b) {
-		return nil, false
-	}
-	for i := 0; i < n; i++ {
-		var ok bool
-		if b, ok = skipValue(b, depth); !ok {
-			return nil, false
-		}
-	}
-	return b, true
-}
-
-func skipValue(b []byte, depth int) ([]byte, bool) {
-	if len(b) == 0 || depth > 32 {
-		return nil, false
-	}
-	c := b[0]
-	body := func(hdr, n int) ([]byte, bool) {
-		if n < 0 || len(b) < hdr || len(b)-hdr < n {
-			return nil, false
-		}
-		return b[hdr+n:], true
-	}
-	u8 := func() int {
-		if len(b) < 2 {
-			return -1
-		}
-		return int(b[1])
-	}
-	u16 := func() int {
-		if len(b) < 3 {
-			return -1
-		}
-		return int(binary.BigEndian.Uint16(b[1:]))
-	}
-	u32 := func() int {
-		if len(b) < 5 {
-			return -1
-		}
-		return int(binary.BigEndian.Uint32(b[1:]))
-	}
-	switch {
-	case c <= 0x7f || c >= 0xe0 || c == 0xc0 || c == 0xc2 || c == 0xc3:
-		return b[1:], true
-	case c >= 0x80 && c <= 0x8f:
-		return skipN(b[1:], 2*int(c&0x0f), depth+1)
-	case c >= 0x90 && c <= 0x9f:
-		return skipN(b[1:], int(c&0x0f), depth+1)
-	case c >= 0xa0 && c <= 0xbf:
-		return body(1, int(c&0x1f))
-	}
-	switch c {
-	case 0xc4, 0xd9: // bin8, str8
-		return body(2, u8())
-	case 0xc5, 0xda: // bin16, str16
-		return body(3, u16())
-	case 0xc6, 0xdb: // bin32, str32
-		return body(5, u32())
-	case 0xc7: // ext8
-		return body(3, u8())
-	case 0xc8: // ext16
-		if n := u16(); n >= 0 {
-			return body(4, n)
-		}
-	case 0xc9: // ext32
-		if n := u32(); n >= 0 {
-			return body(6, n)
-		}
-	case 0xca:
-		return body(1, 4)
-	case 0xcb:
-		return body(1, 8)
-	case 0xcc, 0xd0:
-		return body(1, 1)
-	case 0xcd, 0xd1:
-		return body(1, 2)
-	case 0xce, 0xd2:
-		return body(1, 4)
-	case 0xcf, 0xd3:
-		return body(1, 8)
-	case 0xd4:
-		return body(2, 1)
-	case 0xd5:
-		return body(2, 2)
-	case 0xd6:
-		return body(2, 4)
-	case 0xd7:
-		return body(2, 8)
-	case 0xd8:
-		return body(2, 16)
-	case 0xdc:
-		if n := u16(); n >= 0 {
-			return skipN(b[3:], n, depth+1)
-		}
-	case 0xdd:
-		if n := u32(); n >= 0 {
-			return skipN(b[5:], n, depth+1)
-		}
-	case 0xde:
-		if n := u16(); n >= 0 {
-			return skipN(b[3:], 2*n, depth+1)
-		}
-	case 0xdf:
-		if n := u32(); n >= 0 {
-			return skipN(b[5:], 2*n, depth+1)
-		}
-	}
-	return nil, false
 }

@@ -5,9 +5,11 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
+	"flag"
 	"fmt"
 	"os"
 	"strings"
+	"testing"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/stdlib"
@@ -23,9 +25,23 @@ import (
 // The examples run against the PostgreSQL and Redis servers the tests use
 // (DATABASE_URL and REDIS_URL, or 127.0.0.1:5432 and :6379; `make test`
 // starts them), each in a schema and under a key prefix of its own, both
-// removed at the end. The plugin also runs on SQLite with an in-process
+// removed at the end; `go test -short` leaves them out. The plugin also runs on SQLite with an in-process
 // Redis (examples/quickstart tests it so), but those would be heavy
 // dependencies of this module.
+
+// TestMain leaves the examples out of `go test -short`, which runs without
+// servers (docs/testing.md): an example cannot skip itself.
+func TestMain(m *testing.M) {
+	flag.Parse()
+	if testing.Short() {
+		skip := "^Example"
+		if prev := flag.Lookup("test.skip").Value.String(); prev != "" {
+			skip = prev + "|" + skip
+		}
+		_ = flag.Set("test.skip", skip)
+	}
+	os.Exit(m.Run())
+}
 
 // Product is the examples' cached model.
 type Product struct {

@@ -12,6 +12,7 @@ import (
 	"gorm.io/gorm/schema"
 
 	"github.com/gorm-writethrough/writethrough/internal/keyspec"
+	"github.com/gorm-writethrough/writethrough/internal/txhook"
 )
 
 // afterFinder is GORM's AfterFind hook.
@@ -451,7 +452,7 @@ func asModel[T any](key any) (reflect.Value, bool) {
 }
 
 func inTx(db *gorm.DB) bool {
-	_, in := txOf(db.Statement.ConnPool)
+	_, in := txhook.Of(db.Statement.ConnPool)
 	return in
 }
 

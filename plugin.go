@@ -16,6 +16,7 @@ import (
 	"gorm.io/gorm/schema"
 
 	"github.com/gorm-writethrough/writethrough/internal/entry"
+	"github.com/gorm-writethrough/writethrough/internal/txhook"
 )
 
 // Mode says what a write does when Redis cannot take part in it.
@@ -312,7 +313,7 @@ func (p *Plugin) Initialize(db *gorm.DB) error {
 	if p.timeoutWarning != "" {
 		p.logf(p.timeoutWarning)
 	}
-	p.wrapPool(db)
+	txhook.Install(db, txOwner{p})
 	if err := p.startOutbox(db); err != nil {
 		return err
 	}

@@ -15,6 +15,7 @@ import (
 
 	"github.com/gorm-writethrough/writethrough/internal/entry"
 	"github.com/gorm-writethrough/writethrough/internal/rowcodec"
+	"github.com/gorm-writethrough/writethrough/internal/txhook"
 )
 
 const (
@@ -132,7 +133,7 @@ func (p *Plugin) serve(db *gorm.DB, orig func(*gorm.DB), marked bool) {
 		orig(db)
 		return
 	}
-	if _, inTx := txOf(st.ConnPool); inTx {
+	if _, inTx := txhook.Of(st.ConnPool); inTx {
 		// A transaction may hold an old snapshot or its own uncommitted
 		// writes: read the database, never fill.
 		p.stats.misses.Add(1)

@@ -1,4 +1,4 @@
-package writethrough
+package txhook
 
 import (
 	"reflect"
@@ -11,17 +11,17 @@ import (
 // which staged keys may still be installed at commit, and the savepoints the
 // transaction still knows, oldest first.
 func runSniff(script []string) (valid map[string]bool, savepoints []string) {
-	tx := &hookTx{}
+	tx := &Tx{}
 	for _, line := range script {
 		if key, ok := strings.CutPrefix(line, "stage "); ok {
-			tx.stage(nil, key)
+			tx.Stage(nil, key)
 			continue
 		}
 		tx.sniff(line)
 	}
 	valid = map[string]bool{}
 	for _, e := range tx.entries {
-		valid[e.key] = e.valid
+		valid[e.Key] = e.Valid
 	}
 	for _, sp := range tx.savepoints {
 		savepoints = append(savepoints, sp.name)

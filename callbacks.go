@@ -4,6 +4,8 @@ import (
 	"fmt"
 
 	"gorm.io/gorm"
+
+	"github.com/gorm-writethrough/writethrough/internal/txhook"
 )
 
 // registerCallbacks hooks the plugin into GORM's chains. Write callbacks run
@@ -75,26 +77,15 @@ func (p *Plugin) registerCallbacks(db *gorm.DB) error {
 // bind re-wraps a pool that another plugin (dbresolver) swapped into the
 // statement, so that the transaction GORM is about to begin is ours.
 func (p *Plugin) bind(db *gorm.DB) {
-	switch c := db.Statement.ConnPool.(type) {
-	case *hookPool, gorm.TxCommitter, nil:
-	case *gorm.PreparedStmtDB:
-		if _, ok := c.ConnPool.(*hookPool); !ok {
-			db.Statement.ConnPool = &gorm.PreparedStmtDB{ConnPool: p.wrapRaw(c.ConnPool), Mux: c.Mux, Stmts: c.Stmts}
-		}
-	default:
-		db.Statement.ConnPool = p.wrapRaw(c)
-	}
+	txhook.Bind(db.Statement, txOwner{p})
 }
 
 // sniffRaw follows savepoints that a user's own tx.Exec sends through
-// GORM's prepared-statement transaction, which bypasses hookTx.ExecContext.
+// GORM's prepared-statement transaction, which bypasses the wrapped
+// transaction's ExecContext.
 func (p *Plugin) sniffRaw(db *gorm.DB) {
 	if db.DryRun || db.Error != nil {
 		return
 	}
-	if ptx, ok := db.Statement.ConnPool.(*gorm.PreparedStmtTX); ok {
-		if h, ok := ptx.Tx.(*hookTx); ok {
-			h.sniff(db.Statement.SQL.String())
-		}
-	}
+	txhook.SniffPrepared(db.Statement.ConnPool, db.Statement.SQL.String())
 }

@@ -11,6 +11,7 @@ import (
 	"gorm.io/gorm/schema"
 
 	"github.com/gorm-writethrough/writethrough/internal/entry"
+	"github.com/gorm-writethrough/writethrough/internal/txhook"
 )
 
 // Foreign keys with ON DELETE CASCADE / SET NULL / SET DEFAULT (and the
@@ -425,7 +426,7 @@ func (p *Plugin) stageCascade(db *gorm.DB, ws *writeState, keys []specKey) error
 	if len(keys) == 0 {
 		return nil
 	}
-	tx, inTx := txOf(db.Statement.ConnPool)
+	tx, inTx := txhook.Of(db.Statement.ConnPool)
 	switch {
 	case tx != nil:
 		return p.stageInvalidations(db, tx, keys, "cascade")

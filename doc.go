@@ -57,4 +57,13 @@
 // once Redis answers ([Plugin.Drain], [Plugin.Close]). [Strict] fails the
 // write instead. A circuit breaker ([Config.BreakerThreshold]) keeps the
 // plugin off a Redis that keeps failing.
+//
+// # Shutdown and panics
+//
+// [Plugin.Close] waits for the finalizes, cached reads and fills in flight
+// and stops the drainer; afterwards writes finalize before Commit returns and
+// reads go to the database. User code that GORM runs for a statement panics
+// as it does without the plugin; user code the plugin runs on its own
+// account (decoding or encoding a cached row) never panics out of it, and is
+// reported as a [PanicError] holding the value and the stack.
 package writethrough

@@ -12,6 +12,7 @@ import (
 	"gorm.io/gorm/schema"
 
 	"github.com/gorm-writethrough/writethrough/internal/keyspec"
+	"github.com/gorm-writethrough/writethrough/internal/txhook"
 )
 
 // afterFinder is GORM's AfterFind hook.
@@ -48,7 +49,10 @@ func Get[T any](ctx context.Context, db *gorm.DB, key any) (T, error) {
 	}
 	if spec != nil && servable(db) {
 		p.resolveKeys(db, spec)
-		k, ok := fastKey[T](ctx, spec, key)
+		k, ok, err := fastKey[T](ctx, spec, key)
+		if err != nil {
+			return out, err
+		}
 		if !ok {
 			return out, keyMisfit(ks, key)
 		}
@@ -69,11 +73,34 @@ func Get[T any](ctx context.Context, db *gorm.DB, key any) (T, error) {
 	return out, err
 }
 
-// getFast answers key from Redis; hit is false when the database must.
+// getFast answers key from Redis; hit is false when the database must
+// (also once the plugin is closed).
 func (p *Plugin) getFast(ctx context.Context, db *gorm.DB, spec *modelSpec, k string, out any) (hit bool, err error) {
 	if p.suspects.is(k) {
 		return false, nil
 	}
+	res, ok := p.getOne(ctx, spec, k, out)
+	if !ok {
+		return false, nil
+	}
+	switch res {
+	case lookHit:
+		p.stats.hits.Add(1)
+		return true, afterFind(db, out)
+	case lookNotFound:
+		p.stats.hits.Add(1)
+		return true, gorm.ErrRecordNotFound
+	}
+	return false, nil
+}
+
+// getOne reads and decodes k into out, while Close waits for it; ok is
+// false when Redis did not answer or the plugin is closed.
+func (p *Plugin) getOne(ctx context.Context, spec *modelSpec, k string, out any) (res lookup, ok bool) {
+	if !p.gate.enter() {
+		return lookEmpty, false
+	}
+	defer p.gate.leave()
 	c, cancel := p.readCtx(ctx)
 	var raw []byte
 	rerr := errBreakerOpen
@@ -86,17 +113,9 @@ func (p *Plugin) getFast(ctx context.Context, db *gorm.DB, spec *modelSpec, k st
 		if !errors.Is(rerr, redis.Nil) {
 			p.stats.redisErrors.Add(1)
 		}
-		return false, nil
+		return lookEmpty, false
 	}
-	switch p.decodeInto(ctx, spec, k, raw, reflect.ValueOf(out).Elem()) {
-	case lookHit:
-		p.stats.hits.Add(1)
-		return true, afterFind(db, out)
-	case lookNotFound:
-		p.stats.hits.Add(1)
-		return true, gorm.ErrRecordNotFound
-	}
-	return false, nil
+	return p.decodeInto(ctx, spec, k, raw, reflect.ValueOf(out).Elem()), true
 }
 
 // GetMany reads the rows of model T with the given primary keys in one Redis
@@ -118,28 +137,18 @@ func GetMany[T any](ctx context.Context, db *gorm.DB, keys ...any) ([]T, error) 
 	if err != nil {
 		return nil, err
 	}
-	vals := make([][]any, len(keys))
-	for i, k := range keys {
-		if vals[i], err = ks.keyValues(ctx, k, asModel[T]); err != nil {
-			return nil, err
-		}
+	vals, rkeys, err := manyKeys[T](ctx, ks, keys)
+	if err != nil {
+		return nil, err
 	}
 	if len(keys) == 0 {
 		return []T{}, nil
 	}
-	// One lookup per row, however often it is named.
-	rkeys := make([]string, 0, len(keys))
-	seen := make(map[string]bool, len(keys))
-	uniq := vals[:0]
-	for _, v := range vals {
-		if k := ks.keys.Key(v); !seen[k] {
-			seen[k] = true
-			rkeys = append(rkeys, k)
-			uniq = append(uniq, v)
-		}
+	fast := spec != nil && servable(db)
+	if fast && !p.gate.enter() {
+		fast = false // closed: the database answers
 	}
-	vals = uniq
-	if spec == nil || !servable(db) {
+	if !fast {
 		q := db.WithContext(ctx)
 		if spec != nil {
 			q = q.Scopes(Cached)
@@ -150,36 +159,7 @@ func GetMany[T any](ctx context.Context, db *gorm.DB, keys ...any) ([]T, error) 
 		}
 		return inKeyOrder(ctx, ks, rkeys, rows), nil
 	}
-	p.resolveKeys(db, spec)
-	c, cancel := p.readCtx(ctx)
-	var raws [][]byte
-	rerr := p.redisCall(c, func() (err error) {
-		raws, err = p.getMany(c, rkeys)
-		return err
-	})
-	cancel()
-	if rerr != nil {
-		p.stats.redisErrors.Add(1)
-		raws = make([][]byte, len(rkeys))
-	}
-	out := make([]T, len(rkeys))
-	state := make([]lookup, len(rkeys))
-	var missing [][]any
-	for i, raw := range raws {
-		state[i] = lookEmpty
-		if raw != nil {
-			state[i] = p.decodeInto(ctx, spec, rkeys[i], raw, reflect.ValueOf(&out[i]).Elem())
-		}
-		if (state[i] == lookHit || state[i] == lookNotFound) && p.suspects.is(rkeys[i]) {
-			state[i] = lookBusy
-		}
-		if state[i] == lookHit || state[i] == lookNotFound {
-			p.stats.hits.Add(1)
-			continue
-		}
-		out[i] = *new(T)
-		missing = append(missing, vals[i])
-	}
+	out, state, missing := getManyFast[T](ctx, p, db, spec, rkeys, vals)
 	var rows []T
 	if len(missing) > 0 {
 		if err := db.WithContext(ctx).Scopes(Cached).Where(pkIn(ks, missing)).Find(&rows).Error; err != nil {
@@ -201,6 +181,67 @@ func GetMany[T any](ctx context.Context, db *gorm.DB, keys ...any) ([]T, error) 
 	}
 	merged = append(merged, rows...)
 	return inKeyOrder(ctx, ks, rkeys, merged), nil
+}
+
+// manyKeys turns GetMany's keys into values and Redis keys, once per row
+// however often it is named. A panic in user code it runs (a key type's
+// Value or Scan method) is returned as a *PanicError.
+func manyKeys[T any](ctx context.Context, ks *modelSpec, keys []any) (vals [][]any, rkeys []string, err error) {
+	defer recoverErr(&err, "build cache keys")
+	vals = make([][]any, len(keys))
+	for i, k := range keys {
+		if vals[i], err = ks.keyValues(ctx, k, asModel[T]); err != nil {
+			return nil, nil, err
+		}
+	}
+	rkeys = make([]string, 0, len(keys))
+	seen := make(map[string]bool, len(keys))
+	uniq := vals[:0]
+	for _, v := range vals {
+		if k := ks.keys.Key(v); !seen[k] {
+			seen[k] = true
+			rkeys = append(rkeys, k)
+			uniq = append(uniq, v)
+		}
+	}
+	return uniq, rkeys, nil
+}
+
+// getManyFast reads rkeys from Redis in one round trip, inside the gate
+// GetMany entered (it leaves it), and decodes the hits into out. missing
+// holds the values of the keys the database must answer.
+func getManyFast[T any](ctx context.Context, p *Plugin, db *gorm.DB, spec *modelSpec, rkeys []string, vals [][]any) (out []T, state []lookup, missing [][]any) {
+	defer p.gate.leave()
+	p.resolveKeys(db, spec)
+	c, cancel := p.readCtx(ctx)
+	var raws [][]byte
+	rerr := p.redisCall(c, func() (err error) {
+		raws, err = p.getMany(c, rkeys)
+		return err
+	})
+	cancel()
+	if rerr != nil {
+		p.stats.redisErrors.Add(1)
+		raws = make([][]byte, len(rkeys))
+	}
+	out = make([]T, len(rkeys))
+	state = make([]lookup, len(rkeys))
+	for i, raw := range raws {
+		state[i] = lookEmpty
+		if raw != nil {
+			state[i] = p.decodeInto(ctx, spec, rkeys[i], raw, reflect.ValueOf(&out[i]).Elem())
+		}
+		if (state[i] == lookHit || state[i] == lookNotFound) && p.suspects.is(rkeys[i]) {
+			state[i] = lookBusy
+		}
+		if state[i] == lookHit || state[i] == lookNotFound {
+			p.stats.hits.Add(1)
+			continue
+		}
+		out[i] = *new(T)
+		missing = append(missing, vals[i])
+	}
+	return out, state, missing
 }
 
 // inKeyOrder orders rows as keys are, once each; rows whose key is none of
@@ -276,24 +317,30 @@ func keySpecOf(spec *modelSpec, sch *schema.Schema) (*modelSpec, error) {
 }
 
 // fastKey is the Redis key of key, without allocating for integer keys; ok
-// is false when key does not fit.
-func fastKey[T any](ctx context.Context, spec *modelSpec, key any) (string, bool) {
+// is false when key does not fit. A panic in user code it runs (a key
+// type's Value or Scan method) is returned as a *PanicError.
+func fastKey[T any](ctx context.Context, spec *modelSpec, key any) (k string, ok bool, err error) {
+	defer recoverErr(&err, "build a cache key")
 	if len(spec.pks) == 1 {
 		if _, isModel := asModel[T](key); !isModel {
-			return spec.keys.Lookup1(key)
+			k, ok = spec.keys.Lookup1(key)
+			return k, ok, nil
 		}
 	}
-	vals, err := spec.keyValues(ctx, key, asModel[T])
-	if err != nil {
-		return "", false
+	vals, verr := spec.keyValues(ctx, key, asModel[T])
+	if verr != nil {
+		return "", false, nil
 	}
-	return spec.keys.Key(vals), true
+	return spec.keys.Key(vals), true, nil
 }
 
 // keyValues turns a key as a caller gives it to Get, GetMany, Invalidate or
 // Inspect into one value per primary-key column (keyspec.Spec.Values); a
-// key that does not fit gives an error wrapping [ErrUnsupported].
-func (s *modelSpec) keyValues(ctx context.Context, key any, model func(any) (reflect.Value, bool)) ([]any, error) {
+// key that does not fit gives an error wrapping [ErrUnsupported]. A panic in
+// user code it runs (a key type's Scan method, through GORM's setter) is
+// returned as a *PanicError.
+func (s *modelSpec) keyValues(ctx context.Context, key any, model func(any) (reflect.Value, bool)) (_ []any, err error) {
+	defer recoverErr(&err, "read a key")
 	vals, err := s.keys.Values(ctx, key, model)
 	var ke *keyspec.KeyError
 	switch {
@@ -405,7 +452,7 @@ func asModel[T any](key any) (reflect.Value, bool) {
 }
 
 func inTx(db *gorm.DB) bool {
-	_, in := txOf(db.Statement.ConnPool)
+	_, in := txhook.Of(db.Statement.ConnPool)
 	return in
 }
 

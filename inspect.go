@@ -13,11 +13,56 @@ import (
 	"github.com/gorm-writethrough/writethrough/internal/entry"
 )
 
+// EntryState is what a Redis key holds, as [Inspect] reports it. Its String
+// is the word given with each constant.
+type EntryState int
+
+const (
+	// EntryAbsent: the key does not exist ("absent").
+	EntryAbsent EntryState = iota
+	// EntryCommitted: a cached row, served to readers ("committed").
+	EntryCommitted
+	// EntryPending: a write is in flight; readers go to the database
+	// ("pending").
+	EntryPending
+	// EntryLease: a reader is filling the key from the database ("lease").
+	EntryLease
+	// EntryTombstone: the row does not exist, served as not found
+	// ("tombstone").
+	EntryTombstone
+	// EntryForeign: an entry of another format version or another build of
+	// the model, left alone ("foreign").
+	EntryForeign
+	// EntryCorrupt: bytes that are not an entry, or a row that does not
+	// decode; a read deletes them ("corrupt").
+	EntryCorrupt
+)
+
+func (s EntryState) String() string {
+	switch s {
+	case EntryAbsent:
+		return "absent"
+	case EntryCommitted:
+		return "committed"
+	case EntryPending:
+		return "pending"
+	case EntryLease:
+		return "lease"
+	case EntryTombstone:
+		return "tombstone"
+	case EntryForeign:
+		return "foreign"
+	case EntryCorrupt:
+		return "corrupt"
+	}
+	return fmt.Sprintf("EntryState(%d)", int(s))
+}
+
 // Entry describes what Redis holds for one row, for debugging and
 // operations.
 type Entry struct {
 	Key     string
-	State   string        // "absent", "committed", "pending", "lease", "tombstone", "foreign" or "corrupt"
+	State   EntryState
 	TTL     time.Duration // remaining lifetime; 0 when absent
 	Writers int           // writers in flight (pending entries)
 	Row     any           // the cached row, a pointer to a new model value (committed entries)
@@ -28,7 +73,13 @@ type Entry struct {
 // primary key: a value, a model value with its key set, or for a composite
 // key a []any of the key columns. A key that does not fit the primary key
 // gives an error wrapping [ErrUnsupported]. It changes nothing.
-func Inspect(ctx context.Context, db *gorm.DB, model any, key any) (Entry, error) {
+//
+// Like the plugin's other Redis calls it is bounded by [Config.Timeout] and
+// goes through the circuit breaker: when Redis fails, or the breaker is
+// open, the error wraps [ErrCacheUnavailable]. It works after
+// [Plugin.Close].
+func Inspect(ctx context.Context, db *gorm.DB, model any, key any) (_ Entry, err error) {
+	defer recoverErr(&err, "inspect")
 	p, err := pluginOf(db)
 	if err != nil {
 		return Entry{}, err
@@ -46,45 +97,60 @@ func Inspect(ctx context.Context, db *gorm.DB, model any, key any) (Entry, error
 		return Entry{}, err
 	}
 	k := spec.keys.Key(vals)
-	out := Entry{Key: k, State: "absent"}
-	raw, err := p.rdb.Get(ctx, k).Bytes()
-	if errors.Is(err, redis.Nil) {
+	out := Entry{Key: k, State: EntryAbsent}
+	c, cancel := p.readCtx(ctx)
+	defer cancel()
+	var get *redis.StringCmd
+	var ttl *redis.DurationCmd
+	err = p.redisCall(c, func() error {
+		_, err := p.rdb.Pipelined(c, func(pipe redis.Pipeliner) error {
+			get = pipe.Get(c, k)
+			ttl = pipe.PTTL(c, k)
+			return nil
+		})
+		return err
+	})
+	switch {
+	case errors.Is(err, redis.Nil):
 		return out, nil
+	case err != nil:
+		return out, unavailable("inspect", err)
 	}
+	raw, err := get.Bytes()
 	if err != nil {
 		return out, unavailable("inspect", err)
 	}
 	out.Size = len(raw)
-	out.TTL, _ = p.rdb.PTTL(ctx, k).Result()
+	out.TTL, _ = ttl.Result()
 	e, err := entry.Parse(raw)
 	switch {
 	case errors.Is(err, entry.ErrForeign):
-		out.State = "foreign"
+		out.State = EntryForeign
 		return out, nil
 	case err != nil:
-		out.State = "corrupt"
+		out.State = EntryCorrupt
 		return out, nil
 	}
 	switch e.State {
 	case entry.Committed:
-		out.State = "committed"
+		out.State = EntryCommitted
 		if string(e.Fingerprint) != spec.codec.Fingerprint() {
-			out.State = "foreign"
+			out.State = EntryForeign
 			return out, nil
 		}
 		row := reflect.New(spec.sch.ModelType)
 		if err := spec.codec.Decode(e.Row, row.Elem()); err != nil {
-			out.State = "corrupt"
+			out.State = EntryCorrupt
 			return out, nil
 		}
 		out.Row = row.Interface()
 	case entry.Pending:
-		out.State = "pending"
+		out.State = EntryPending
 		out.Writers = e.Writers
 	case entry.Lease:
-		out.State = "lease"
+		out.State = EntryLease
 	case entry.Tombstone:
-		out.State = "tombstone"
+		out.State = EntryTombstone
 	}
 	return out, nil
 }

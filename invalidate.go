@@ -8,6 +8,7 @@ import (
 	"gorm.io/gorm"
 
 	"github.com/gorm-writethrough/writethrough/internal/entry"
+	"github.com/gorm-writethrough/writethrough/internal/txhook"
 )
 
 // Invalidate removes the cached rows of model with the given primary keys,
@@ -33,7 +34,8 @@ import (
 // how the rows' keys are spelled there, and invalidates those keys too; a
 // row deleted by raw SQL is no longer there to read, so pass its key as it
 // was stored.
-func Invalidate(db *gorm.DB, model any, keys ...any) error {
+func Invalidate(db *gorm.DB, model any, keys ...any) (err error) {
+	defer recoverErr(&err, "invalidate")
 	p, err := pluginOf(db)
 	if err != nil {
 		return err
@@ -78,7 +80,7 @@ func Invalidate(db *gorm.DB, model any, keys ...any) error {
 	for _, t := range append(targets, more...) {
 		rkeys = append(rkeys, t.key)
 	}
-	if tx, inTx := txOf(db.Statement.ConnPool); inTx {
+	if tx, inTx := txhook.Of(db.Statement.ConnPool); inTx {
 		keys := make([]specKey, len(rkeys))
 		for i, k := range rkeys {
 			keys[i] = specKey{spec: spec, key: k}
@@ -95,15 +97,14 @@ func Invalidate(db *gorm.DB, model any, keys ...any) error {
 // when tx ends, committed or rolled back, and no reader fills them before.
 // A key Redis refused fails the call and the transaction (Strict), or is
 // recorded in the outbox in the same transaction (Soft).
-func (p *Plugin) stageInvalidations(db *gorm.DB, tx *hookTx, keys []specKey, what string) error {
+func (p *Plugin) stageInvalidations(db *gorm.DB, tx *txhook.Tx, keys []specKey, what string) error {
 	if len(keys) == 0 {
 		return nil
 	}
-	entries := make([]*staged, len(keys))
 	calls := make([]*entry.Call, len(keys))
 	for i, k := range keys {
-		entries[i] = tx.stage(k.spec, k.key)
-		calls[i] = p.prepareCall(k.spec, tx.token, k.key, 0, nil)
+		tx.Stage(k.spec, k.key)
+		calls[i] = p.prepareCall(k.spec, tx.Token(), k.key, 0, nil)
 	}
 	ctx, cancel := p.opCtx(db.Statement.Context)
 	defer cancel()
@@ -121,9 +122,10 @@ func (p *Plugin) stageInvalidations(db *gorm.DB, tx *hookTx, keys []specKey, wha
 		p.stats.prepareErrors.Add(1)
 		err = unavailable(what, err)
 		strict := keys[i].spec.mode == Strict
-		already := tx.markFailed(entries[i], strict, err)
+		already := tx.MarkFailed(c.Key)
 		switch {
 		case strict:
+			tx.Fail(err)
 			if strictErr == nil {
 				strictErr = err
 			}

@@ -54,7 +54,7 @@ func (p *Plugin) ensureDrainer() {
 	}
 	p.drainMu.Lock()
 	defer p.drainMu.Unlock()
-	if p.drainStarted.Load() || p.closed {
+	if p.drainStarted.Load() || p.gate.isClosed() {
 		return
 	}
 	ctx, cancel := context.WithCancel(context.Background())
@@ -108,15 +108,22 @@ func (p *Plugin) drainLoop(ctx context.Context) {
 	t := time.NewTicker(p.cfg.DrainInterval)
 	defer t.Stop()
 	for {
-		if _, err := p.Drain(ctx); err != nil && ctx.Err() == nil {
-			p.logf("writethrough: outbox drain failed; retrying", "err", err)
-		}
+		p.drainPass(ctx)
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
 		case <-p.wake:
 		}
+	}
+}
+
+// drainPass is one pass of the background drainer; a panic in it is
+// logged, and the drainer carries on.
+func (p *Plugin) drainPass(ctx context.Context) {
+	defer p.recoverLogged("outbox drain")
+	if _, err := p.Drain(ctx); err != nil && ctx.Err() == nil {
+		p.logf("writethrough: outbox drain failed; retrying", "err", err)
 	}
 }
 
@@ -182,23 +189,4 @@ func (p *Plugin) drainBatch(ctx context.Context) (int, error) {
 	p.suspects.drained(drained)
 	p.stats.drained.Add(uint64(n))
 	return n, nil
-}
-
-// Close waits for asynchronous finalizes and stops the outbox drainer. It
-// does not close the Redis client or the
-// database, which the caller owns. Records left in the outbox are drained by
-// the next process that starts the plugin.
-func (p *Plugin) Close() error {
-	p.inflight.Wait()
-	p.drainMu.Lock()
-	defer p.drainMu.Unlock()
-	if p.closed {
-		return nil
-	}
-	p.closed = true
-	if p.stopDrain != nil {
-		p.stopDrain()
-		<-p.drainDone
-	}
-	return nil
 }

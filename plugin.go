@@ -16,6 +16,7 @@ import (
 	"gorm.io/gorm/schema"
 
 	"github.com/gorm-writethrough/writethrough/internal/entry"
+	"github.com/gorm-writethrough/writethrough/internal/txhook"
 )
 
 // Mode says what a write does when Redis cannot take part in it.
@@ -245,13 +246,12 @@ type Plugin struct {
 	db           *gorm.DB // the registered database, for the outbox drainer
 	outboxOnce   sync.Once
 	drainStarted atomic.Bool
-	drainMu      sync.Mutex // protects stopDrain, drainDone, closed
+	drainMu      sync.Mutex // protects stopDrain, drainDone
 	stopDrain    context.CancelFunc
 	drainDone    chan struct{}
-	closed       bool
 	wake         chan struct{}
-	suspects     suspects       // keys in the outbox, read from the database meanwhile
-	inflight     sync.WaitGroup // asynchronous finalizes
+	suspects     suspects // keys in the outbox, read from the database meanwhile
+	gate         gate     // work Close waits for; closed by Close
 
 	stats counters
 }
@@ -265,6 +265,7 @@ const Name = "writethrough"
 // reported by db.Use.
 func New(rdb redis.UniversalClient, cfg Config) *Plugin {
 	p := &Plugin{rdb: rdb, inited: make(map[any]bool), wake: make(chan struct{}, 1)}
+	p.gate.idle = make(chan struct{})
 	p.cfg, p.cfgErr = cfg.withDefaults()
 	p.brk = &breaker{threshold: p.cfg.BreakerThreshold, cooldown: p.cfg.BreakerCooldown, now: time.Now}
 	p.ctxTimeout, p.timeoutWarning = deadlinePolicy(rdb, p.cfg.Timeout)
@@ -312,7 +313,7 @@ func (p *Plugin) Initialize(db *gorm.DB) error {
 	if p.timeoutWarning != "" {
 		p.logf(p.timeoutWarning)
 	}
-	p.wrapPool(db)
+	txhook.Install(db, txOwner{p})
 	if err := p.startOutbox(db); err != nil {
 		return err
 	}
@@ -332,6 +333,82 @@ func (p *Plugin) Initialize(db *gorm.DB) error {
 	}
 	return nil
 }
+
+// Close ends the plugin's background work and waits for the work in flight:
+// the finalizes of transactions that committed or rolled back before it
+// (with [Config.AsyncFinalize], those still running in the background), the
+// cached reads and fills that began before it, and the outbox drainer's
+// current pass. It does not close the Redis client or the database, which
+// the caller owns. Close is safe to call more than once and from several
+// goroutines; each call returns once everything above has ended. It must
+// not be called from code the plugin runs (a Scan method, a hook).
+//
+// After Close the database keeps working and the cache promises still hold:
+//   - Writes run the whole protocol, synchronously: a Commit returns only
+//     after its keys are finalized, even with AsyncFinalize. Keys Redis
+//     misses go to the outbox as before (a Strict write fails), but no
+//     drainer runs: they are invalidated by [Plugin.Drain], or by the next
+//     process that starts the plugin on the database.
+//   - Reads ([Cached], [Get], [GetMany], [Config.CacheReads]) go to the
+//     database and fill nothing.
+//   - [Invalidate], [Inspect] and [Plugin.Drain] work as before.
+//
+// So the caller may close the Redis client once Close has returned; writes
+// that then fail to reach it behave as with Redis down.
+func (p *Plugin) Close() error {
+	p.gate.close()
+	p.drainMu.Lock()
+	defer p.drainMu.Unlock()
+	if p.stopDrain != nil {
+		p.stopDrain()
+		<-p.drainDone
+		p.stopDrain = nil
+	}
+	return nil
+}
+
+// gate counts the work Close waits for, and refuses new work once Close has
+// begun. Entering never blocks, so work refused at Close takes its
+// documented path instead (a read goes to the database, a finalize runs in
+// the committing goroutine). Counting with atomics keeps reads off a shared
+// lock: closed is set before Close reads the count, and every enter adds to
+// the count before it reads closed, so an enter that Close did not count
+// sees closed and backs out.
+type gate struct {
+	active atomic.Int64  // work in flight, and enters backing out
+	closed atomic.Bool   // set once, by close
+	once   sync.Once     // closes idle
+	idle   chan struct{} // closed when closed is set and active reaches zero
+}
+
+// enter reports whether work may start; if so, the caller must call leave
+// when it ends.
+func (g *gate) enter() bool {
+	g.active.Add(1)
+	if g.closed.Load() {
+		g.leave()
+		return false
+	}
+	return true
+}
+
+// leave ends work that enter let start.
+func (g *gate) leave() {
+	if g.active.Add(-1) == 0 && g.closed.Load() {
+		g.once.Do(func() { close(g.idle) })
+	}
+}
+
+// close refuses new work and waits for the work in flight.
+func (g *gate) close() {
+	g.closed.Store(true)
+	if g.active.Load() == 0 {
+		g.once.Do(func() { close(g.idle) })
+	}
+	<-g.idle
+}
+
+func (g *gate) isClosed() bool { return g.closed.Load() }
 
 // Stats counts what the plugin did since it was created.
 type Stats struct {
@@ -392,14 +469,14 @@ func (p *Plugin) logf(msg string, args ...any) {
 // pluginOf returns the writethrough plugin registered on db.
 func pluginOf(db *gorm.DB) (*Plugin, error) {
 	if db == nil || db.Config == nil {
-		return nil, fmt.Errorf("writethrough: nil *gorm.DB")
+		return nil, fmt.Errorf("%w: the *gorm.DB is nil", ErrNotRegistered)
 	}
 	if pl, ok := db.Config.Plugins[Name]; ok {
 		if p, ok := pl.(*Plugin); ok {
 			return p, nil
 		}
 	}
-	return nil, fmt.Errorf("writethrough: plugin not registered on this *gorm.DB (call db.Use(writethrough.New(...)))")
+	return nil, fmt.Errorf("%w (call db.Use(writethrough.New(...)))", ErrNotRegistered)
 }
 
 // deadlinePolicy decides whether Redis calls need a context deadline to

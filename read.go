@@ -14,6 +14,8 @@ import (
 	"gorm.io/gorm/schema"
 
 	"github.com/gorm-writethrough/writethrough/internal/entry"
+	"github.com/gorm-writethrough/writethrough/internal/rowcodec"
+	"github.com/gorm-writethrough/writethrough/internal/txhook"
 )
 
 const (
@@ -96,6 +98,13 @@ func (p *Plugin) query(orig func(*gorm.DB)) func(*gorm.DB) {
 // true for a statement marked Cached, false for one that Config.CacheReads
 // brings here.
 func (p *Plugin) serve(db *gorm.DB, orig func(*gorm.DB), marked bool) {
+	if !p.gate.enter() {
+		// Closed: the database answers, and nothing is filled.
+		p.stats.bypasses.Add(1)
+		orig(db)
+		return
+	}
+	defer p.gate.leave()
 	p.ensureDrainer()
 	st := db.Statement
 	spec, err := p.specOf(st.Schema)
@@ -111,7 +120,7 @@ func (p *Plugin) serve(db *gorm.DB, orig func(*gorm.DB), marked bool) {
 		return
 	}
 	p.resolveKeys(db, spec) // canonical keys (canon.go)
-	plan, ok := p.plan(db, spec)
+	plan, ok := p.planSafe(db, spec)
 	if !ok {
 		p.stats.bypasses.Add(1)
 		orig(db)
@@ -124,7 +133,7 @@ func (p *Plugin) serve(db *gorm.DB, orig func(*gorm.DB), marked bool) {
 		orig(db)
 		return
 	}
-	if _, inTx := txOf(st.ConnPool); inTx {
+	if _, inTx := txhook.Of(st.ConnPool); inTx {
 		// A transaction may hold an old snapshot or its own uncommitted
 		// writes: read the database, never fill.
 		p.stats.misses.Add(1)
@@ -136,6 +145,20 @@ func (p *Plugin) serve(db *gorm.DB, orig func(*gorm.DB), marked bool) {
 		return
 	}
 	p.serveOne(db, plan, orig)
+}
+
+// planSafe is plan, with a panic in user code it runs (a key type's Value
+// or Scan method, while it builds the keys) taken as "not a lookup": GORM
+// then runs the statement, and that code, itself.
+func (p *Plugin) planSafe(db *gorm.DB, spec *modelSpec) (plan readPlan, ok bool) {
+	defer func() {
+		if r := recover(); r != nil {
+			p.logf("writethrough: recognising a cached read panicked; the statement runs in SQL",
+				"model", spec.name, "err", newPanicError("recognise a cached read", r))
+			plan, ok = readPlan{}, false
+		}
+	}()
+	return p.plan(db, spec)
 }
 
 // lookup is the outcome of reading one key.
@@ -248,10 +271,25 @@ func (p *Plugin) serveOne(db *gorm.DB, plan readPlan, orig func(*gorm.DB)) {
 		led = true
 		return p.load(db, spec, key, orig, res == lookEmpty), nil
 	})
+	lr, _ := v.(*loadResult)
 	if led {
+		// load returns panics instead of raising them, for singleflight
+		// would raise them in every reader waiting on the flight. The
+		// leader's own statement raises a panic of GORM's query (user code
+		// it ran: a Scan method) once, as GORM alone would have raised it;
+		// a panic of the plugin's own before the query ran fails the
+		// statement.
+		switch {
+		case lr == nil:
+		case lr.queryPanic != nil:
+			panic(lr.queryPanic)
+		case lr.internal != nil:
+			_ = db.AddError(lr.internal)
+		}
 		return
 	}
-	lr, _ := v.(*loadResult)
+	// A follower never raises its leader's panic: lr.failed sends it to
+	// the database on its own.
 	if lr != nil && !lr.failed && arrived < lr.readSeq {
 		// This read began before the shared database read did, so that read
 		// saw every write that committed before this one began.
@@ -303,11 +341,32 @@ type loadResult struct {
 	row     []byte
 	found   bool
 	failed  bool // the read failed or could not be shared: run your own
+
+	queryPanic *PanicError // GORM's query panicked: the leader re-raises it
+	internal   *PanicError // the plugin panicked before the query ran: the leader's statement fails
 }
 
 // load runs the leader's database read for one key under a lease, and fills
-// the key if the lease survived.
-func (p *Plugin) load(db *gorm.DB, spec *modelSpec, key string, orig func(*gorm.DB), tryLease bool) *loadResult {
+// the key if the lease survived. It never panics: it runs as a flight's
+// shared function, and returns panics in its result (see serveOne).
+func (p *Plugin) load(db *gorm.DB, spec *modelSpec, key string, orig func(*gorm.DB), tryLease bool) (lr *loadResult) {
+	queried := false
+	defer func() {
+		r := recover()
+		if r == nil {
+			return
+		}
+		pe := newPanicError("cached read", r)
+		if !queried {
+			lr = &loadResult{failed: true, internal: pe}
+			return
+		}
+		// The statement has its answer; only the fill is lost (the plugin's
+		// own work, or user code it runs on its own account: a key's Value
+		// method).
+		p.logf("writethrough: filling the cache panicked; the row is not cached", "key", key, "err", pe)
+		lr = &loadResult{failed: true}
+	}()
 	st := db.Statement
 	token := entry.NewToken()
 	leased := false
@@ -330,17 +389,23 @@ func (p *Plugin) load(db *gorm.DB, spec *modelSpec, key string, orig func(*gorm.
 		p.forceSource(db)
 	}
 	readSeq := p.readSeq.Add(1)
-	orig(db)
+	if pe := runQuery(db, orig); pe != nil {
+		return &loadResult{failed: true, queryPanic: pe}
+	}
+	queried = true
 	if db.Error != nil && !errors.Is(db.Error, gorm.ErrRecordNotFound) {
 		return &loadResult{failed: true}
 	}
 	rows := p.rowsOf(st)
-	lr := &loadResult{readSeq: readSeq}
+	lr = &loadResult{readSeq: readSeq}
 	switch len(rows) {
 	case 0:
 	case 1:
 		row, err := spec.codec.Append(nil, rows[0])
 		if err != nil || len(row) > p.cfg.MaxRowSize {
+			if err != nil && !errors.Is(err, rowcodec.ErrNoRoundTrip) {
+				p.logf("writethrough: row not cached", "key", key, "err", err)
+			}
 			return &loadResult{failed: true}
 		}
 		lr.row, lr.found = row, true
@@ -358,6 +423,18 @@ func (p *Plugin) load(db *gorm.DB, spec *modelSpec, key string, orig func(*gorm.
 		p.fill(st.Context, spec, key, token, lr.found, lr.row)
 	}
 	return lr
+}
+
+// runQuery runs GORM's query for a flight's leader and returns a panic in
+// it (user code GORM ran, such as a Scan method) instead of raising it.
+func runQuery(db *gorm.DB, orig func(*gorm.DB)) (pe *PanicError) {
+	defer func() {
+		if r := recover(); r != nil {
+			pe = newPanicError("the statement's query", r)
+		}
+	}()
+	orig(db)
+	return nil
 }
 
 // fill installs what a lease holder read, unless a write replaced the lease.
@@ -547,10 +624,19 @@ func (p *Plugin) serveMany(db *gorm.DB, plan readPlan, orig func(*gorm.DB)) {
 		p.forceSource(db)
 		p.at("read:after-lease", plan.keys[empty[0]])
 	}
-	orig(db)
+	orig(db) // a panic here is GORM's (a Scan method) and propagates; the leases expire
 	if db.Error != nil || len(leased) == 0 {
 		return
 	}
+	p.fillMany(db, spec, token, leased)
+}
+
+// fillMany fills the keys a read of several keys leased with the rows its
+// query returned. A panic in it (the plugin's, or user code it runs on its
+// own account, such as a key's Value method) costs the fill only.
+func (p *Plugin) fillMany(db *gorm.DB, spec *modelSpec, token string, leased map[string]bool) {
+	defer p.recoverLogged("fill after a read of several keys")
+	st := db.Statement
 	var calls []*entry.Call
 	for _, rv := range p.rowsOf(st) {
 		key, ok := spec.keys.RowKey(st.Context, rv)
@@ -560,6 +646,9 @@ func (p *Plugin) serveMany(db *gorm.DB, plan readPlan, orig func(*gorm.DB)) {
 		delete(leased, key)
 		row, err := spec.codec.Append(nil, rv)
 		if err != nil || len(row) > p.cfg.MaxRowSize {
+			if err != nil && !errors.Is(err, rowcodec.ErrNoRoundTrip) {
+				p.logf("writethrough: row not cached", "key", key, "err", err)
+			}
 			continue
 		}
 		calls = append(calls, p.fillCall(spec, key, token, true, row))

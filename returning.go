@@ -4,15 +4,14 @@ import (
 	"context"
 	"database/sql"
 	"database/sql/driver"
-	"errors"
 	"fmt"
-	"io"
 	"reflect"
 	"strings"
-	"sync"
 
 	"gorm.io/gorm"
 	"gorm.io/gorm/clause"
+
+	"github.com/gorm-writethrough/writethrough/internal/rowbuf"
 )
 
 // A bulk Update or Delete (no primary key in its model) names its rows only
@@ -124,12 +123,12 @@ func (r *returningPool) QueryContext(ctx context.Context, query string, args ...
 	if err != nil {
 		return nil, err
 	}
-	return bufferedRows(ctx, buf)
+	return buf.Rows(ctx)
 }
 
 // buffer reads every row, keeps the appended key columns as model values
 // and the caller's columns as the driver gave them.
-func (r *returningPool) buffer(ctx context.Context, rows *sql.Rows) (*rowBuffer, error) {
+func (r *returningPool) buffer(ctx context.Context, rows *sql.Rows) (*rowbuf.Buffer, error) {
 	defer rows.Close()
 	cols, err := rows.Columns()
 	if err != nil {
@@ -144,7 +143,7 @@ func (r *returningPool) buffer(ctx context.Context, rows *sql.Rows) (*rowBuffer,
 	if user < 0 {
 		return nil, fmt.Errorf("writethrough: RETURNING gave %d columns, fewer than the %d keys", len(cols), n)
 	}
-	buf := &rowBuffer{cols: cols[:user], types: types[:user]}
+	buf := &rowbuf.Buffer{Columns: rowbuf.ColumnsOf(types[:user])}
 	for rows.Next() {
 		vals := make([]any, user)
 		dest := make([]any, len(cols))
@@ -163,7 +162,7 @@ func (r *returningPool) buffer(ctx context.Context, rows *sql.Rows) (*rowBuffer,
 		for i, v := range vals {
 			row[i] = v
 		}
-		buf.rows = append(buf.rows, row)
+		buf.Values = append(buf.Values, row)
 	}
 	if err := rows.Err(); err != nil {
 		return nil, err
@@ -220,89 +219,4 @@ func containsString(list []string, s string) bool {
 		}
 	}
 	return false
-}
-
-// rowBuffer is a result set read ahead: the caller's columns, their types
-// and values as the driver produced them.
-type rowBuffer struct {
-	cols  []string
-	types []*sql.ColumnType
-	rows  [][]driver.Value
-}
-
-// bufferedRows hands buf out as a *sql.Rows. database/sql builds *sql.Rows
-// only from a driver, so a private driver serves the buffer back: the
-// caller's Scan converts the same driver values and sees the same column
-// types as it would have on the real rows.
-func bufferedRows(ctx context.Context, buf *rowBuffer) (*sql.Rows, error) {
-	return bufDB().QueryContext(ctx, "", buf)
-}
-
-var bufDB = sync.OnceValue(func() *sql.DB {
-	db := sql.OpenDB(bufConnector{})
-	db.SetMaxIdleConns(4)
-	return db
-})
-
-type bufConnector struct{}
-
-func (bufConnector) Connect(context.Context) (driver.Conn, error) { return bufConn{}, nil }
-func (bufConnector) Driver() driver.Driver                        { return bufDriver{} }
-
-type bufDriver struct{}
-
-func (bufDriver) Open(string) (driver.Conn, error) { return bufConn{}, nil }
-
-var errBufOnly = errors.New("writethrough: internal row buffer only serves buffered rows")
-
-// bufConn serves a *rowBuffer passed as the query's only argument.
-type bufConn struct{}
-
-func (bufConn) Prepare(string) (driver.Stmt, error) { return nil, errBufOnly }
-func (bufConn) Close() error                        { return nil }
-func (bufConn) Begin() (driver.Tx, error)           { return nil, errBufOnly }
-
-// CheckNamedValue lets the *rowBuffer through database/sql unconverted.
-func (bufConn) CheckNamedValue(*driver.NamedValue) error { return nil }
-
-func (bufConn) QueryContext(_ context.Context, _ string, args []driver.NamedValue) (driver.Rows, error) {
-	if len(args) != 1 {
-		return nil, errBufOnly
-	}
-	buf, ok := args[0].Value.(*rowBuffer)
-	if !ok {
-		return nil, errBufOnly
-	}
-	return &bufRows{buf: buf}, nil
-}
-
-// bufRows implements driver.Rows and the column-type interfaces over a
-// rowBuffer, answering what the real driver answered.
-type bufRows struct {
-	buf  *rowBuffer
-	next int
-}
-
-func (r *bufRows) Columns() []string { return r.buf.cols }
-func (r *bufRows) Close() error      { return nil }
-
-func (r *bufRows) Next(dest []driver.Value) error {
-	if r.next >= len(r.buf.rows) {
-		return io.EOF
-	}
-	copy(dest, r.buf.rows[r.next])
-	r.next++
-	return nil
-}
-
-func (r *bufRows) ColumnTypeScanType(i int) reflect.Type { return r.buf.types[i].ScanType() }
-func (r *bufRows) ColumnTypeDatabaseTypeName(i int) string {
-	return r.buf.types[i].DatabaseTypeName()
-}
-func (r *bufRows) ColumnTypeLength(i int) (int64, bool) { return r.buf.types[i].Length() }
-func (r *bufRows) ColumnTypeNullable(i int) (bool, bool) {
-	return r.buf.types[i].Nullable()
-}
-func (r *bufRows) ColumnTypePrecisionScale(i int) (int64, int64, bool) {
-	return r.buf.types[i].DecimalSize()
 }

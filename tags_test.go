@@ -153,7 +153,7 @@ func TestTagOnEmbeddedGormModelTakesEffect(t *testing.T) {
 	assert.LessOrEqual(t, d.Minutes(), 11.0)
 	got, err := writethrough.Inspect(context.Background(), e.db, &gmNested{}, row.ID)
 	require.NoError(t, err)
-	assert.Equal(t, "committed", got.State)
+	assert.Equal(t, writethrough.EntryCommitted, got.State)
 }
 
 // Many2many: GORM generates a join model that copies both sides' key

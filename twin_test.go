@@ -180,7 +180,7 @@ func (tw *twin) settled(t testing.TB) int {
 			known[en.Key] = true
 			deleted := softDeleted(sch, row)
 			switch en.State {
-			case "committed":
+			case writethrough.EntryCommitted:
 				compared++
 				if deleted {
 					t.Errorf("P3: %s holds a soft-deleted row", en.Key)
@@ -189,11 +189,11 @@ func (tw *twin) settled(t testing.TB) int {
 				if diff := rowDiff(sch, row, reflect.ValueOf(en.Row).Elem()); diff != "" {
 					t.Errorf("P3: %s differs from the database: %s", en.Key, diff)
 				}
-			case "tombstone":
+			case writethrough.EntryTombstone:
 				if !deleted {
 					t.Errorf("P3: %s is a tombstone but the row exists", en.Key)
 				}
-			case "pending":
+			case writethrough.EntryPending:
 				t.Errorf("P3: %s is still pending at rest", en.Key)
 			}
 		}

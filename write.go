@@ -12,6 +12,7 @@ import (
 	"gorm.io/gorm/schema"
 
 	"github.com/gorm-writethrough/writethrough/internal/entry"
+	"github.com/gorm-writethrough/writethrough/internal/txhook"
 )
 
 // The write protocol (docs/design.md, "Writes"):
@@ -72,7 +73,7 @@ type target struct {
 
 func (p *Plugin) beforeWrite(kind writeKind) func(*gorm.DB) {
 	return func(db *gorm.DB) {
-		defer p.recoverInto(db)
+		defer p.recoverInto(db, kind)
 		if db.Error != nil || db.DryRun {
 			return
 		}
@@ -163,7 +164,7 @@ func (p *Plugin) beforeWrite(kind writeKind) func(*gorm.DB) {
 			}
 			ws.ret = r
 		}
-		if _, inTx := txOf(db.Statement.ConnPool); inTx || len(targets) == 0 {
+		if _, inTx := txhook.Of(db.Statement.ConnPool); inTx || len(targets) == 0 {
 			return
 		}
 		// No transaction: make the keys pending before the statement, so that
@@ -199,7 +200,7 @@ func (p *Plugin) beforeWrite(kind writeKind) func(*gorm.DB) {
 
 func (p *Plugin) afterWrite(kind writeKind) func(*gorm.DB) {
 	return func(db *gorm.DB) {
-		defer p.recoverInto(db)
+		defer p.recoverInto(db, kind)
 		var ws *writeState
 		if v, ok := db.InstanceGet(stateKey); ok {
 			ws, _ = v.(*writeState)
@@ -211,7 +212,7 @@ func (p *Plugin) afterWrite(kind writeKind) func(*gorm.DB) {
 		if db.DryRun {
 			return
 		}
-		tx, inTx := txOf(db.Statement.ConnPool)
+		tx, inTx := txhook.Of(db.Statement.ConnPool)
 		p.endCascade(db, ws, tx, inTx)
 		spec := ws.spec
 		if spec == nil {
@@ -284,7 +285,7 @@ func (p *Plugin) afterWrite(kind writeKind) func(*gorm.DB) {
 // templates may differ from the written model's, and an entry one of them
 // filled would otherwise stay. A key string the written model staged
 // itself is left to it.
-func (p *Plugin) invalidateShared(db *gorm.DB, ws *writeState, tx *hookTx, inTx bool, targets []target) {
+func (p *Plugin) invalidateShared(db *gorm.DB, ws *writeState, tx *txhook.Tx, inTx bool, targets []target) {
 	if len(ws.shared) == 0 || len(targets) == 0 {
 		return
 	}
@@ -311,7 +312,7 @@ func (p *Plugin) invalidateShared(db *gorm.DB, ws *writeState, tx *hookTx, inTx 
 	case tx != nil:
 		if err := p.stageInvalidations(db, tx, keys, "invalidate shared table"); err != nil {
 			_ = db.AddError(err)
-			tx.fail(err)
+			tx.Fail(err)
 		}
 	case inTx:
 		if err := p.pendForeign(ctx, keys, "invalidate shared table"); err != nil {
@@ -333,14 +334,14 @@ func (p *Plugin) invalidateShared(db *gorm.DB, ws *writeState, tx *hookTx, inTx 
 // statement that wrote more parent rows than were locked fails (their
 // children were not named); without a transaction the pending child keys
 // are deleted now.
-func (p *Plugin) endCascade(db *gorm.DB, ws *writeState, tx *hookTx, inTx bool) {
+func (p *Plugin) endCascade(db *gorm.DB, ws *writeState, tx *txhook.Tx, inTx bool) {
 	if ws.cascadeParents >= 0 && db.Error == nil && db.RowsAffected > int64(ws.cascadeParents) {
 		err := fmt.Errorf("%w: the statement wrote %d rows of %s but locked %d to find the rows its foreign keys cascade to (rows began to match meanwhile); retry",
 			ErrUnsupported, db.RowsAffected, db.Statement.Table, ws.cascadeParents)
 		if inTx {
 			_ = db.AddError(err)
 			if tx != nil {
-				tx.fail(err)
+				tx.Fail(err)
 			}
 		} else {
 			p.logf("writethrough: cascaded rows may stay cached until their TTL", "err", err)
@@ -547,10 +548,18 @@ func dedupe(ts []target) []target {
 // reread loads the rows of targets as the database has them now, on the
 // statement's own connection (inside its transaction, when there is one),
 // and fills in each target's intent and row.
-func (p *Plugin) reread(db *gorm.DB, spec *modelSpec, targets []target) error {
+//
+// The re-read runs the model's Scan methods where GORM alone would not; a
+// panic in one is returned as a *PanicError, a failed re-read like any other.
+func (p *Plugin) reread(db *gorm.DB, spec *modelSpec, targets []target) (err error) {
 	if spec.aside {
 		return nil // aside: writes only invalidate
 	}
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("writethrough: re-read %s after write: %w", spec.name, newPanicError("re-read after write", r))
+		}
+	}()
 	rows, err := rowsByKey(db, spec, targets, false)
 	if err != nil {
 		return fmt.Errorf("writethrough: re-read %s after write: %w", spec.name, err)
@@ -644,7 +653,7 @@ func schemaToQueryValues(table string, names []string, pks [][]any) (any, []any)
 // stageTx prepares every target inside the transaction. Strict: a failure
 // fails the statement and the transaction cannot commit. Soft: the key is
 // only invalidated after the transaction.
-func (p *Plugin) stageTx(db *gorm.DB, spec *modelSpec, kind writeKind, tx *hookTx, targets []target, affected int64, install bool) {
+func (p *Plugin) stageTx(db *gorm.DB, spec *modelSpec, kind writeKind, tx *txhook.Tx, targets []target, affected int64, install bool) {
 	if len(targets) == 0 {
 		return
 	}
@@ -661,6 +670,7 @@ func (p *Plugin) stageTx(db *gorm.DB, spec *modelSpec, kind writeKind, tx *hookT
 			_ = db.AddError(err)
 			return
 		}
+		p.logf("writethrough: re-read failed; keys invalidated", "model", spec.name, "err", err)
 		for i := range targets {
 			targets[i].intent, targets[i].row = 0, nil
 		}
@@ -674,24 +684,24 @@ func (p *Plugin) stageTx(db *gorm.DB, spec *modelSpec, kind writeKind, tx *hookT
 		}
 	}
 	p.at("write:after-reread", targets[0].key)
-	entries := make([]*staged, len(targets))
 	calls := make([]*entry.Call, len(targets))
 	for i, t := range targets {
-		entries[i] = tx.stage(spec, t.key)
-		calls[i] = p.prepareCall(spec, tx.token, t.key, t.intent, t.row)
+		tx.Stage(spec, t.key)
+		calls[i] = p.prepareCall(spec, tx.Token(), t.key, t.intent, t.row)
 	}
 	ctx, cancel := p.opCtx(db.Statement.Context)
 	defer cancel()
 	p.run(ctx, calls)
 	var failed []string
-	for i, c := range calls {
+	for _, c := range calls {
 		p.stats.prepares.Add(1)
 		p.flights.Forget(c.Key)
 		if err := prepareErr(c); err != nil {
 			p.stats.prepareErrors.Add(1)
 			err = unavailable("prepare "+kind.String(), err)
-			already := tx.markFailed(entries[i], spec.mode == Strict, err)
+			already := tx.MarkFailed(c.Key)
 			if spec.mode == Strict {
+				tx.Fail(err)
 				_ = db.AddError(err)
 			} else if !already {
 				p.logf("writethrough: prepare failed; the key goes to the outbox", "key", c.Key, "err", err)
@@ -739,6 +749,9 @@ func (p *Plugin) stageForeign(db *gorm.DB, spec *modelSpec, kind writeKind, targ
 func (p *Plugin) stageAutocommit(db *gorm.DB, spec *modelSpec, kind writeKind, ws *writeState, targets []target) {
 	if len(targets) == 0 {
 		return
+	}
+	if p.gate.enter() { // Close waits for this finalize
+		defer p.gate.leave()
 	}
 	token := ws.token
 	if token == "" {
@@ -812,31 +825,90 @@ func (p *Plugin) releaseKeys(ctx context.Context, token string, keys []string) {
 	p.run(ctx, calls)
 }
 
+// txOwner is the plugin as the transaction wrapper (internal/txhook) sees
+// it: a transaction the plugin's pool began reports here how it ended.
+type txOwner struct{ p *Plugin }
+
+// Committing implements txhook.Owner.
+func (o txOwner) Committing(firstKey string) { o.p.at("tx:before-commit", firstKey) }
+
+// End implements txhook.Owner: it settles the suspect marks of the keys
+// whose outbox records the transaction wrote, then finalizes every key it
+// staged, in the background with Config.AsyncFinalize.
+func (o txOwner) End(ctx context.Context, token string, staged []txhook.Staged, outcome txhook.Outcome) {
+	p := o.p
+	switch outcome {
+	case txhook.CommitFailed:
+		// The outbox records may or may not have committed: keep reading
+		// those keys from the database for a while, not forever.
+		p.suspects.expire(failedKeys(staged), p.cfg.PendingTTL)
+	case txhook.RolledBack:
+		// The records rolled back with the transaction.
+		p.suspects.unmark(failedKeys(staged))
+	}
+	// An error from COMMIT may hide a commit that happened: the keys are
+	// released and deleted, never installed.
+	committed := outcome == txhook.Committed
+	// Close waits for the finalizes it counts; once it has begun, a
+	// finalize runs here, uncounted, before Commit returns.
+	counted := p.gate.enter()
+	if counted && p.cfg.AsyncFinalize {
+		// Readers of a pending key already go to the database, so the
+		// caller need not wait for the install. Forget the flights now, so
+		// that reads starting after Commit returns never join older loads.
+		for _, s := range staged {
+			p.flights.Forget(s.Key)
+		}
+		go func() {
+			defer p.gate.leave()
+			defer p.recoverLogged("asynchronous finalize")
+			p.finalize(ctx, token, staged, committed)
+		}()
+		return
+	}
+	if counted {
+		defer p.gate.leave()
+	}
+	p.finalize(ctx, token, staged, committed)
+}
+
+// failedKeys lists the staged keys whose prepare failed (Soft: in the
+// outbox).
+func failedKeys(staged []txhook.Staged) []string {
+	var keys []string
+	for _, s := range staged {
+		if s.Failed {
+			keys = append(keys, s.Key)
+		}
+	}
+	return keys
+}
+
 // finalize ends a transaction's part in each key it staged. committed is
 // true only when COMMIT returned success.
-func (p *Plugin) finalize(parent context.Context, token string, entries []*staged, committed bool) {
-	for _, e := range entries {
-		p.flights.Forget(e.key)
+func (p *Plugin) finalize(parent context.Context, token string, staged []txhook.Staged, committed bool) {
+	for _, s := range staged {
+		p.flights.Forget(s.Key)
 	}
-	p.at("write:before-finalize", entries[0].key)
+	p.at("write:before-finalize", staged[0].Key)
 	ctx, cancel := p.opCtx(parent)
 	defer cancel()
-	calls := make([]*entry.Call, len(entries))
-	for i, e := range entries {
+	calls := make([]*entry.Call, len(staged))
+	for i, s := range staged {
 		mode := entry.NeverInstall
-		if committed && e.valid && !e.failed {
+		if committed && s.Valid && !s.Failed {
 			mode = entry.InstallStaged
 		}
-		calls[i] = entry.Finalize(e.key, token, mode, p.entryTTL(e.spec), p.cfg.NegativeTTL)
+		calls[i] = entry.Finalize(s.Key, token, mode, p.entryTTL(s.Model.(*modelSpec)), p.cfg.NegativeTTL)
 	}
 	p.run(ctx, calls)
 	var missed []string
-	for _, c := range calls {
+	for i, c := range calls {
 		p.stats.finalizes.Add(1)
 		if c.Err != nil {
 			p.stats.finalizeErrors.Add(1)
 			p.logf("writethrough: finalize failed", "key", c.Key, "err", c.Err)
-			if e := byKey(entries, c.Key); e != nil && !e.failed {
+			if !staged[i].Failed {
 				missed = append(missed, c.Key) // failed ones are in the outbox already
 			}
 		}
@@ -846,7 +918,7 @@ func (p *Plugin) finalize(parent context.Context, token string, entries []*stage
 		// expire on its own, but the outbox deletes it as soon as Redis answers.
 		p.recordAfterCommit(parent, missed)
 	}
-	p.at("write:after-finalize", entries[0].key)
+	p.at("write:after-finalize", staged[0].Key)
 }
 
 func (p *Plugin) prepareCall(spec *modelSpec, token, key string, intent entry.Flags, row []byte) *entry.Call {
@@ -916,19 +988,12 @@ func jittered(ttl time.Duration, pct int) time.Duration {
 	return d
 }
 
-// recoverInto turns a panic inside a plugin callback into a statement error,
-// so that GORM's implicit transaction is still rolled back.
-func (p *Plugin) recoverInto(db *gorm.DB) {
+// recoverInto, deferred in a write callback, turns a panic in it (the
+// plugin's own code, or user code it runs on its own account: a key's Value
+// method while it reads keys) into a *PanicError on the statement, so that
+// GORM's implicit transaction is still rolled back.
+func (p *Plugin) recoverInto(db *gorm.DB, kind writeKind) {
 	if r := recover(); r != nil {
-		_ = db.AddError(fmt.Errorf("writethrough: internal error: %v", r))
+		_ = db.AddError(newPanicError(kind.String()+" callback", r))
 	}
-}
-
-func byKey(entries []*staged, key string) *staged {
-	for _, e := range entries {
-		if e.key == key {
-			return e
-		}
-	}
-	return nil
 }

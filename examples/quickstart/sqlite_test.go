@@ -49,7 +49,7 @@ func TestSQLiteWritePaths(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				return e.State
+				return e.State.String()
 			}
 			// cachedBalance returns the cached balance, or want when the key
 			// is absent and absence is allowed: without a transaction, keys
@@ -60,10 +60,10 @@ func TestSQLiteWritePaths(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				if skip && e.State == "absent" {
+				if skip && e.State == writethrough.EntryAbsent {
 					return want
 				}
-				if e.State != "committed" {
+				if e.State != writethrough.EntryCommitted {
 					t.Fatalf("user %d: want a committed entry, got %q", id, e.State)
 				}
 				return e.Row.(*User).Balance

@@ -285,29 +285,3 @@ func pluginOf(db *gorm.DB) (*Plugin, error) {
 	}
 	return nil, fmt.Errorf("%w (call db.Use(writethrough.New(...)))", ErrNotRegistered)
 }
-
-// deadlinePolicy decides whether Redis calls need a context deadline to
-// honour Config.Timeout, and explains when they cannot honour it.
-func deadlinePolicy(rdb redis.UniversalClient, timeout time.Duration) (bool, string) {
-	var enabled bool
-	var rt, wt time.Duration
-	switch c := rdb.(type) {
-	case *redis.Client:
-		o := c.Options()
-		enabled, rt, wt = o.ContextTimeoutEnabled, o.ReadTimeout, o.WriteTimeout
-	case *redis.ClusterClient:
-		o := c.Options()
-		enabled, rt, wt = o.ContextTimeoutEnabled, o.ReadTimeout, o.WriteTimeout
-	default:
-		return true, ""
-	}
-	within := rt > 0 && rt <= timeout && wt > 0 && wt <= timeout
-	switch {
-	case within:
-		return false, ""
-	case !enabled:
-		return false, fmt.Sprintf("writethrough: the Redis client ignores context deadlines (ContextTimeoutEnabled is false), "+
-			"so Redis calls are bounded by its ReadTimeout %s and WriteTimeout %s rather than Config.Timeout %s", rt, wt, timeout)
-	}
-	return true, ""
-}

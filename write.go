@@ -62,7 +62,7 @@ type writeState struct {
 
 func (p *Plugin) beforeWrite(kind writeKind) func(*gorm.DB) {
 	return func(db *gorm.DB) {
-		defer p.recoverInto(db, kind)
+		defer recoverInto(db, kind)
 		if db.Error != nil || db.DryRun {
 			return
 		}
@@ -102,7 +102,7 @@ func (p *Plugin) beforeWrite(kind writeKind) func(*gorm.DB) {
 			return
 		}
 		p.resolveKeys(db, spec)
-		targets := p.writtenRows(db, spec, kind)
+		targets := writtenRows(db, spec, kind)
 		switch kind {
 		case kindUpdate:
 			// A primary-key change: name the keys before and after.
@@ -189,7 +189,7 @@ func (p *Plugin) beforeWrite(kind writeKind) func(*gorm.DB) {
 
 func (p *Plugin) afterWrite(kind writeKind) func(*gorm.DB) {
 	return func(db *gorm.DB) {
-		defer p.recoverInto(db, kind)
+		defer recoverInto(db, kind)
 		var ws *writeState
 		if v, ok := db.InstanceGet(stateKey); ok {
 			ws, _ = v.(*writeState)
@@ -226,7 +226,7 @@ func (p *Plugin) afterWrite(kind writeKind) func(*gorm.DB) {
 			}
 			return
 		}
-		targets := p.writtenRows(db, spec, kind)
+		targets := writtenRows(db, spec, kind)
 		affected := db.RowsAffected
 		if r := ws.ret; r != nil {
 			if !r.ran && db.RowsAffected > 0 {
@@ -406,16 +406,16 @@ func upsertMayMatch(st *gorm.Statement, spec *modelSpec) bool {
 // writtenRows is targetsOf for a statement of kind: the map of an update or a
 // delete without a model (db.Table("t").Updates(map...)) is what it
 // assigns, not a row.
-func (p *Plugin) writtenRows(db *gorm.DB, spec *modelSpec, kind writeKind) []target {
+func writtenRows(db *gorm.DB, spec *modelSpec, kind writeKind) []target {
 	if kind != kindCreate && db.Statement.Schema == nil {
 		return nil
 	}
-	return p.targetsOf(db, spec)
+	return targetsOf(db, spec)
 }
 
 // targetsOf returns the rows named by the statement's model or destination:
 // a struct, a slice of structs, or maps (Create with a map).
-func (p *Plugin) targetsOf(db *gorm.DB, spec *modelSpec) []target {
+func targetsOf(db *gorm.DB, spec *modelSpec) []target {
 	st := db.Statement
 	var other *schema.Schema // a struct of another type written into spec's table
 	if st.Schema != nil && st.Schema.ModelType != spec.sch.ModelType {
@@ -775,7 +775,7 @@ func (p *Plugin) finalize(parent context.Context, token string, staged []txhook.
 // plugin's own code, or user code it runs on its own account: a key's Value
 // method while it reads keys) into a *PanicError on the statement, so that
 // GORM's implicit transaction is still rolled back.
-func (p *Plugin) recoverInto(db *gorm.DB, kind writeKind) {
+func recoverInto(db *gorm.DB, kind writeKind) {
 	if r := recover(); r != nil {
 		_ = db.AddError(newPanicError(kind.String()+" callback", r))
 	}

@@ -8,8 +8,6 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
-
-	"github.com/gorm-writethrough/writethrough/internal/entry"
 )
 
 // BreakerState is the state of the plugin's circuit breaker.
@@ -117,12 +115,6 @@ func (b *breaker) current() BreakerState {
 	return b.state
 }
 
-// errOwnTimeout is the cause of the contexts that bound Redis calls by
-// Config.Timeout (see opCtx and readCtx): when one ends, Redis was too slow,
-// which counts against the breaker. A context that ended for any other cause
-// ended because the caller cancelled it or its own deadline passed.
-var errOwnTimeout = errors.New("writethrough: Redis call exceeded Config.Timeout")
-
 // callOutcome is what one Redis call tells the breaker about Redis.
 type callOutcome int
 
@@ -160,33 +152,4 @@ func connectionError(err error) bool {
 	}
 	var reply redis.Error
 	return !errors.As(err, &reply)
-}
-
-// run runs script calls through the breaker.
-func (p *Plugin) run(ctx context.Context, calls []*entry.Call) {
-	if !p.brk.allow() {
-		for _, c := range calls {
-			c.Err = errBreakerOpen
-		}
-		return
-	}
-	p.scripts.Run(ctx, p.rdb, calls)
-	var failed error
-	for _, c := range calls {
-		if connectionError(c.Err) {
-			failed = c.Err
-			break
-		}
-	}
-	p.brk.record(ctx, failed)
-}
-
-// redisCall wraps one Redis operation, run with ctx, with the breaker.
-func (p *Plugin) redisCall(ctx context.Context, fn func() error) error {
-	if !p.brk.allow() {
-		return errBreakerOpen
-	}
-	err := fn()
-	p.brk.record(ctx, err)
-	return err
 }

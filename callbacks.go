@@ -8,6 +8,22 @@ import (
 	"github.com/gorm-writethrough/writethrough/internal/txhook"
 )
 
+// registerer is where a callback goes in one of GORM's chains: what
+// db.Callback().Create().Before(...) and its kind return.
+type registerer interface {
+	Register(name string, fn func(*gorm.DB)) error
+}
+
+// replacing registers by replacing the callback of that name.
+type replacing struct {
+	p interface {
+		Replace(name string, fn func(*gorm.DB)) error
+	}
+}
+
+// Register replaces the callback name with fn.
+func (r replacing) Register(name string, fn func(*gorm.DB)) error { return r.p.Replace(name, fn) }
+
 // registerCallbacks hooks the plugin into GORM's chains. Write callbacks run
 // after the model's After* hooks and before GORM commits its implicit
 // transaction; the query callback decorates gorm:query.
@@ -17,58 +33,28 @@ func (p *Plugin) registerCallbacks(db *gorm.DB) error {
 	if orig == nil {
 		return fmt.Errorf("gorm:query callback not found")
 	}
-	regs := []struct {
+	hooks := []struct {
 		name string
-		reg  func() error
+		at   registerer
+		fn   func(*gorm.DB)
 	}{
-		{"bind_create", func() error {
-			return cb.Create().Before("gorm:begin_transaction").Register(Name+":bind_create", p.bind)
-		}},
-		{"bind_update", func() error {
-			return cb.Update().Before("gorm:begin_transaction").Register(Name+":bind_update", p.bind)
-		}},
-		{"bind_delete", func() error {
-			return cb.Delete().Before("gorm:begin_transaction").Register(Name+":bind_delete", p.bind)
-		}},
-		{"before_create", func() error {
-			return cb.Create().Before("gorm:create").Register(Name+":before_create", p.beforeWrite(kindCreate))
-		}},
-		{"after_create", func() error {
-			return cb.Create().After("gorm:after_create").Before("gorm:commit_or_rollback_transaction").
-				Register(Name+":after_create", p.afterWrite(kindCreate))
-		}},
-		{"before_update", func() error {
-			return cb.Update().Before("gorm:update").Register(Name+":before_update", p.beforeWrite(kindUpdate))
-		}},
-		{"after_update", func() error {
-			return cb.Update().After("gorm:after_update").Before("gorm:commit_or_rollback_transaction").
-				Register(Name+":after_update", p.afterWrite(kindUpdate))
-		}},
-		{"returned_update", func() error {
-			return cb.Update().After("gorm:update").Before("gorm:save_after_associations").
-				Register(Name+":returned_update", restoreReturning)
-		}},
-		{"before_delete", func() error {
-			return cb.Delete().Before("gorm:delete").Register(Name+":before_delete", p.beforeWrite(kindDelete))
-		}},
-		{"returned_delete", func() error {
-			return cb.Delete().After("gorm:delete").Before("gorm:after_delete").
-				Register(Name+":returned_delete", restoreReturning)
-		}},
-		{"after_delete", func() error {
-			return cb.Delete().After("gorm:after_delete").Before("gorm:commit_or_rollback_transaction").
-				Register(Name+":after_delete", p.afterWrite(kindDelete))
-		}},
-		{"savepoint", func() error {
-			return cb.Raw().Before("gorm:raw").Register(Name+":savepoint", p.sniffRaw)
-		}},
-		{"query", func() error {
-			return cb.Query().Replace("gorm:query", p.query(orig))
-		}},
+		{Name + ":bind_create", cb.Create().Before("gorm:begin_transaction"), p.bind},
+		{Name + ":bind_update", cb.Update().Before("gorm:begin_transaction"), p.bind},
+		{Name + ":bind_delete", cb.Delete().Before("gorm:begin_transaction"), p.bind},
+		{Name + ":before_create", cb.Create().Before("gorm:create"), p.beforeWrite(kindCreate)},
+		{Name + ":after_create", cb.Create().After("gorm:after_create").Before("gorm:commit_or_rollback_transaction"), p.afterWrite(kindCreate)},
+		{Name + ":before_update", cb.Update().Before("gorm:update"), p.beforeWrite(kindUpdate)},
+		{Name + ":after_update", cb.Update().After("gorm:after_update").Before("gorm:commit_or_rollback_transaction"), p.afterWrite(kindUpdate)},
+		{Name + ":returned_update", cb.Update().After("gorm:update").Before("gorm:save_after_associations"), restoreReturning},
+		{Name + ":before_delete", cb.Delete().Before("gorm:delete"), p.beforeWrite(kindDelete)},
+		{Name + ":returned_delete", cb.Delete().After("gorm:delete").Before("gorm:after_delete"), restoreReturning},
+		{Name + ":after_delete", cb.Delete().After("gorm:after_delete").Before("gorm:commit_or_rollback_transaction"), p.afterWrite(kindDelete)},
+		{Name + ":savepoint", cb.Raw().Before("gorm:raw"), sniffRaw},
+		{"gorm:query", replacing{cb.Query()}, p.query(orig)},
 	}
-	for _, r := range regs {
-		if err := r.reg(); err != nil {
-			return fmt.Errorf("%s: %w", r.name, err)
+	for _, h := range hooks {
+		if err := h.at.Register(h.name, h.fn); err != nil {
+			return fmt.Errorf("%s: %w", h.name, err)
 		}
 	}
 	return nil
@@ -83,7 +69,7 @@ func (p *Plugin) bind(db *gorm.DB) {
 // sniffRaw follows savepoints that a user's own tx.Exec sends through
 // GORM's prepared-statement transaction, which bypasses the wrapped
 // transaction's ExecContext.
-func (p *Plugin) sniffRaw(db *gorm.DB) {
+func sniffRaw(db *gorm.DB) {
 	if db.DryRun || db.Error != nil {
 		return
 	}

@@ -28,7 +28,7 @@ func (p *Plugin) resolveKeys(db *gorm.DB, s *modelSpec) {
 // write must invalidate those keys, whatever spelling it was given. It reads
 // on the statement's connection (inside its transaction), before the
 // statement runs, so that a delete still finds its rows.
-func (p *Plugin) canonicalTargets(db *gorm.DB, s *modelSpec, targets []target) ([]target, error) {
+func canonicalTargets(db *gorm.DB, s *modelSpec, targets []target) ([]target, error) {
 	if len(targets) == 0 || !s.keys.Loose() {
 		return nil, nil
 	}

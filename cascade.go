@@ -235,7 +235,7 @@ func (p *Plugin) cascadeTargets(db *gorm.DB, kind writeKind) (keys []specKey, pa
 	if kind == kindDelete && len(sch.DeleteClauses) > 0 && !st.Unscoped {
 		return nil, -1, nil // a soft delete: no row is deleted, nothing cascades
 	}
-	q, ok := p.parentQuery(db)
+	q, ok := parentQuery(db)
 	if !ok {
 		return nil, -1, nil // no condition: GORM refuses the statement
 	}
@@ -338,7 +338,7 @@ func (p *Plugin) cascadeTargets(db *gorm.DB, kind writeKind) (keys []specKey, pa
 // parentQuery builds a query for the rows the statement will write: its
 // table, its conditions and the primary keys of its model. ok is false when
 // the statement has no condition (GORM refuses it unless AllowGlobalUpdate).
-func (p *Plugin) parentQuery(db *gorm.DB) (*gorm.DB, bool) {
+func parentQuery(db *gorm.DB) (*gorm.DB, bool) {
 	st := db.Statement
 	sch := st.Schema
 	q := ownQuery(db).

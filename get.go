@@ -6,13 +6,10 @@ import (
 	"fmt"
 	"reflect"
 
-	"github.com/redis/go-redis/v9"
 	"gorm.io/gorm"
-	"gorm.io/gorm/clause"
 	"gorm.io/gorm/schema"
 
 	"github.com/gorm-writethrough/writethrough/internal/keyspec"
-	"github.com/gorm-writethrough/writethrough/internal/txhook"
 )
 
 // afterFinder is GORM's AfterFind hook.
@@ -22,8 +19,8 @@ type afterFinder interface {
 
 // Get reads one row of model T by primary key. A hit costs one Redis GET and
 // no GORM statement; a miss, or any key the cache cannot answer, falls back to
-// db.Scopes(Cached).Where(pk = key).First, with the same leases and promises.
-// A row that does not exist gives an error satisfying
+// db.Scopes(Cached).Where(pk = key).First, with the same leases and promises,
+// which does not read the key from Redis again. A row that does not exist gives an error satisfying
 // errors.Is(err, gorm.ErrRecordNotFound). AfterFind hooks run on hits as they
 // do on database reads.
 //
@@ -47,6 +44,7 @@ func Get[T any](ctx context.Context, db *gorm.DB, key any) (T, error) {
 	if err != nil {
 		return out, err
 	}
+	var kn known
 	if spec != nil && servable(db) {
 		p.resolveKeys(db, spec)
 		k, ok, err := fastKey[T](ctx, spec, key)
@@ -56,8 +54,15 @@ func Get[T any](ctx context.Context, db *gorm.DB, key any) (T, error) {
 		if !ok {
 			return out, keyMisfit(ks, key)
 		}
-		if hit, err := p.getFast(ctx, db, spec, k, &out); hit {
-			return out, err
+		res, looked := p.getFast(ctx, spec, k, &out)
+		switch res {
+		case outHit:
+			return out, afterFind(db, &out)
+		case outNotFound:
+			return out, gorm.ErrRecordNotFound
+		}
+		if looked {
+			kn = known{k: res} // the statement below does not read k again
 		}
 		out = *new(T)
 	}
@@ -67,60 +72,31 @@ func Get[T any](ctx context.Context, db *gorm.DB, key any) (T, error) {
 	}
 	q := db.WithContext(ctx)
 	if spec != nil {
-		q = q.Scopes(Cached)
+		q = cachedKnown(q, kn)
 	}
 	err = q.Where(pkEq(ks, vals)).First(&out).Error
 	return out, err
 }
 
-// getFast answers key from Redis; hit is false when the database must
-// (also once the plugin is closed).
-func (p *Plugin) getFast(ctx context.Context, db *gorm.DB, spec *modelSpec, k string, out any) (hit bool, err error) {
-	if p.suspects.is(k) {
-		return false, nil
-	}
-	res, ok := p.getOne(ctx, spec, k, out)
-	if !ok {
-		return false, nil
-	}
-	switch res {
-	case lookHit:
-		p.stats.hits.Add(1)
-		return true, afterFind(db, out)
-	case lookNotFound:
-		p.stats.hits.Add(1)
-		return true, gorm.ErrRecordNotFound
-	}
-	return false, nil
-}
-
-// getOne reads and decodes k into out, while Close waits for it; ok is
-// false when Redis did not answer or the plugin is closed.
-func (p *Plugin) getOne(ctx context.Context, spec *modelSpec, k string, out any) (res lookup, ok bool) {
-	if !p.gate.enter() {
-		return lookEmpty, false
+// getFast looks k up in Redis for Get, decoding a hit into out; looked is
+// false when it did not look (the key is suspect, or the plugin is closed)
+// and the database must answer.
+func (p *Plugin) getFast(ctx context.Context, spec *modelSpec, k string, out any) (res outcome, looked bool) {
+	if p.suspects.is(k) || !p.gate.enter() {
+		return outEmpty, false
 	}
 	defer p.gate.leave()
-	c, cancel := p.readCtx(ctx)
-	var raw []byte
-	rerr := errBreakerOpen
-	if p.brk.allow() {
-		raw, rerr = p.rdb.Get(c, k).Bytes()
-		p.brk.record(c, rerr)
+	res = p.lookup(ctx, spec, k, reflect.ValueOf(out).Elem())
+	if res == outHit || res == outNotFound {
+		p.stats.hits.Add(1)
 	}
-	cancel()
-	if rerr != nil {
-		if !errors.Is(rerr, redis.Nil) {
-			p.stats.redisErrors.Add(1)
-		}
-		return lookEmpty, false
-	}
-	return p.decodeInto(ctx, spec, k, raw, reflect.ValueOf(out).Elem()), true
+	return res, true
 }
 
 // GetMany reads the rows of model T with the given primary keys in one Redis
 // round trip, falling back to one SQL query for the keys the cache cannot
-// answer. Rows come back in the order of keys; keys with no row are left out,
+// answer (with the leases and promises of [Cached], and no second Redis
+// read). Rows come back in the order of keys; keys with no row are left out,
 // and a row named twice comes back once. Keys are values, as for [Get]; a
 // key that does not fit the primary key gives an error wrapping
 // [ErrUnsupported]. As with Get, Redis serves only a db that carries no
@@ -159,15 +135,15 @@ func GetMany[T any](ctx context.Context, db *gorm.DB, keys ...any) ([]T, error) 
 		}
 		return inKeyOrder(ctx, ks, rkeys, rows), nil
 	}
-	out, state, missing := getManyFast[T](ctx, p, db, spec, rkeys, vals)
+	out, state, missing, kn := getManyFast[T](ctx, p, db, spec, rkeys, vals)
 	var rows []T
 	if len(missing) > 0 {
-		if err := db.WithContext(ctx).Scopes(Cached).Where(pkIn(ks, missing)).Find(&rows).Error; err != nil {
+		if err := cachedKnown(db.WithContext(ctx), kn).Where(pkIn(ks, missing)).Find(&rows).Error; err != nil {
 			return nil, err
 		}
 	}
 	for i := range out {
-		if state[i] == lookHit {
+		if state[i] == outHit {
 			if err := afterFind(db, &out[i]); err != nil {
 				return nil, err
 			}
@@ -175,7 +151,7 @@ func GetMany[T any](ctx context.Context, db *gorm.DB, keys ...any) ([]T, error) 
 	}
 	merged := make([]T, 0, len(rkeys)+len(rows))
 	for i := range out {
-		if state[i] == lookHit {
+		if state[i] == outHit {
 			merged = append(merged, out[i])
 		}
 	}
@@ -209,39 +185,29 @@ func manyKeys[T any](ctx context.Context, ks *modelSpec, keys []any) (vals [][]a
 
 // getManyFast reads rkeys from Redis in one round trip, inside the gate
 // GetMany entered (it leaves it), and decodes the hits into out. missing
-// holds the values of the keys the database must answer.
-func getManyFast[T any](ctx context.Context, p *Plugin, db *gorm.DB, spec *modelSpec, rkeys []string, vals [][]any) (out []T, state []lookup, missing [][]any) {
+// holds the values of the keys the database must answer, and kn what Redis
+// held for them.
+func getManyFast[T any](ctx context.Context, p *Plugin, db *gorm.DB, spec *modelSpec, rkeys []string, vals [][]any) (out []T, state []outcome, missing [][]any, kn known) {
 	defer p.gate.leave()
 	p.resolveKeys(db, spec)
-	c, cancel := p.readCtx(ctx)
-	var raws [][]byte
-	rerr := p.redisCall(c, func() (err error) {
-		raws, err = p.getMany(c, rkeys)
-		return err
-	})
-	cancel()
-	if rerr != nil {
-		p.stats.redisErrors.Add(1)
-		raws = make([][]byte, len(rkeys))
-	}
 	out = make([]T, len(rkeys))
-	state = make([]lookup, len(rkeys))
-	for i, raw := range raws {
-		state[i] = lookEmpty
-		if raw != nil {
-			state[i] = p.decodeInto(ctx, spec, rkeys[i], raw, reflect.ValueOf(&out[i]).Elem())
+	state = p.lookupMany(ctx, spec, rkeys, func(i int) reflect.Value { return reflect.ValueOf(&out[i]).Elem() })
+	for i := range state {
+		if (state[i] == outHit || state[i] == outNotFound) && p.suspects.is(rkeys[i]) {
+			state[i] = outBusy
 		}
-		if (state[i] == lookHit || state[i] == lookNotFound) && p.suspects.is(rkeys[i]) {
-			state[i] = lookBusy
-		}
-		if state[i] == lookHit || state[i] == lookNotFound {
+		if state[i] == outHit || state[i] == outNotFound {
 			p.stats.hits.Add(1)
 			continue
 		}
 		out[i] = *new(T)
 		missing = append(missing, vals[i])
+		if kn == nil {
+			kn = make(known, len(rkeys)-i)
+		}
+		kn[rkeys[i]] = state[i]
 	}
-	return out, state, missing
+	return out, state, missing, kn
 }
 
 // inKeyOrder orders rows as keys are, once each; rows whose key is none of
@@ -361,83 +327,6 @@ func keyMisfit(s *modelSpec, key any) error {
 	return fmt.Errorf("%w: key %#v does not fit %s's primary key", ErrUnsupported, key, s.name)
 }
 
-// pkEq is the condition "primary key = vals", bound as parameters.
-func pkEq(s *modelSpec, vals []any) clause.Expression {
-	exprs := make([]clause.Expression, len(s.pks))
-	for i, f := range s.pks {
-		exprs[i] = clause.Eq{Column: clause.Column{Table: clause.CurrentTable, Name: f.DBName}, Value: vals[i]}
-	}
-	return clause.And(exprs...)
-}
-
-// pkIn is the condition "primary key IN rows", bound as parameters.
-func pkIn(s *modelSpec, rows [][]any) clause.Expression {
-	if len(s.pks) == 1 {
-		vals := make([]any, len(rows))
-		for i, r := range rows {
-			vals[i] = r[0]
-		}
-		return clause.IN{Column: clause.Column{Table: clause.CurrentTable, Name: s.pks[0].DBName}, Values: vals}
-	}
-	ors := make([]clause.Expression, len(rows))
-	for i, r := range rows {
-		ors[i] = pkEq(s, r)
-	}
-	return clause.Or(ors...)
-}
-
-// servable reports whether Get and GetMany may answer from Redis: db carries
-// nothing that could change which row GORM returns or how it reads it, and
-// no transaction. When in doubt (a GORM whose Statement has changed shape),
-// it says no, and GORM's query answers.
-func servable(db *gorm.DB) bool {
-	st := db.Statement
-	if db.Error != nil || db.DryRun || st == nil || inTx(db) {
-		return false
-	}
-	if len(st.Clauses) != 0 || st.TableExpr != nil || st.Table != "" || st.Model != nil || st.Dest != nil ||
-		st.Unscoped || st.Distinct || len(st.Selects) != 0 || len(st.Omits) != 0 || len(st.Joins) != 0 ||
-		len(st.Preloads) != 0 || len(st.ColumnMapping) != 0 || st.SQL.Len() != 0 || len(st.Vars) != 0 {
-		return false
-	}
-	settings := false
-	st.Settings.Range(func(any, any) bool {
-		settings = true
-		return false
-	})
-	if settings {
-		return false
-	}
-	// Scopes (db.Scopes(tenant)) and FirstOrInit's attributes are held in
-	// unexported fields; their lengths are readable.
-	if hiddenFields == nil {
-		return false
-	}
-	rv := reflect.ValueOf(st).Elem()
-	for _, i := range hiddenFields {
-		if rv.Field(i).Len() != 0 {
-			return false
-		}
-	}
-	return true
-}
-
-// hiddenFields are the indexes of gorm.Statement's unexported slices that
-// carry conditions; nil when this GORM lacks one of them (then no db is
-// servable, and GORM's query answers).
-var hiddenFields = func() []int {
-	t := reflect.TypeFor[gorm.Statement]()
-	var out []int
-	for _, name := range [...]string{"scopes", "attrs", "assigns"} {
-		f, ok := t.FieldByName(name)
-		if !ok || f.Type.Kind() != reflect.Slice || len(f.Index) != 1 {
-			return nil
-		}
-		out = append(out, f.Index[0])
-	}
-	return out
-}()
-
 // asModel reports whether key is a T or a non-nil *T, and gives its value.
 func asModel[T any](key any) (reflect.Value, bool) {
 	switch m := key.(type) {
@@ -449,11 +338,6 @@ func asModel[T any](key any) (reflect.Value, bool) {
 		}
 	}
 	return reflect.Value{}, false
-}
-
-func inTx(db *gorm.DB) bool {
-	_, in := txhook.Of(db.Statement.ConnPool)
-	return in
 }
 
 // afterFind runs v's AfterFind hook, v a pointer to a model value.

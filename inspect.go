@@ -9,8 +9,6 @@ import (
 
 	"github.com/redis/go-redis/v9"
 	"gorm.io/gorm"
-
-	"github.com/gorm-writethrough/writethrough/internal/entry"
 )
 
 // EntryState is what a Redis key holds, as [Inspect] reports it. Its String
@@ -98,59 +96,22 @@ func Inspect(ctx context.Context, db *gorm.DB, model any, key any) (_ Entry, err
 	}
 	k := spec.keys.Key(vals)
 	out := Entry{Key: k, State: EntryAbsent}
-	c, cancel := p.readCtx(ctx)
-	defer cancel()
-	var get *redis.StringCmd
-	var ttl *redis.DurationCmd
-	err = p.redisCall(c, func() error {
-		_, err := p.rdb.Pipelined(c, func(pipe redis.Pipeliner) error {
-			get = pipe.Get(c, k)
-			ttl = pipe.PTTL(c, k)
-			return nil
-		})
-		return err
-	})
+	raw, ttl, err := p.peek(ctx, k)
 	switch {
 	case errors.Is(err, redis.Nil):
 		return out, nil
 	case err != nil:
 		return out, unavailable("inspect", err)
 	}
-	raw, err := get.Bytes()
-	if err != nil {
-		return out, unavailable("inspect", err)
-	}
-	out.Size = len(raw)
-	out.TTL, _ = ttl.Result()
-	e, err := entry.Parse(raw)
-	switch {
-	case errors.Is(err, entry.ErrForeign):
-		out.State = EntryForeign
-		return out, nil
-	case err != nil:
-		out.State = EntryCorrupt
-		return out, nil
-	}
-	switch e.State {
-	case entry.Committed:
-		out.State = EntryCommitted
-		if string(e.Fingerprint) != spec.codec.Fingerprint() {
-			out.State = EntryForeign
-			return out, nil
-		}
-		row := reflect.New(spec.sch.ModelType)
-		if err := spec.codec.Decode(e.Row, row.Elem()); err != nil {
-			out.State = EntryCorrupt
-			return out, nil
-		}
+	out.Size, out.TTL = len(raw), ttl
+	row := reflect.New(spec.sch.ModelType)
+	state, e, _ := entryState(spec, raw, row.Elem())
+	out.State = state
+	switch state {
+	case EntryCommitted:
 		out.Row = row.Interface()
-	case entry.Pending:
-		out.State = EntryPending
+	case EntryPending:
 		out.Writers = e.Writers
-	case entry.Lease:
-		out.State = EntryLease
-	case entry.Tombstone:
-		out.State = EntryTombstone
 	}
 	return out, nil
 }

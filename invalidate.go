@@ -54,13 +54,13 @@ func Invalidate(db *gorm.DB, model any, keys ...any) (err error) {
 	p.resolveKeys(db, spec)
 	var targets []target
 	if len(keys) == 0 {
-		targets = p.targetsIn(ctx, spec, reflect.ValueOf(model))
+		targets = targetsIn(ctx, spec, reflect.ValueOf(model))
 		if len(targets) == 0 {
 			return fmt.Errorf("%w: no keys given and %T has no primary key set", ErrUnsupported, model)
 		}
 	}
 	for _, k := range keys {
-		if ts := p.targetsIn(ctx, spec, reflect.ValueOf(k)); len(ts) > 0 {
+		if ts := targetsIn(ctx, spec, reflect.ValueOf(k)); len(ts) > 0 {
 			targets = append(targets, ts...)
 			continue
 		}
@@ -72,7 +72,7 @@ func Invalidate(db *gorm.DB, model any, keys ...any) (err error) {
 	}
 	// A loose key (citext, char(n)) may be spelled otherwise in the
 	// database: invalidate the rows' own keys too.
-	more, err := p.canonicalTargets(db.WithContext(ctx), spec, targets)
+	more, err := canonicalTargets(db.WithContext(ctx), spec, targets)
 	if err != nil {
 		return fmt.Errorf("writethrough: invalidate %s: read the keys' spellings: %w", spec.name, err)
 	}

@@ -139,7 +139,7 @@ func plainValue(v any) bool {
 // key the row will have after it, when the Update assigns a primary-key
 // column; and an error wrapping ErrUnsupported when those keys cannot be
 // named. The targets passed in are the keys before the statement.
-func (p *Plugin) movedTargets(db *gorm.DB, spec *modelSpec, before []target) ([]target, error) {
+func movedTargets(db *gorm.DB, spec *modelSpec, before []target) ([]target, error) {
 	st := db.Statement
 	vals, opaque := keyAssignments(st, spec)
 	if len(vals) == 0 {

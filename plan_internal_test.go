@@ -95,7 +95,7 @@ func dryPlanner(t *testing.T) (*gorm.DB, *Plugin, *planned) {
 			out.err = err
 			return
 		}
-		out.plan, out.ok = p.plan(tx, spec)
+		out.plan, out.ok = planRead(tx, spec)
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -254,7 +254,7 @@ func TestCondKeysAcceptOnlyPlainKeyConditions(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			st := &gorm.Statement{DB: db, Table: tc.spec.sch.Table, Context: context.Background()}
-			keys, ok := p.condKeys(st, tc.spec, tc.conds)
+			keys, ok := condKeys(st, tc.spec, tc.conds)
 			if !ok {
 				keys = nil
 			}

@@ -2,10 +2,12 @@ package writethrough_test
 
 import (
 	"context"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 
+	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"gorm.io/gorm"
@@ -328,4 +330,112 @@ func TestPreloadIsNotServedFromTheCache(t *testing.T) {
 	require.NoError(t, e.db.Scopes(writethrough.Cached).Preload("Team").First(&got, m.ID).Error)
 	assert.Greater(t, e.sqls.Load(), before)
 	assert.Equal(t, "red", got.Team.Name)
+}
+
+// redisCommands counts the commands a Redis client sends, by name, pipelined
+// or not.
+type redisCommands struct {
+	mu sync.Mutex // protects n
+	n  map[string]int
+}
+
+func countRedisCommands(rdb *redis.Client) *redisCommands {
+	c := &redisCommands{n: map[string]int{}}
+	rdb.AddHook(c)
+	return c
+}
+
+func (c *redisCommands) DialHook(next redis.DialHook) redis.DialHook { return next }
+
+func (c *redisCommands) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		c.add(cmd)
+		return next(ctx, cmd)
+	}
+}
+
+func (c *redisCommands) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		for _, cmd := range cmds {
+			c.add(cmd)
+		}
+		return next(ctx, cmds)
+	}
+}
+
+func (c *redisCommands) add(cmd redis.Cmder) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.n[strings.ToLower(cmd.Name())]++
+}
+
+// reads is how many GETs and MGETs were sent since the last reset.
+func (c *redisCommands) reads() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.n["get"] + c.n["mget"]
+}
+
+func (c *redisCommands) reset() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	clear(c.n)
+}
+
+func TestGetMissReadsRedisOnce(t *testing.T) {
+	ctx := context.Background()
+	cases := []struct {
+		name    string
+		cached  int // of the keys read, how many are cached beforehand
+		missing int // and how many are not
+		read    func(db *gorm.DB, ids []uint) (int, error)
+	}{
+		{"Get", 0, 1, func(db *gorm.DB, ids []uint) (int, error) {
+			_, err := writethrough.Get[User](ctx, db, ids[0])
+			return 1, err
+		}},
+		{"GetMany, one key missing", 2, 1, func(db *gorm.DB, ids []uint) (int, error) {
+			got, err := writethrough.GetMany[User](ctx, db, anyIDs(ids)...)
+			return len(got), err
+		}},
+		{"GetMany, two keys missing", 2, 2, func(db *gorm.DB, ids []uint) (int, error) {
+			got, err := writethrough.GetMany[User](ctx, db, anyIDs(ids)...)
+			return len(got), err
+		}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			e := setup(t, nil, calm())
+			us := seedUsers(t, e, tc.cached+tc.missing)
+			ids := make([]uint, len(us))
+			for i, u := range us {
+				ids[i] = u.ID
+			}
+			require.NoError(t, writethrough.Invalidate(e.db, &User{}, anyIDs(ids[tc.cached:])...))
+			cmds := countRedisCommands(e.rdb)
+			before := e.p.Stats()
+			n, err := tc.read(e.db, ids)
+			require.NoError(t, err)
+			assert.Equal(t, len(ids), n)
+			assert.Equal(t, 1, cmds.reads(), "one GET or MGET for the keys, none again for the database fallback")
+			after := e.p.Stats()
+			assert.Equal(t, uint64(tc.missing), after.Fills-before.Fills, "the missing keys are leased and filled")
+			for _, id := range ids {
+				assert.Equal(t, byte(writethrough.StateCommitted), e.state(t, e.key("users", id)))
+			}
+			// Now every key is cached: the same read is one round trip.
+			cmds.reset()
+			_, err = tc.read(e.db, ids)
+			require.NoError(t, err)
+			assert.Equal(t, 1, cmds.reads())
+		})
+	}
+}
+
+func anyIDs(ids []uint) []any {
+	out := make([]any, len(ids))
+	for i, id := range ids {
+		out[i] = id
+	}
+	return out
 }

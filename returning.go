@@ -181,7 +181,7 @@ func (r *returningPool) captured() reflect.Value {
 
 // installReturning puts a returningPool in the statement's place, or
 // refuses the statement when the dialect cannot return its rows.
-func (p *Plugin) installReturning(db *gorm.DB, spec *modelSpec, kind writeKind) (*returningPool, error) {
+func installReturning(db *gorm.DB, spec *modelSpec, kind writeKind) (*returningPool, error) {
 	var clauses []string
 	switch kind {
 	case kindCreate:

@@ -3,9 +3,7 @@ package writethrough
 import (
 	"context"
 	"fmt"
-	"math/rand/v2"
 	"reflect"
-	"time"
 
 	"gorm.io/gorm"
 	"gorm.io/gorm/clause"
@@ -62,18 +60,9 @@ type writeState struct {
 	cascadeParents int      // parent rows locked to find them; -1 when nothing cascades (cascade.go)
 }
 
-// target is one row a statement wrote.
-type target struct {
-	key    string
-	pk     []any
-	intent entry.Flags // entry.FlagHasRow, entry.FlagDelete, or 0 (invalidate only)
-	row    []byte      // encoded row for entry.FlagHasRow
-	moved  bool        // the key the row had before its primary key was assigned
-}
-
 func (p *Plugin) beforeWrite(kind writeKind) func(*gorm.DB) {
 	return func(db *gorm.DB) {
-		defer p.recoverInto(db, kind)
+		defer recoverInto(db, kind)
 		if db.Error != nil || db.DryRun {
 			return
 		}
@@ -113,11 +102,11 @@ func (p *Plugin) beforeWrite(kind writeKind) func(*gorm.DB) {
 			return
 		}
 		p.resolveKeys(db, spec)
-		targets := p.writtenRows(db, spec, kind)
+		targets := writtenRows(db, spec, kind)
 		switch kind {
 		case kindUpdate:
 			// A primary-key change: name the keys before and after.
-			renamed, err := p.movedTargets(db, spec, targets)
+			renamed, err := movedTargets(db, spec, targets)
 			if err != nil {
 				_ = db.AddError(err)
 				return
@@ -138,7 +127,7 @@ func (p *Plugin) beforeWrite(kind writeKind) func(*gorm.DB) {
 			if !createNamesRows(db.Statement, targets) {
 				// Maps without their primary key: the new rows' keys come
 				// back through RETURNING, or the statement must not run.
-				r, err := p.installReturning(db, spec, kind)
+				r, err := installReturning(db, spec, kind)
 				if err != nil {
 					_ = db.AddError(err)
 					return
@@ -149,7 +138,7 @@ func (p *Plugin) beforeWrite(kind writeKind) func(*gorm.DB) {
 		// canonical keys (canon.go): a loose key may name its row under
 		// another spelling; learn the row's own key before the statement.
 		if kind != kindCreate {
-			if ws.canon, err = p.canonicalTargets(db, spec, targets); err != nil {
+			if ws.canon, err = canonicalTargets(db, spec, targets); err != nil {
 				_ = db.AddError(fmt.Errorf("writethrough: %s %s: read the keys' spellings: %w", kind, spec.name, err))
 				return
 			}
@@ -157,7 +146,7 @@ func (p *Plugin) beforeWrite(kind writeKind) func(*gorm.DB) {
 		if len(targets) == 0 && kind != kindCreate {
 			// A bulk statement: its keys come back through RETURNING, or
 			// the statement must not run (its rows would stay stale).
-			r, err := p.installReturning(db, spec, kind)
+			r, err := installReturning(db, spec, kind)
 			if err != nil {
 				_ = db.AddError(err)
 				return
@@ -200,7 +189,7 @@ func (p *Plugin) beforeWrite(kind writeKind) func(*gorm.DB) {
 
 func (p *Plugin) afterWrite(kind writeKind) func(*gorm.DB) {
 	return func(db *gorm.DB) {
-		defer p.recoverInto(db, kind)
+		defer recoverInto(db, kind)
 		var ws *writeState
 		if v, ok := db.InstanceGet(stateKey); ok {
 			ws, _ = v.(*writeState)
@@ -227,7 +216,7 @@ func (p *Plugin) afterWrite(kind writeKind) func(*gorm.DB) {
 				// not scan its RETURNING into the caller's value): the rows
 				// it wrote are invalidated.
 				var keys []string
-				for _, t := range p.targetsIn(db.Statement.Context, spec, r.captured()) {
+				for _, t := range targetsIn(db.Statement.Context, spec, r.captured()) {
 					keys = append(keys, t.key)
 				}
 				if err := p.invalidateKeys(db.Statement.Context, keys); err != nil {
@@ -237,7 +226,7 @@ func (p *Plugin) afterWrite(kind writeKind) func(*gorm.DB) {
 			}
 			return
 		}
-		targets := p.writtenRows(db, spec, kind)
+		targets := writtenRows(db, spec, kind)
 		affected := db.RowsAffected
 		if r := ws.ret; r != nil {
 			if !r.ran && db.RowsAffected > 0 {
@@ -247,7 +236,7 @@ func (p *Plugin) afterWrite(kind writeKind) func(*gorm.DB) {
 					ErrUnsupported, kind, spec.name))
 				return
 			}
-			targets = append(targets, p.targetsIn(db.Statement.Context, spec, r.captured())...)
+			targets = append(targets, targetsIn(db.Statement.Context, spec, r.captured())...)
 			// GORM counts one row for RETURNING into a struct; the captured
 			// keys are every row the statement wrote.
 			affected = int64(len(r.rows))
@@ -255,7 +244,7 @@ func (p *Plugin) afterWrite(kind writeKind) func(*gorm.DB) {
 		if kind == kindCreate {
 			// canonical keys: an upsert (ON CONFLICT, Save) may have
 			// written a row spelled otherwise; it exists only now.
-			more, err := p.canonicalTargets(db, spec, targets)
+			more, err := canonicalTargets(db, spec, targets)
 			if err != nil {
 				_ = db.AddError(fmt.Errorf("writethrough: create %s: read the keys' spellings: %w", spec.name, err))
 				return
@@ -414,120 +403,29 @@ func upsertMayMatch(st *gorm.Statement, spec *modelSpec) bool {
 	return false
 }
 
-// sameTable reports whether the statement writes the model's own table (not
-// db.Table("other")).
-func sameTable(db *gorm.DB, spec *modelSpec) bool {
-	st := db.Statement
-	return st.TableExpr == nil && (st.Table == "" || st.Table == spec.sch.Table)
-}
-
 // writtenRows is targetsOf for a statement of kind: the map of an update or a
 // delete without a model (db.Table("t").Updates(map...)) is what it
 // assigns, not a row.
-func (p *Plugin) writtenRows(db *gorm.DB, spec *modelSpec, kind writeKind) []target {
+func writtenRows(db *gorm.DB, spec *modelSpec, kind writeKind) []target {
 	if kind != kindCreate && db.Statement.Schema == nil {
 		return nil
 	}
-	return p.targetsOf(db, spec)
+	return targetsOf(db, spec)
 }
 
 // targetsOf returns the rows named by the statement's model or destination:
 // a struct, a slice of structs, or maps (Create with a map).
-func (p *Plugin) targetsOf(db *gorm.DB, spec *modelSpec) []target {
+func targetsOf(db *gorm.DB, spec *modelSpec) []target {
 	st := db.Statement
 	var other *schema.Schema // a struct of another type written into spec's table
 	if st.Schema != nil && st.Schema.ModelType != spec.sch.ModelType {
 		other = st.Schema
 	}
-	ts := p.targetsInAs(st.Context, spec, other, st.ReflectValue)
+	ts := targetsInAs(st.Context, spec, other, st.ReflectValue)
 	if len(ts) == 0 && st.Model != nil && !sameValue(st.Model, st.Dest) {
-		ts = p.targetsInAs(st.Context, spec, other, reflect.ValueOf(st.Model))
+		ts = targetsInAs(st.Context, spec, other, reflect.ValueOf(st.Model))
 	}
 	return ts
-}
-
-func (p *Plugin) targetsIn(ctx context.Context, spec *modelSpec, rv reflect.Value) []target {
-	return p.targetsInAs(ctx, spec, nil, rv)
-}
-
-// targetsInAs is targetsIn for rows that may be structs of other's type.
-func (p *Plugin) targetsInAs(ctx context.Context, spec *modelSpec, other *schema.Schema, rv reflect.Value) []target {
-	for rv.IsValid() && (rv.Kind() == reflect.Pointer || rv.Kind() == reflect.Interface) {
-		if rv.IsNil() {
-			return nil
-		}
-		rv = rv.Elem()
-	}
-	if !rv.IsValid() {
-		return nil
-	}
-	var out []target
-	add := func(v reflect.Value) {
-		for v.Kind() == reflect.Pointer || v.Kind() == reflect.Interface {
-			if v.IsNil() {
-				return
-			}
-			v = v.Elem()
-		}
-		switch {
-		case v.Kind() == reflect.Struct && v.Type() == spec.sch.ModelType:
-			pk := make([]any, len(spec.pks))
-			for i, f := range spec.pks {
-				val, zero := f.ValueOf(ctx, v)
-				if zero {
-					return
-				}
-				pk[i] = val
-			}
-			out = append(out, target{key: spec.keys.Key(pk), pk: pk})
-		case v.Kind() == reflect.Struct && other != nil && v.Type() == other.ModelType:
-			// A struct of another type written into the model's table:
-			// its key columns, converted as GORM converts them.
-			fields := fieldsByColumn(spec, other)
-			if fields == nil {
-				return
-			}
-			pk := make([]any, len(spec.pks))
-			for i, f := range fields {
-				val, zero := f.ValueOf(ctx, v)
-				if zero {
-					return
-				}
-				n, ok := spec.keys.Normalize(ctx, spec.pks[i], val)
-				if !ok {
-					return
-				}
-				pk[i] = n
-			}
-			out = append(out, target{key: spec.keys.Key(pk), pk: pk})
-		case v.Kind() == reflect.Map && v.Type().Key().Kind() == reflect.String:
-			pk := make([]any, len(spec.pks))
-			for i, f := range spec.pks {
-				mv := v.MapIndex(reflect.ValueOf(f.DBName).Convert(v.Type().Key()))
-				if !mv.IsValid() {
-					mv = v.MapIndex(reflect.ValueOf(f.Name).Convert(v.Type().Key()))
-				}
-				if !mv.IsValid() {
-					return
-				}
-				n, ok := spec.keys.Normalize(ctx, f, mv.Interface())
-				if !ok {
-					return
-				}
-				pk[i] = n
-			}
-			out = append(out, target{key: spec.keys.Key(pk), pk: pk})
-		}
-	}
-	switch rv.Kind() {
-	case reflect.Slice, reflect.Array:
-		for i := 0; i < rv.Len(); i++ {
-			add(rv.Index(i))
-		}
-	default:
-		add(rv)
-	}
-	return out
 }
 
 func dedupe(ts []target) []target {
@@ -600,54 +498,6 @@ func (p *Plugin) reread(db *gorm.DB, spec *modelSpec, targets []target) (err err
 		t.intent, t.row = entry.FlagHasRow, row
 	}
 	return nil
-}
-
-// ownQuery starts one of the plugin's own statements on db's connection
-// (inside its transaction, when there is one): hooks skipped, never sent to
-// a read replica, never served from the cache.
-func ownQuery(db *gorm.DB) *gorm.DB {
-	return db.Session(&gorm.Session{NewDB: true, SkipHooks: true}).
-		Set("gorm:db_resolver:write", struct{}{}).Set(uncachedKey, true)
-}
-
-// rowsByKey reads the rows that targets name, soft-deleted ones included,
-// into a new *[]Model: every column, or only the key columns when keysOnly.
-func rowsByKey(db *gorm.DB, spec *modelSpec, targets []target, keysOnly bool) (reflect.Value, error) {
-	pks := make([][]any, len(targets))
-	for i, t := range targets {
-		pks[i] = t.pk
-	}
-	names := make([]string, len(spec.pks))
-	for i, f := range spec.pks {
-		names[i] = f.DBName
-	}
-	col, vals := schemaToQueryValues(spec.sch.Table, names, pks)
-	rows := reflect.New(reflect.SliceOf(spec.sch.ModelType))
-	q := ownQuery(db).Unscoped()
-	if keysOnly {
-		q = q.Select(names)
-	}
-	return rows, q.Where(clause.IN{Column: col, Values: vals}).Find(rows.Interface()).Error
-}
-
-// schemaToQueryValues is schema.ToQueryValues with the column tied to the
-// current table.
-func schemaToQueryValues(table string, names []string, pks [][]any) (any, []any) {
-	vals := make([]any, len(pks))
-	if len(names) == 1 {
-		for i, r := range pks {
-			vals[i] = r[0]
-		}
-		return clause.Column{Table: table, Name: names[0]}, vals
-	}
-	cols := make([]clause.Column, len(names))
-	for i, n := range names {
-		cols[i] = clause.Column{Table: table, Name: n}
-	}
-	for i, r := range pks {
-		vals[i] = r
-	}
-	return cols, vals
 }
 
 // stageTx prepares every target inside the transaction. Strict: a failure
@@ -781,7 +631,7 @@ func (p *Plugin) stageAutocommit(db *gorm.DB, spec *modelSpec, kind writeKind, w
 	for i, t := range targets {
 		fin[i] = entry.FinalizeRow(t.key, entry.FinalizeRowArgs{
 			Token: token, Intent: looseIntent(spec, t.intent), Fingerprint: spec.codec.Fingerprint(), Row: t.row,
-			TTL: p.entryTTL(spec), NegativeTTL: p.cfg.NegativeTTL,
+			TTL: entryTTL(spec), NegativeTTL: p.cfg.NegativeTTL,
 		})
 		p.flights.Forget(t.key)
 	}
@@ -899,7 +749,7 @@ func (p *Plugin) finalize(parent context.Context, token string, staged []txhook.
 		if committed && s.Valid && !s.Failed {
 			mode = entry.InstallStaged
 		}
-		calls[i] = entry.Finalize(s.Key, token, mode, p.entryTTL(s.Model.(*modelSpec)), p.cfg.NegativeTTL)
+		calls[i] = entry.Finalize(s.Key, token, mode, entryTTL(s.Model.(*modelSpec)), p.cfg.NegativeTTL)
 	}
 	p.run(ctx, calls)
 	var missed []string
@@ -921,78 +771,11 @@ func (p *Plugin) finalize(parent context.Context, token string, staged []txhook.
 	p.at("write:after-finalize", staged[0].Key)
 }
 
-func (p *Plugin) prepareCall(spec *modelSpec, token, key string, intent entry.Flags, row []byte) *entry.Call {
-	return entry.Prepare(key, entry.PrepareArgs{
-		Token:       token,
-		Fingerprint: spec.codec.Fingerprint(),
-		Intent:      looseIntent(spec, intent), // canonical keys
-		Row:         row,
-		PendingTTL:  p.cfg.PendingTTL,
-		MaxWriters:  maxWriters,
-	})
-}
-
-func prepareErr(c *entry.Call) error {
-	if c.Err != nil {
-		return c.Err
-	}
-	if c.Prepared() == entry.PrepareRefused {
-		return fmt.Errorf("%s: %d writers already in flight", c.Key, maxWriters)
-	}
-	return nil
-}
-
-// opCtx bounds one Redis operation by Config.Timeout. Cache work that
-// follows a commit must not be cut short by the caller's cancellation.
-func (p *Plugin) opCtx(parent context.Context) (context.Context, context.CancelFunc) {
-	if parent == nil {
-		parent = context.Background()
-	}
-	if !p.ctxTimeout {
-		return context.WithoutCancel(parent), noCancel
-	}
-	return context.WithTimeoutCause(context.WithoutCancel(parent), p.cfg.Timeout, errOwnTimeout)
-}
-
-func noCancel() {}
-
-// readCtx bounds a read's Redis call by Config.Timeout; the caller's
-// cancellation still applies.
-func (p *Plugin) readCtx(parent context.Context) (context.Context, context.CancelFunc) {
-	if parent == nil {
-		parent = context.Background()
-	}
-	if !p.ctxTimeout {
-		return parent, noCancel
-	}
-	return context.WithTimeoutCause(parent, p.cfg.Timeout, errOwnTimeout)
-}
-
-// entryTTL is the model's TTL with jitter.
-func (p *Plugin) entryTTL(spec *modelSpec) time.Duration {
-	return jittered(spec.ttl, spec.jitter)
-}
-
-func jittered(ttl time.Duration, pct int) time.Duration {
-	if pct <= 0 {
-		return ttl
-	}
-	spread := int64(ttl) * int64(pct) / 100
-	if spread <= 0 {
-		return ttl
-	}
-	d := ttl + time.Duration(rand.Int64N(2*spread+1)-spread)
-	if d < time.Millisecond {
-		d = time.Millisecond
-	}
-	return d
-}
-
 // recoverInto, deferred in a write callback, turns a panic in it (the
 // plugin's own code, or user code it runs on its own account: a key's Value
 // method while it reads keys) into a *PanicError on the statement, so that
 // GORM's implicit transaction is still rolled back.
-func (p *Plugin) recoverInto(db *gorm.DB, kind writeKind) {
+func recoverInto(db *gorm.DB, kind writeKind) {
 	if r := recover(); r != nil {
 		_ = db.AddError(newPanicError(kind.String()+" callback", r))
 	}

@@ -214,7 +214,7 @@ func (r *rig) state(model, key any) string {
 	if err != nil {
 		r.t.Fatal(err)
 	}
-	return e.State
+	return e.State.String()
 }
 
 // fill reads the row of key with a cached read (filling the cache). key is

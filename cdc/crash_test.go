@@ -148,7 +148,7 @@ func TestAKilledConsumerLosesNoChange(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				switch e.State {
+				switch e.State.String() {
 				case "absent":
 				case "committed":
 					if got := e.Row.(*Account); *got != db {

@@ -308,10 +308,11 @@ func fastKey[T any](ctx context.Context, spec *modelSpec, key any) (k string, ok
 func (s *modelSpec) keyValues(ctx context.Context, key any, model func(any) (reflect.Value, bool)) (_ []any, err error) {
 	defer recoverErr(&err, "read a key")
 	vals, err := s.keys.Values(ctx, key, model)
-	var ke *keyspec.KeyError
-	switch {
-	case err == nil:
+	if err == nil {
 		return vals, nil
+	}
+	var ke *keyspec.KeyError // escapes through errors.As: only on errors
+	switch {
 	case !errors.As(err, &ke):
 		return nil, err
 	case ke.Tuple:

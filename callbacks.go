@@ -50,6 +50,8 @@ func (p *Plugin) registerCallbacks(db *gorm.DB) error {
 		{Name + ":returned_delete", cb.Delete().After("gorm:delete").Before("gorm:after_delete"), restoreReturning},
 		{Name + ":after_delete", cb.Delete().After("gorm:after_delete").Before("gorm:commit_or_rollback_transaction"), p.afterWrite(kindDelete)},
 		{Name + ":savepoint", cb.Raw().Before("gorm:raw"), sniffRaw},
+		{Name + ":raw", cb.Raw().Before("gorm:raw"), taintRaw},
+		{Name + ":row", cb.Row().Before("gorm:row"), taintRaw},
 		{"gorm:query", replacing{cb.Query()}, p.query(orig)},
 	}
 	for _, h := range hooks {
@@ -74,4 +76,19 @@ func sniffRaw(db *gorm.DB) {
 		return
 	}
 	txhook.SniffPrepared(db.Statement.ConnPool, db.Statement.SQL.String())
+}
+
+// taintRaw marks a transaction that runs raw SQL (db.Exec, db.Raw) other than
+// savepoints: the plugin does not follow what it writes, so the transaction
+// is not marked for change data capture (Config.CDC), and the consumer
+// invalidates every key it changed.
+func taintRaw(db *gorm.DB) {
+	if db.DryRun || db.Error != nil {
+		return
+	}
+	tx, ok := txhook.Of(db.Statement.ConnPool)
+	if !ok || txhook.IsSavepointSQL(db.Statement.SQL.String()) {
+		return
+	}
+	tx.Taint()
 }

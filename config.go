@@ -86,6 +86,17 @@ type Config struct {
 	// between Commit and the install. [Plugin.Close] waits for installs in
 	// flight. Default false: Commit returns after the install.
 	AsyncFinalize bool
+
+	// CDC says that a change-data-capture consumer (package cdc) follows
+	// this database. The plugin then writes a transactional logical message
+	// (pg_logical_emit_message) with its writer token into each transaction
+	// that staged keys, just before COMMIT: one more statement per write
+	// transaction. The consumer leaves alone the keys that transaction's
+	// writer already installed, so the plugin's own writes cost readers no
+	// extra miss. A transaction that also ran raw SQL (db.Exec, db.Raw) is
+	// not marked: the consumer invalidates all its keys. PostgreSQL only,
+	// with wal_level = logical; db.Use checks both. Default false.
+	CDC bool
 	// CacheReads serves every eligible read on the database from the cache,
 	// as if each carried the [Cached] scope: statements of sessions made with
 	// NewDB, gorm.G[T] reads, Association(...).Find, and the sub-queries of

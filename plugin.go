@@ -121,6 +121,11 @@ func (p *Plugin) Initialize(db *gorm.DB) error {
 	if p.timeoutWarning != "" {
 		p.logf(p.timeoutWarning)
 	}
+	if p.cfg.CDC {
+		if err := checkCDC(db); err != nil {
+			return err
+		}
+	}
 	txhook.Install(db, txOwner{p})
 	if err := p.startOutbox(db); err != nil {
 		return err
@@ -285,4 +290,30 @@ func pluginOf(db *gorm.DB) (*Plugin, error) {
 		}
 	}
 	return nil, fmt.Errorf("%w (call db.Use(writethrough.New(...)))", ErrNotRegistered)
+}
+
+// checkCDC makes sure the transactions of db can carry the change-data-capture
+// mark (Config.CDC): a PostgreSQL with wal_level = logical that accepts
+// pg_logical_emit_message. It runs the mark once in a transaction it rolls
+// back, outside GORM's callbacks.
+func checkCDC(db *gorm.DB) error {
+	bad := func(reason string) error { return &ConfigError{Field: "CDC", Reason: reason} }
+	if db.Dialector.Name() != "postgres" {
+		return bad("needs PostgreSQL, not " + db.Dialector.Name())
+	}
+	sqlDB, err := db.DB()
+	if err != nil {
+		return bad(err.Error())
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	tx, err := sqlDB.BeginTx(ctx, nil)
+	if err != nil {
+		return bad("cannot begin a transaction to check the mark: " + err.Error())
+	}
+	defer func() { _ = tx.Rollback() }()
+	if _, err := tx.ExecContext(ctx, cdcMark, []byte("writethrough-check")); err != nil {
+		return bad("pg_logical_emit_message failed (wal_level must be logical): " + err.Error())
+	}
+	return nil
 }

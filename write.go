@@ -679,6 +679,18 @@ func (p *Plugin) releaseKeys(ctx context.Context, token string, keys []string) {
 // it: a transaction the plugin's pool began reports here how it ended.
 type txOwner struct{ p *Plugin }
 
+// Mark implements txhook.Marker: with Config.CDC, the logical message that
+// tells the change-data-capture consumer which writer made the transaction.
+func (o txOwner) Mark(t *txhook.Tx) (string, []any) {
+	if !o.p.cfg.CDC || t.Tainted() {
+		return "", nil
+	}
+	return cdcMark, []any{[]byte(t.Token())}
+}
+
+// cdcMark is the statement of Mark; package cdc reads the message's prefix.
+const cdcMark = "SELECT pg_logical_emit_message(true, 'writethrough', $1::bytea)"
+
 // Committing implements txhook.Owner.
 func (o txOwner) Committing(firstKey string) { o.p.at("tx:before-commit", firstKey) }
 

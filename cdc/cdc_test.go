@@ -73,6 +73,13 @@ func newRig(t testing.TB, models ...any) *rig {
 // newRigOn is newRig on a Redis of the test's choosing.
 func newRigOn(t testing.TB, rdb redis.UniversalClient, prefix string, models ...any) *rig {
 	t.Helper()
+	return newRigWith(t, rdb, writethrough.Config{Prefix: prefix}, models...)
+}
+
+// newRigWith is newRigOn with the plugin's Config.
+func newRigWith(t testing.TB, rdb redis.UniversalClient, wcfg writethrough.Config, models ...any) *rig {
+	t.Helper()
+	prefix := wcfg.Prefix
 	if testing.Short() {
 		t.Skip("needs PostgreSQL and Redis")
 	}
@@ -85,7 +92,7 @@ func newRigOn(t testing.TB, rdb redis.UniversalClient, prefix string, models ...
 		t.Cleanup(func() { _ = sqlDB.Close() })
 	}
 	requireLogical(t, db)
-	if err := db.Use(writethrough.New(rdb, writethrough.Config{Prefix: prefix})); err != nil {
+	if err := db.Use(writethrough.New(rdb, wcfg)); err != nil {
 		t.Fatal(err)
 	}
 	if err := db.AutoMigrate(models...); err != nil {
@@ -547,5 +554,77 @@ func TestTablesWithoutModels(t *testing.T) {
 	r.exec("UPDATE blobs SET n = 5")
 	for _, k := range keys {
 		r.gone(k.model, k.key)
+	}
+}
+
+// TestThePluginsOwnWritesCostNoMiss: with Config.CDC the plugin marks its
+// transactions, and the consumer leaves alone the keys they installed; a
+// transaction that also ran raw SQL is not marked, and its keys go.
+func TestThePluginsOwnWritesCostNoMiss(t *testing.T) {
+	if testing.Short() {
+		t.Skip("needs PostgreSQL and Redis")
+	}
+	rdb, prefix := testenv.Redis(t)
+	r := newRigWith(t, rdb, writethrough.Config{Prefix: prefix, CDC: true}, &Account{})
+	c := r.start()
+	for i := int64(1); i <= 3; i++ {
+		if err := r.db.Create(&Account{ID: i, Balance: i}).Error; err != nil {
+			t.Fatal(err)
+		}
+	}
+	r.caughtUp()
+	for i := int64(1); i <= 3; i++ {
+		if s := r.state(&Account{}, i); s != "committed" {
+			t.Fatalf("key %d after the plugin's own insert was applied: %s", i, s)
+		}
+	}
+	skipped := c.Stats().KeysSkipped
+	if skipped < 3 {
+		t.Fatalf("the consumer skipped %d keys of the plugin's own inserts, want 3: %+v", skipped, c.Stats())
+	}
+	// An update in a transaction: installed by the plugin, left by the consumer.
+	err := r.db.Transaction(func(tx *gorm.DB) error {
+		return tx.Model(&Account{ID: 1}).Update("balance", 100).Error
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.caughtUp()
+	e, err := writethrough.Inspect(context.Background(), r.db, &Account{}, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if e.State != writethrough.EntryCommitted || e.Row.(*Account).Balance != 100 {
+		t.Fatalf("key 1 after the plugin's update was applied: %s %+v", e.State, e.Row)
+	}
+	// Raw SQL in the same transaction: the plugin does not follow it, so the
+	// transaction is not marked and the consumer invalidates its keys.
+	err = r.db.Transaction(func(tx *gorm.DB) error {
+		if err := tx.Model(&Account{ID: 2}).Update("balance", 200).Error; err != nil {
+			return err
+		}
+		return tx.Exec("UPDATE accounts SET owner = 'raw' WHERE id = 2").Error
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.gone(&Account{}, 2)
+	var a Account
+	r.fill(&a, 2)
+	if a.Owner != "raw" || a.Balance != 200 {
+		t.Fatalf("row 2 after the raw statement: %+v", a)
+	}
+	// A nested transaction (savepoints) is still the plugin's own.
+	err = r.db.Transaction(func(tx *gorm.DB) error {
+		return tx.Transaction(func(tx2 *gorm.DB) error {
+			return tx2.Model(&Account{ID: 3}).Update("balance", 300).Error
+		})
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.caughtUp()
+	if s := r.state(&Account{}, 3); s != "committed" {
+		t.Fatalf("key 3 after a nested transaction of the plugin: %s", s)
 	}
 }

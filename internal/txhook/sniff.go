@@ -271,3 +271,26 @@ func (t *Tx) release(name string) {
 		t.savepoints = t.savepoints[:i]
 	}
 }
+
+// IsSavepointSQL reports whether query is a SAVEPOINT, RELEASE or ROLLBACK
+// TO statement: transaction control that writes no row.
+func IsSavepointSQL(query string) bool {
+	s := scanner{q: query}
+	s.space()
+	first, ok := s.next()
+	if !ok || first.quoted {
+		return false
+	}
+	switch first.text {
+	case "savepoint":
+		_, ok := s.name()
+		return ok
+	case "release":
+		_, ok := s.optionalSavepoint()
+		return ok
+	case "rollback":
+		_, ok := s.rollbackTo()
+		return ok
+	}
+	return false
+}

@@ -43,6 +43,15 @@ type Owner interface {
 	End(ctx context.Context, token string, staged []Staged, outcome Outcome)
 }
 
+// Marker is implemented by an Owner that writes one statement into every
+// transaction that staged keys, just before its COMMIT (the plugin's mark
+// for change data capture). Mark returns "" for none. When the statement
+// fails, the transaction is rolled back instead of committed: it would be
+// aborted anyway.
+type Marker interface {
+	Mark(t *Tx) (query string, args []any)
+}
+
 // Outcome is how a transaction ended.
 type Outcome int
 
@@ -225,6 +234,23 @@ type Tx struct {
 	seq        uint64
 	failErr    error // set by Fail: Commit must not commit
 	done       bool  // End was called, or is not to be
+	tainted    bool  // Taint: it ran SQL whose writes the plugin did not follow
+}
+
+// Taint records that the transaction ran SQL whose writes the plugin does
+// not follow (a raw statement): its keys may have changed in ways the
+// staged entries do not show.
+func (t *Tx) Taint() {
+	t.mu.Lock()
+	t.tainted = true
+	t.mu.Unlock()
+}
+
+// Tainted reports whether Taint was called.
+func (t *Tx) Tainted() bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.tainted
 }
 
 type savepoint struct {
@@ -264,6 +290,15 @@ func (t *Tx) Commit() error {
 		rbErr := t.Tx.Rollback()
 		t.end(RolledBack)
 		return errors.Join(fmt.Errorf("writethrough: transaction rolled back instead of committed: %w", failErr), rbErr)
+	}
+	if m, ok := t.owner.(Marker); ok && first != "" {
+		if q, args := m.Mark(t); q != "" {
+			if _, err := t.Tx.ExecContext(t.ctx, q, args...); err != nil {
+				rbErr := t.Tx.Rollback()
+				t.end(RolledBack)
+				return errors.Join(fmt.Errorf("writethrough: marking the transaction for change data capture: %w", err), rbErr)
+			}
+		}
 	}
 	t.owner.Committing(first)
 	if err := t.Tx.Commit(); err != nil {

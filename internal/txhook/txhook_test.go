@@ -474,3 +474,93 @@ func TestStageIsSafeForConcurrentStatements(t *testing.T) {
 		t.Errorf("%d keys staged, want 4", n)
 	}
 }
+
+// markingOwner is a fakeOwner that marks transactions (Marker).
+type markingOwner struct {
+	fakeOwner
+	marks int
+}
+
+func (o *markingOwner) Mark(t *Tx) (string, []any) {
+	o.marks++
+	if t.Tainted() {
+		return "", nil
+	}
+	return "SELECT mark($1)", []any{t.Token()}
+}
+
+// beginMarked is begin with a markingOwner.
+func beginMarked(t *testing.T, driverTx *fakeTx) (*Tx, *markingOwner) {
+	t.Helper()
+	owner := &markingOwner{}
+	db := &gorm.DB{Config: &gorm.Config{ConnPool: &fakePool{begin: func() (gorm.ConnPool, error) { return driverTx, nil }}}}
+	Install(db, owner)
+	cp, err := db.ConnPool.(gorm.ConnPoolBeginner).BeginTx(context.Background(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cp.(*Tx), owner
+}
+
+func TestMarkRunsBeforeCommitOnlyWhenKeysWereStaged(t *testing.T) {
+	t.Run("staged", func(t *testing.T) {
+		driverTx := &fakeTx{}
+		tx, owner := beginMarked(t, driverTx)
+		tx.Stage("m", "k1")
+		if err := tx.Commit(); err != nil {
+			t.Fatal(err)
+		}
+		if owner.marks != 1 || driverTx.commits != 1 {
+			t.Fatalf("marks %d, commits %d; want 1 and 1", owner.marks, driverTx.commits)
+		}
+	})
+	t.Run("nothing staged", func(t *testing.T) {
+		driverTx := &fakeTx{}
+		tx, owner := beginMarked(t, driverTx)
+		if err := tx.Commit(); err != nil {
+			t.Fatal(err)
+		}
+		if owner.marks != 0 {
+			t.Fatalf("a transaction that staged nothing was marked")
+		}
+	})
+	t.Run("a failed mark rolls back", func(t *testing.T) {
+		driverTx := &fakeTx{execErr: errors.New("no logical decoding")}
+		tx, owner := beginMarked(t, driverTx)
+		tx.Stage("m", "k1")
+		err := tx.Commit()
+		if err == nil || driverTx.commits != 0 || driverTx.rollbacks != 1 {
+			t.Fatalf("Commit = %v with commits %d, rollbacks %d; want an error and a rollback", err, driverTx.commits, driverTx.rollbacks)
+		}
+		if len(owner.ends) != 1 || owner.ends[0].outcome != RolledBack {
+			t.Fatalf("ends %+v, want one RolledBack", owner.ends)
+		}
+	})
+	t.Run("tainted", func(t *testing.T) {
+		driverTx := &fakeTx{execErr: errors.New("must not run")}
+		tx, _ := beginMarked(t, driverTx)
+		tx.Stage("m", "k1")
+		tx.Taint()
+		if err := tx.Commit(); err != nil {
+			t.Fatalf("a tainted transaction ran its mark: %v", err)
+		}
+	})
+}
+
+func TestIsSavepointSQL(t *testing.T) {
+	for q, want := range map[string]bool{
+		"SAVEPOINT sp1":                     true,
+		"release savepoint sp1":             true,
+		"ROLLBACK TO SAVEPOINT sp1":         true,
+		"ROLLBACK TRANSACTION TO sp1":       true,
+		"ROLLBACK":                          false,
+		"UPDATE accounts SET balance = 1":   false,
+		"/* x */ SAVEPOINT \"Sp\"":          true,
+		"":                                  false,
+		"SELECT pg_logical_emit_message(1)": false,
+	} {
+		if got := IsSavepointSQL(q); got != want {
+			t.Errorf("IsSavepointSQL(%q) = %v, want %v", q, got, want)
+		}
+	}
+}

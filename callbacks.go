@@ -24,6 +24,13 @@ type replacing struct {
 // Register replaces the callback name with fn.
 func (r replacing) Register(name string, fn func(*gorm.DB)) error { return r.p.Replace(name, fn) }
 
+// hook is one callback: its name, where it goes in its chain, and what runs.
+type hook struct {
+	name string
+	at   registerer
+	fn   func(*gorm.DB)
+}
+
 // registerCallbacks hooks the plugin into GORM's chains. Write callbacks run
 // after the model's After* hooks and before GORM commits its implicit
 // transaction; the query callback decorates gorm:query.
@@ -33,11 +40,7 @@ func (p *Plugin) registerCallbacks(db *gorm.DB) error {
 	if orig == nil {
 		return fmt.Errorf("gorm:query callback not found")
 	}
-	hooks := []struct {
-		name string
-		at   registerer
-		fn   func(*gorm.DB)
-	}{
+	hooks := []hook{
 		{Name + ":bind_create", cb.Create().Before("gorm:begin_transaction"), p.bind},
 		{Name + ":bind_update", cb.Update().Before("gorm:begin_transaction"), p.bind},
 		{Name + ":bind_delete", cb.Delete().Before("gorm:begin_transaction"), p.bind},
@@ -50,9 +53,13 @@ func (p *Plugin) registerCallbacks(db *gorm.DB) error {
 		{Name + ":returned_delete", cb.Delete().After("gorm:delete").Before("gorm:after_delete"), restoreReturning},
 		{Name + ":after_delete", cb.Delete().After("gorm:after_delete").Before("gorm:commit_or_rollback_transaction"), p.afterWrite(kindDelete)},
 		{Name + ":savepoint", cb.Raw().Before("gorm:raw"), sniffRaw},
-		{Name + ":raw", cb.Raw().Before("gorm:raw"), taintRaw},
-		{Name + ":row", cb.Row().Before("gorm:row"), taintRaw},
 		{"gorm:query", replacing{cb.Query()}, p.query(orig)},
+	}
+	if p.cfg.CDC {
+		// Only a marked transaction needs to know it ran raw SQL.
+		hooks = append(hooks,
+			hook{Name + ":raw", cb.Raw().Before("gorm:raw"), taintRaw},
+			hook{Name + ":row", cb.Row().Before("gorm:row"), taintRaw})
 	}
 	for _, h := range hooks {
 		if err := h.at.Register(h.name, h.fn); err != nil {

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -530,25 +529,6 @@ func prefixKeys(t *testing.T, e *env) []string {
 	return keys
 }
 
-// commandCounter counts every command a Redis client sends.
-type commandCounter struct{ n atomic.Int64 }
-
-func (c *commandCounter) DialHook(next redis.DialHook) redis.DialHook { return next }
-
-func (c *commandCounter) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
-	return func(ctx context.Context, cmd redis.Cmder) error {
-		c.n.Add(1)
-		return next(ctx, cmd)
-	}
-}
-
-func (c *commandCounter) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
-	return func(ctx context.Context, cmds []redis.Cmder) error {
-		c.n.Add(int64(len(cmds)))
-		return next(ctx, cmds)
-	}
-}
-
 type kUntagged struct {
 	ID        uint `gorm:"primaryKey"`
 	Name      string
@@ -557,13 +537,12 @@ type kUntagged struct {
 
 func TestUntaggedModelCostsNoRedisCommands(t *testing.T) {
 	e := setup(t, nil, calm(), &kUntagged{}, &User{})
-	counter := &commandCounter{}
-	e.rdb.AddHook(counter)
+	counter := countRedisCommands(e.rdb)
 
 	// The counter sees what the plugin sends: a tagged model costs commands.
 	require.NoError(t, e.db.Create(&User{Email: "c@x"}).Error)
-	require.NotZero(t, counter.n.Load(), "the hook must count the plugin's commands")
-	counter.n.Store(0)
+	require.NotZero(t, counter.total(), "the hook must count the plugin's commands")
+	counter.reset()
 
 	ctx := context.Background()
 	rows := []kUntagged{{Name: "a"}, {Name: "b"}}
@@ -587,7 +566,7 @@ func TestUntaggedModelCostsNoRedisCommands(t *testing.T) {
 	require.NoError(t, e.db.Delete(&rows[1]).Error)
 	require.NoError(t, e.db.Unscoped().Delete(&rows[0]).Error)
 	require.NoError(t, e.db.Where("name = ?", "d").Delete(&kUntagged{}).Error)
-	assert.Zero(t, counter.n.Load(), "an untagged model must cost no Redis commands")
+	assert.Zero(t, counter.total(), "an untagged model must cost no Redis commands")
 }
 
 func TestInvalidConfigFailsUseNamingTheField(t *testing.T) {

@@ -354,19 +354,7 @@ func TestPanicOfAFlightLeaderIsNotRaisedInItsFollowers(t *testing.T) {
 	tw, _ := newPanicTwin(t)
 	require.NoError(t, writethrough.Invalidate(tw.cached, &keyedRow{}, "k1"))
 	const n = 8
-	var arrived atomic.Int32
-	allIn := make(chan struct{})
-	release := make(chan struct{})
-	writethrough.SetHook(tw.p, func(point, key string) {
-		switch point {
-		case "read:flight":
-			if arrived.Add(1) == n {
-				close(allIn)
-			}
-		case "read:after-lease":
-			<-release // the leader waits until every reader has arrived
-		}
-	})
+	allIn, release := gatherFlight(tw.p, n)
 	keyValuePanics.Store(1) // the leader's query: followers wait on the flight meanwhile
 	outs := make([]callOutcome, n)
 	rows := make([]keyedRow, n)
@@ -381,7 +369,7 @@ func TestPanicOfAFlightLeaderIsNotRaisedInItsFollowers(t *testing.T) {
 		}(i)
 	}
 	<-allIn
-	close(release)
+	release()
 	wg.Wait()
 	var raised []any
 	for i, o := range outs {

@@ -2,12 +2,9 @@ package writethrough_test
 
 import (
 	"context"
-	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 
-	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"gorm.io/gorm"
@@ -241,19 +238,7 @@ func TestConcurrentMissesShareOneDatabaseRead(t *testing.T) {
 	id := us[0].ID
 	require.NoError(t, writethrough.Invalidate(e.db, &User{}, id))
 	const n = 8
-	var arrived atomic.Int32
-	allIn := make(chan struct{})
-	release := make(chan struct{})
-	writethrough.SetHook(e.p, func(point, key string) {
-		switch point {
-		case "read:flight":
-			if arrived.Add(1) == n {
-				close(allIn)
-			}
-		case "read:after-lease":
-			<-release // the leader waits until every reader has arrived
-		}
-	})
+	allIn, release := gatherFlight(e.p, n)
 	before := e.sqls.Load()
 	var wg sync.WaitGroup
 	results := make([]User, n)
@@ -266,7 +251,7 @@ func TestConcurrentMissesShareOneDatabaseRead(t *testing.T) {
 		}(i)
 	}
 	<-allIn
-	close(release)
+	release()
 	wg.Wait()
 	for i := 0; i < n; i++ {
 		require.NoError(t, errs[i])
@@ -330,56 +315,6 @@ func TestPreloadIsNotServedFromTheCache(t *testing.T) {
 	require.NoError(t, e.db.Scopes(writethrough.Cached).Preload("Team").First(&got, m.ID).Error)
 	assert.Greater(t, e.sqls.Load(), before)
 	assert.Equal(t, "red", got.Team.Name)
-}
-
-// redisCommands counts the commands a Redis client sends, by name, pipelined
-// or not.
-type redisCommands struct {
-	mu sync.Mutex // protects n
-	n  map[string]int
-}
-
-func countRedisCommands(rdb *redis.Client) *redisCommands {
-	c := &redisCommands{n: map[string]int{}}
-	rdb.AddHook(c)
-	return c
-}
-
-func (c *redisCommands) DialHook(next redis.DialHook) redis.DialHook { return next }
-
-func (c *redisCommands) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
-	return func(ctx context.Context, cmd redis.Cmder) error {
-		c.add(cmd)
-		return next(ctx, cmd)
-	}
-}
-
-func (c *redisCommands) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
-	return func(ctx context.Context, cmds []redis.Cmder) error {
-		for _, cmd := range cmds {
-			c.add(cmd)
-		}
-		return next(ctx, cmds)
-	}
-}
-
-func (c *redisCommands) add(cmd redis.Cmder) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.n[strings.ToLower(cmd.Name())]++
-}
-
-// reads is how many GETs and MGETs were sent since the last reset.
-func (c *redisCommands) reads() int {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.n["get"] + c.n["mget"]
-}
-
-func (c *redisCommands) reset() {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	clear(c.n)
 }
 
 func TestGetMissReadsRedisOnce(t *testing.T) {

@@ -486,3 +486,84 @@ func await[T any](t testing.TB, ch <-chan outcome[T]) outcome[T] {
 	}
 	panic("unreachable")
 }
+
+// redisCommands counts the commands a Redis client sends, by name, pipelined
+// or not.
+type redisCommands struct {
+	mu sync.Mutex // protects n
+	n  map[string]int
+}
+
+func countRedisCommands(rdb *redis.Client) *redisCommands {
+	c := &redisCommands{n: map[string]int{}}
+	rdb.AddHook(c)
+	return c
+}
+
+func (c *redisCommands) DialHook(next redis.DialHook) redis.DialHook { return next }
+
+func (c *redisCommands) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		c.add(cmd)
+		return next(ctx, cmd)
+	}
+}
+
+func (c *redisCommands) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		for _, cmd := range cmds {
+			c.add(cmd)
+		}
+		return next(ctx, cmds)
+	}
+}
+
+func (c *redisCommands) add(cmd redis.Cmder) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.n[strings.ToLower(cmd.Name())]++
+}
+
+// reads is how many GETs and MGETs were sent since the last reset.
+func (c *redisCommands) reads() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.n["get"] + c.n["mget"]
+}
+
+// total is how many commands were sent since the last reset.
+func (c *redisCommands) total() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	n := 0
+	for _, v := range c.n {
+		n += v
+	}
+	return n
+}
+
+func (c *redisCommands) reset() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	clear(c.n)
+}
+
+// gatherFlight makes n cached reads of one key meet on one flight: the
+// flight's leader waits after taking its lease until all n readers have
+// arrived. allIn is closed when they have; release lets the leader go on.
+func gatherFlight(p *writethrough.Plugin, n int32) (allIn <-chan struct{}, release func()) {
+	var arrived atomic.Int32
+	in := make(chan struct{})
+	gate := make(chan struct{})
+	writethrough.SetHook(p, func(point, key string) {
+		switch point {
+		case "read:flight":
+			if arrived.Add(1) == n {
+				close(in)
+			}
+		case "read:after-lease":
+			<-gate // the leader waits until every reader has arrived
+		}
+	})
+	return in, func() { close(gate) }
+}

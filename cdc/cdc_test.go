@@ -207,6 +207,24 @@ func (r *rig) caughtUp() {
 	})
 }
 
+// accounts creates Account rows 1..n through the plugin, balance = id.
+func (r *rig) accounts(n int64) {
+	r.t.Helper()
+	for i := int64(1); i <= n; i++ {
+		if err := r.db.Create(&Account{ID: i, Balance: i}).Error; err != nil {
+			r.t.Fatal(err)
+		}
+	}
+}
+
+// fillAccounts reads Account rows 1..n with cached reads.
+func (r *rig) fillAccounts(n int64) {
+	r.t.Helper()
+	for i := int64(1); i <= n; i++ {
+		r.fill(&Account{}, i)
+	}
+}
+
 func (r *rig) exec(sql string, args ...any) {
 	r.t.Helper()
 	if _, err := r.raw.Exec(context.Background(), sql, args...); err != nil {
@@ -305,11 +323,7 @@ func TestRawWritesInvalidateTheirKeys(t *testing.T) {
 func TestTruncateRemovesEveryKeyOfTheTable(t *testing.T) {
 	r := newRig(t, &Account{}, &Tag{})
 	r.start()
-	for i := int64(1); i <= 50; i++ {
-		if err := r.db.Create(&Account{ID: i, Balance: i}).Error; err != nil {
-			t.Fatal(err)
-		}
-	}
+	r.accounts(50)
 	if err := r.db.Create(&Tag{Name: "go"}).Error; err != nil {
 		t.Fatal(err)
 	}
@@ -393,11 +407,7 @@ func TestANewSlotPurgesTheTablesFirst(t *testing.T) {
 func TestChangesWhileStoppedAreAppliedOnRestart(t *testing.T) {
 	r := newRig(t, &Account{})
 	r.start()
-	for i := int64(1); i <= 5; i++ {
-		if err := r.db.Create(&Account{ID: i, Balance: i}).Error; err != nil {
-			t.Fatal(err)
-		}
-	}
+	r.accounts(5)
 	r.eventually("inserts applied", func() error {
 		if n := r.c.Stats().Transactions; n < 5 {
 			return fmt.Errorf("%d transactions", n)
@@ -405,9 +415,7 @@ func TestChangesWhileStoppedAreAppliedOnRestart(t *testing.T) {
 		return nil
 	})
 	r.stop()
-	for i := int64(1); i <= 5; i++ {
-		r.fill(&Account{}, i)
-	}
+	r.fillAccounts(5)
 	r.exec("UPDATE accounts SET balance = balance + 100 WHERE id <= 3")
 	c := r.start()
 	for i := int64(1); i <= 3; i++ {
@@ -567,11 +575,7 @@ func TestThePluginsOwnWritesCostNoMiss(t *testing.T) {
 	rdb, prefix := testenv.Redis(t)
 	r := newRigWith(t, rdb, writethrough.Config{Prefix: prefix, CDC: true}, &Account{})
 	c := r.start()
-	for i := int64(1); i <= 3; i++ {
-		if err := r.db.Create(&Account{ID: i, Balance: i}).Error; err != nil {
-			t.Fatal(err)
-		}
-	}
+	r.accounts(3)
 	r.caughtUp()
 	for i := int64(1); i <= 3; i++ {
 		if s := r.state(&Account{}, i); s != "committed" {

@@ -181,16 +181,10 @@ func TestRedisDownHoldsBackConfirmation(t *testing.T) {
 	rdb := srv.Client(t)
 	r := newRigOn(t, rdb, "wtcdc", &Account{})
 	r.cfg.Timeout = 200 * time.Millisecond
-	for i := int64(1); i <= 10; i++ {
-		if err := r.db.Create(&Account{ID: i, Balance: i}).Error; err != nil {
-			t.Fatal(err)
-		}
-	}
+	r.accounts(10)
 	c := r.start()
 	r.caughtUp()
-	for i := int64(1); i <= 10; i++ {
-		r.fill(&Account{}, i)
-	}
+	r.fillAccounts(10)
 	before := c.Stats()
 	srv.Pause()
 	paused := true
@@ -239,16 +233,10 @@ func TestRedisDownHoldsBackConfirmation(t *testing.T) {
 // removes every key before it confirms anything.
 func TestADroppedSlotIsRemadeAndPurged(t *testing.T) {
 	r := newRig(t, &Account{})
-	for i := int64(1); i <= 10; i++ {
-		if err := r.db.Create(&Account{ID: i, Balance: i}).Error; err != nil {
-			t.Fatal(err)
-		}
-	}
+	r.accounts(10)
 	c := r.start()
 	r.caughtUp()
-	for i := int64(1); i <= 10; i++ {
-		r.fill(&Account{}, i)
-	}
+	r.fillAccounts(10)
 	ctx := context.Background()
 	// Kill the walsender, then drop the slot before the consumer is back.
 	for {

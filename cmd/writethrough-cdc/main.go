@@ -114,7 +114,7 @@ func run(args []string, stderr io.Writer) int {
 					st := c.Stats()
 					log.Info("cdc: stats", "state", st.State.String(), "transactions", st.Transactions,
 						"keys", st.KeysApplied, "skipped", st.KeysSkipped, "purges", st.Purges,
-						"lag", st.Lag, "confirmed", st.ConfirmedLSN, "reconnects", st.Reconnects, "errors", st.Errors)
+						"lag", st.Lag.String(), "confirmed", st.ConfirmedLSN, "reconnects", st.Reconnects, "errors", st.Errors)
 				}
 			}
 		}()

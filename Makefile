@@ -10,9 +10,11 @@ GO ?= go
 # have their own go.mod.
 MODULES := . $(patsubst %/go.mod,%,$(wildcard examples/go.mod bench/go.mod))
 
-# Soak test knobs: make soak DURATION=1h CLIENTS=64
+# Soak test knobs: make soak DURATION=1h CLIENTS=64 [PHASES=cdc]
+# (PHASES: run only the phases whose name contains it)
 DURATION ?= 10m
 CLIENTS ?= 32
+PHASES ?=
 # GORM's own test suite, from a go-gorm/gorm checkout at the version in go.mod:
 # make gorm-suite GORM_SRC=../gorm [MODES="plain cached"]
 GORM_SRC ?=
@@ -58,8 +60,8 @@ bench: services ## Print the comparison table (bench/cmd/benchtable)
 	fi
 
 .PHONY: soak
-soak: services ## Run the soak test (DURATION=10m CLIENTS=32)
-	$(GO) test -v -run TestSoak -timeout 0 -count=1 . -args -soak.duration=$(DURATION) -soak.clients=$(CLIENTS)
+soak: services ## Run the soak test (DURATION=10m CLIENTS=32 PHASES=)
+	$(GO) test -v -run TestSoak -timeout 0 -count=1 . -args -soak.duration=$(DURATION) -soak.clients=$(CLIENTS) -soak.only='$(PHASES)'
 
 .PHONY: gorm-suite
 gorm-suite: services ## Run GORM's test suite with and without the plugin (GORM_SRC=dir)

@@ -19,6 +19,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"slices"
 	"strings"
@@ -28,6 +29,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/require"
 	"gorm.io/gorm"
@@ -35,6 +37,7 @@ import (
 	"gorm.io/gorm/logger"
 
 	"github.com/gorm-writethrough/writethrough"
+	"github.com/gorm-writethrough/writethrough/cdc"
 	"github.com/gorm-writethrough/writethrough/internal/checker"
 	"github.com/gorm-writethrough/writethrough/internal/faultproxy"
 	"github.com/gorm-writethrough/writethrough/internal/testenv"
@@ -147,6 +150,14 @@ type runConfig struct {
 	// faults, when set, runs during every window (not at quiescent points)
 	// until stop is closed.
 	faults func(stop <-chan struct{})
+	// bypass is the chance in a hundred that a step writes around the
+	// plugin (bypass_test.go): raw SQL on a connection of its own, a
+	// psql-style script, or db.Exec. The checker measures the reads those
+	// writes leave stale instead of counting them as violations.
+	bypass int
+	// consumer runs a cdc.Consumer on the items table during the run, and
+	// at every quiescent point waits until it applied every change.
+	consumer bool
 	// log receives progress lines; nil is silent.
 	log func(format string, args ...any)
 }
@@ -155,9 +166,10 @@ type runConfig struct {
 type runReport struct {
 	strategy string
 	checker.Totals
-	violations []checker.Violation
-	stale      []checker.StaleRead
-	phantomOps []checker.Op
+	violations  []checker.Violation
+	stale       []checker.StaleRead
+	phantomOps  []checker.Op
+	bypassStale []checker.StaleRead // the stalest reads behind writes around the plugin
 	// P3, counted over every quiescent point.
 	scans           int      // keys compared
 	diverged        int      // keys that held another row, or a row for an absent one
@@ -210,7 +222,8 @@ type harness struct {
 	cfg   runConfig
 	s     strategy
 	start time.Time
-	kills *sync.Map // Redis key -> backend pid to terminate at its commit
+	kills *sync.Map     // Redis key -> backend pid to terminate at its commit
+	raw   *pgxpool.Pool // connections that bypass GORM (cfg.bypass)
 
 	tags atomic.Int64
 }
@@ -288,6 +301,7 @@ func (h *harness) run(ctx context.Context) (runReport, error) {
 	rep.Totals = chk.Totals
 	rep.opsPerSec = float64(rep.Ops) / rep.elapsed.Seconds()
 	rep.violations, rep.stale, rep.phantomOps = chk.Violations, chk.Stale, chk.PhantomOps
+	rep.bypassStale = chk.BypassStale
 	if ps, ok := h.s.(*pluginStrategy); ok {
 		rep.stats = "; " + ps.statsLine()
 	}
@@ -429,22 +443,26 @@ func (w *worker) recordReads(call, ret int64, source string, ids []int64, got ma
 // anything could commit is dropped (nothing happened); anything else is an
 // unknown outcome, recorded as maybe.
 func (w *worker) recordWrites(call, ret int64, source string, err error, vals map[int64]checker.Value) {
+	if w.record(call, ret, source, err, vals, false) {
+		w.h.s.committed(slices.Collect(maps.Keys(vals)))
+	}
+}
+
+// record adds the writes and reports whether they committed for sure.
+// bypass marks writes made around the plugin.
+func (w *worker) record(call, ret int64, source string, err error, vals map[int64]checker.Value, bypass bool) bool {
 	kind := checker.Write
 	if err != nil {
 		if failedForSure(err) || len(vals) == 0 {
 			w.fails++
-			return
+			return false
 		}
 		kind = checker.MaybeWrite
 	}
-	ids := make([]int64, 0, len(vals))
 	for id, v := range vals {
-		ids = append(ids, id)
-		w.ops = append(w.ops, checker.Op{Key: id, Kind: kind, Value: v, Call: call, Return: ret, Client: w.id, Source: source})
+		w.ops = append(w.ops, checker.Op{Key: id, Kind: kind, Value: v, Call: call, Return: ret, Client: w.id, Source: source, Bypass: bypass})
 	}
-	if kind == checker.Write {
-		w.h.s.committed(ids)
-	}
+	return kind == checker.Write
 }
 
 // failedForSure tells errors after which the transaction certainly did not
@@ -503,6 +521,10 @@ func readBack(tx *gorm.DB, ids []int64, tags ...int64) (map[int64]checker.Value,
 func (w *worker) step(ctx context.Context) {
 	db := w.h.s.db().WithContext(ctx)
 	call := w.h.now()
+	if w.rng.IntN(100) < w.h.cfg.bypass {
+		w.bypass(ctx, call)
+		return
+	}
 	if w.rng.IntN(100) < w.h.cfg.extraReads {
 		how := readHow(w.rng.IntN(4))
 		ids := []int64{w.key()}
@@ -784,10 +806,11 @@ func (w *worker) nested(ctx context.Context, call int64) {
 
 // pluginStrategy is the plugin under test.
 type pluginStrategy struct {
-	gdb  *gorm.DB
-	p    *writethrough.Plugin
-	rdb  *redis.Client
-	keys []string // by id
+	gdb      *gorm.DB
+	p        *writethrough.Plugin
+	rdb      *redis.Client
+	keys     []string      // by id
+	consumer *cdc.Consumer // cfg.consumer
 }
 
 func (s *pluginStrategy) name() string      { return "writethrough" }
@@ -795,10 +818,14 @@ func (s *pluginStrategy) db() *gorm.DB      { return s.gdb }
 func (s *pluginStrategy) committed([]int64) {}
 
 // settle drains the outbox: Soft mode's convergence (P3) is promised once
-// it has drained.
+// it has drained. With a consumer, it first waits until the consumer has
+// applied every change: writes that bypassed the plugin converge then.
 func (s *pluginStrategy) settle() {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
+	if s.consumer != nil {
+		_ = s.consumer.Sync(ctx) // a consumer that cannot catch up shows as P3 divergence
+	}
 	for {
 		n, err := s.p.Drain(ctx)
 		switch {
@@ -812,9 +839,15 @@ func (s *pluginStrategy) settle() {
 
 func (s *pluginStrategy) statsLine() string {
 	st := s.p.Stats()
-	return fmt.Sprintf("plugin: %d hits, %d misses, %d fills (%d lost), %d prepares (%d failed), %d finalizes (%d failed), %d read errors, %d outboxed, %d drained, breaker opened %d times",
+	line := fmt.Sprintf("plugin: %d hits, %d misses, %d fills (%d lost), %d prepares (%d failed), %d finalizes (%d failed), %d read errors, %d outboxed, %d drained, breaker opened %d times",
 		st.Hits, st.Misses, st.Fills, st.FillsLost, st.Prepares, st.PrepareErrors, st.Finalizes, st.FinalizeErrors,
 		st.RedisErrors, st.Outboxed, st.Drained, st.BreakerOpens)
+	if s.consumer != nil {
+		cs := s.consumer.Stats()
+		line += fmt.Sprintf("; consumer: %d transactions, %d keys invalidated, %d skipped (the plugin's own), %d purges, lag last %s, max %s",
+			cs.Transactions, cs.KeysApplied, cs.KeysSkipped, cs.Purges, cs.Lag.Round(time.Microsecond), cs.MaxLag.Round(time.Microsecond))
+	}
+	return line
 }
 func (s *pluginStrategy) key(id int64) string {
 	return s.keys[id]
@@ -888,8 +921,16 @@ func (s *pluginStrategy) cached(ctx context.Context, id int64) (cacheState, Item
 	return cacheBusy, Item{}, nil
 }
 
+// items is a test's own items table, its DSN and its Redis prefix.
+type items struct {
+	db     *gorm.DB
+	dsn    string
+	rdb    *redis.Client
+	prefix string
+}
+
 // openItems gives a test its own items table and Redis prefix.
-func openItems(t testing.TB, gcfg *gorm.Config, clients int) (*gorm.DB, *redis.Client, string) {
+func openItems(t testing.TB, gcfg *gorm.Config, clients int) items {
 	t.Helper()
 	if gcfg == nil {
 		gcfg = &gorm.Config{}
@@ -897,11 +938,12 @@ func openItems(t testing.TB, gcfg *gorm.Config, clients int) (*gorm.DB, *redis.C
 	gcfg.Logger = logger.Discard
 	// Bulk updates lock rows in scan order, not id order, and may deadlock
 	// with other writers: have PostgreSQL notice quickly.
-	db := testrig.Open(t, testenv.PostgresDSN(t)+" deadlock_timeout=100ms", gcfg)
+	dsn := testenv.PostgresDSN(t) + " deadlock_timeout=100ms"
+	db := testrig.Open(t, dsn, gcfg)
 	testrig.Pool(t, db, clients+8, clients+8)
 	require.NoError(t, db.Exec(itemsDDL).Error)
 	rdb, prefix := testenv.Redis(t)
-	return db, rdb, prefix
+	return items{db: db, dsn: dsn, rdb: rdb, prefix: prefix}
 }
 
 // seedItems inserts the hot rows.
@@ -916,16 +958,17 @@ func seedItems(t testing.TB, db *gorm.DB, rows int) {
 // terminates a transaction's backend at COMMIT when a client asked for it.
 func newPluginRun(t testing.TB, gcfg *gorm.Config, cfg runConfig) *harness {
 	t.Helper()
-	db, rdb, prefix := openItems(t, gcfg, cfg.clients)
-	return pluginRunOn(t, db, rdb, rdb, prefix, cfg)
+	it := openItems(t, gcfg, cfg.clients)
+	return pluginRunOn(t, it, it.rdb, cfg)
 }
 
 // pluginRunOn runs the plugin with pluginRdb, and compares keys through
-// rdb (the same server, perhaps not through the same path).
-func pluginRunOn(t testing.TB, db *gorm.DB, pluginRdb redis.UniversalClient, rdb *redis.Client, prefix string, cfg runConfig) *harness {
+// it.rdb (the same server, perhaps not through the same path).
+func pluginRunOn(t testing.TB, it items, pluginRdb redis.UniversalClient, cfg runConfig) *harness {
 	t.Helper()
+	db, rdb := it.db, it.rdb
 	pcfg := cfg.plugin
-	pcfg.Prefix = prefix
+	pcfg.Prefix = it.prefix
 	p := install(t, db, pluginRdb, pcfg)
 	s := &pluginStrategy{gdb: db, p: p, rdb: rdb, keys: make([]string, cfg.rows+1)}
 	for id := 1; id <= cfg.rows; id++ {
@@ -934,6 +977,12 @@ func pluginRunOn(t testing.TB, db *gorm.DB, pluginRdb redis.UniversalClient, rdb
 		s.keys[id] = k
 	}
 	h := &harness{cfg: cfg, s: s}
+	if cfg.bypass > 0 {
+		h.raw = rawPool(t, it.dsn, cfg.clients)
+	}
+	if cfg.consumer {
+		s.consumer = startConsumer(t, db, it, pluginRdb)
+	}
 	if cfg.killCommits > 0 {
 		h.kills = &sync.Map{}
 		writethrough.SetHook(p, func(point, key string) {
@@ -1124,7 +1173,8 @@ func (s *cacheAside) cached(ctx context.Context, id int64) (cacheState, Item, er
 
 func newBrokenRun(t testing.TB, which string, cfg runConfig) *harness {
 	t.Helper()
-	db, rdb, prefix := openItems(t, nil, cfg.clients)
+	it := openItems(t, nil, cfg.clients)
+	db, rdb, prefix := it.db, it.rdb, it.prefix
 	var s strategy
 	switch which {
 	case "naive":
@@ -1135,7 +1185,11 @@ func newBrokenRun(t testing.TB, which string, cfg runConfig) *harness {
 		s = &cacheAside{gdb: db, rdb: rdb, prefix: prefix, delay: 20 * time.Millisecond}
 	}
 	seedItems(t, db, cfg.rows)
-	return &harness{cfg: cfg, s: s}
+	h := &harness{cfg: cfg, s: s}
+	if cfg.bypass > 0 {
+		h.raw = rawPool(t, it.dsn, cfg.clients)
+	}
+	return h
 }
 
 // boundedRun is the configuration `make test` runs: short, under -race.
@@ -1263,8 +1317,8 @@ func redisFaults(proxy *faultproxy.Proxy, seed uint64) func(stop <-chan struct{}
 // a fault proxy; the harness compares keys over a healthy client.
 func newSoftFaultRun(t testing.TB, cfg runConfig) *harness {
 	t.Helper()
-	db, rdb, prefix := openItems(t, nil, cfg.clients)
-	proxy := faultproxy.New(t, rdb.Options().Addr)
+	it := openItems(t, nil, cfg.clients)
+	proxy := faultproxy.New(t, it.rdb.Options().Addr)
 	prdb := testrig.FaultClient(t, proxy.Addr())
 	cfg.faults = redisFaults(proxy, cfg.seed)
 	cfg.plugin.Mode = writethrough.Soft
@@ -1274,7 +1328,7 @@ func newSoftFaultRun(t testing.TB, cfg runConfig) *harness {
 	// settle drains by hand: a background drainer holding records (SKIP
 	// LOCKED) would make a pass look empty before they are drained.
 	cfg.plugin.DrainInterval = -1
-	return pluginRunOn(t, db, prdb, rdb, prefix, cfg)
+	return pluginRunOn(t, it, prdb, cfg)
 }
 
 // Soft mode keeps writes going when Redis fails, and promises convergence

@@ -303,30 +303,32 @@ func (c *Checker) CheckWindow(init map[int64]Value, start int64, ops []Op) Windo
 			continue
 		}
 		c.Totals.Partitions++
-		stale, behindBypass, phantoms := c.row(k).analyse(init[k], start, kops)
-		res.StaleReads += len(stale)
-		res.BypassStale += len(behindBypass)
-		res.Phantoms += len(phantoms)
-		check := kops
-		if len(behindBypass) > 0 {
-			// Reads stale behind bypassing writes only are measured, not
-			// linearized.
-			check = make([]Op, 0, len(kops))
-			skip := make(map[Op]bool, len(behindBypass))
-			for _, s := range behindBypass {
-				skip[s.Op] = true
-			}
-			for _, o := range kops {
-				if !skip[o] {
-					check = append(check, o)
+		stale, behindBypass, ambiguous, phantoms := c.row(k).analyse(init[k], start, kops, false)
+		// Reads stale behind bypassing writes only are measured, not
+		// linearized.
+		check := without(kops, behindBypass)
+		verdict := c.linearizable(init[k], check)
+		if verdict == porcupine.Illegal && bypassed(kops) {
+			// Absent reads say little: the analysis takes each for the
+			// latest absence it could have seen, and proving nothing about
+			// when that was known. Try them the other ways: as an older
+			// absence behind a bypassing insert, or as proof that the
+			// latest absence was known when they returned.
+			if alt := without(check, ambiguous); len(ambiguous) > 0 && c.linearizable(init[k], alt) != porcupine.Illegal {
+				behindBypass = append(behindBypass, ambiguous...)
+				check, verdict = alt, porcupine.Ok
+			} else {
+				stale2, behind2, _, phantoms2 := c.row(k).analyse(init[k], start, kops, true)
+				if alt := without(kops, behind2); c.linearizable(init[k], alt) != porcupine.Illegal {
+					stale, behindBypass, phantoms = stale2, behind2, phantoms2
+					check, verdict = alt, porcupine.Ok
 				}
 			}
 		}
-		maybe := false
-		for _, o := range check {
-			maybe = maybe || o.Kind == MaybeWrite
-		}
-		switch porcupine.CheckOperationsTimeout(rowModel(init[k], maybe), toPorcupine(init[k], check), c.Timeout) {
+		res.StaleReads += len(stale)
+		res.BypassStale += len(behindBypass)
+		res.Phantoms += len(phantoms)
+		switch verdict {
 		case porcupine.Illegal:
 			res.Violations++
 			if len(c.Violations) < c.KeepExamples {
@@ -363,6 +365,43 @@ func (c *Checker) CheckWindow(init map[int64]Value, start int64, ops []Op) Windo
 	c.Totals.Phantoms += res.Phantoms
 	c.Totals.BypassStale += res.BypassStale
 	return res
+}
+
+// linearizable runs porcupine on one row's operations.
+func (c *Checker) linearizable(init Value, ops []Op) porcupine.CheckResult {
+	maybe := false
+	for _, o := range ops {
+		maybe = maybe || o.Kind == MaybeWrite
+	}
+	return porcupine.CheckOperationsTimeout(rowModel(init, maybe), toPorcupine(init, ops), c.Timeout)
+}
+
+// bypassed reports whether a bypassing write is among ops.
+func bypassed(ops []Op) bool {
+	for _, o := range ops {
+		if o.Bypass && o.Kind != Read {
+			return true
+		}
+	}
+	return false
+}
+
+// without returns ops but the reads of reads.
+func without(ops []Op, reads []StaleRead) []Op {
+	if len(reads) == 0 {
+		return ops
+	}
+	skip := make(map[Op]bool, len(reads))
+	for _, s := range reads {
+		skip[s.Op] = true
+	}
+	out := make([]Op, 0, len(ops))
+	for _, o := range ops {
+		if !skip[o] {
+			out = append(out, o)
+		}
+	}
+	return out
 }
 
 // keepBypassStale keeps s if it is among the KeepExamples stalest.
@@ -588,8 +627,13 @@ func (r *rowLog) newerKnown(order int64) (any, own int64) {
 
 // analyse registers the window's writes, then classifies its reads: stale
 // (behind a write of the plugin's, or a read of one), stale behind
-// bypassing writes only, and phantoms.
-func (r *rowLog) analyse(init Value, start int64, ops []Op) (stale, behindBypass []StaleRead, phantoms []Op) {
+// bypassing writes only, and phantoms. ambiguous holds absent reads that
+// are not stale as find takes them, but would be stale behind bypassing
+// writes only if they saw an older absence: the row deleted, re-inserted
+// around the cache, then deleted again while the read ran. absentProves
+// makes an absent read prove that the absence find takes it for existed
+// by the time it returned.
+func (r *rowLog) analyse(init Value, start int64, ops []Op, absentProves bool) (stale, behindBypass, ambiguous []StaleRead, phantoms []Op) {
 	r.seed(init, start)
 	var writes []Op
 	for _, o := range ops {
@@ -624,7 +668,7 @@ func (r *rowLog) analyse(init Value, start int64, ops []Op) (stale, behindBypass
 			continue
 		}
 		found[i] = s
-		if o.Value.Present {
+		if o.Value.Present || absentProves {
 			// An absent read does not say which absent state it saw (before
 			// an insert, or after a delete): it proves nothing about time.
 			r.lower(s, o.Return)
@@ -641,9 +685,28 @@ func (r *rowLog) analyse(init Value, start int64, ops []Op) (stale, behindBypass
 			stale = append(stale, StaleRead{Op: o, Staleness: time.Duration(o.Call - k)})
 		case k < o.Call:
 			behindBypass = append(behindBypass, StaleRead{Op: o, Staleness: time.Duration(o.Call - k)})
+		case !o.Value.Present:
+			if k, ok := r.olderAbsence(s, o); ok {
+				ambiguous = append(ambiguous, StaleRead{Op: o, Staleness: time.Duration(o.Call - k)})
+			}
 		}
 	}
-	return stale, behindBypass, phantoms
+	return stale, behindBypass, ambiguous, phantoms
+}
+
+// olderAbsence looks, below the absent state s, for the latest absent
+// state an absent read o would be stale behind bypassing writes only
+// against, and returns when the state after it was first known.
+func (r *rowLog) olderAbsence(s *state, o Op) (known int64, ok bool) {
+	for i := len(r.states) - 1; i >= 0; i-- {
+		old := r.states[i]
+		if old.order >= s.order || old.val.Present {
+			continue
+		}
+		k, own := r.newerKnown(old.order)
+		return k, k < o.Call && own >= o.Call
+	}
+	return 0, false
 }
 
 // find returns the state a read returned: a present value by identity; an

@@ -247,6 +247,48 @@ func TestBypassingWrites(t *testing.T) {
 			violations: 1, stale: 1,
 		},
 		{
+			name: "an absence behind a bypassing insert, while a delete runs",
+			ops: []Op{
+				{Kind: Write, Value: Value{Version: 1}, Call: 0, Return: 1 * ms},
+				{Kind: Write, Value: v2, Call: 2 * ms, Return: 3 * ms, Bypass: true},
+				{Kind: Write, Value: Value{Version: 2}, Call: 2500 * ms / 1000, Return: 20 * ms},
+				{Kind: Read, Value: Absent, Call: 4 * ms, Return: 6 * ms},
+				{Kind: Read, Value: v2, Call: 7 * ms, Return: 8 * ms},
+			},
+			behind: 1, bypassStaleness: 1 * time.Millisecond,
+		},
+		{
+			name: "the same insert through the plugin",
+			ops: []Op{
+				{Kind: Write, Value: Value{Version: 1}, Call: 0, Return: 1 * ms},
+				{Kind: Write, Value: v2, Call: 2 * ms, Return: 3 * ms},
+				{Kind: Write, Value: Value{Version: 2}, Call: 2500 * ms / 1000, Return: 20 * ms},
+				{Kind: Read, Value: Absent, Call: 4 * ms, Return: 6 * ms},
+				{Kind: Read, Value: v2, Call: 7 * ms, Return: 8 * ms},
+			},
+			violations: 1,
+		},
+		{
+			name: "a row served after an absent read saw its bypassing delete",
+			ops: []Op{
+				{Kind: Write, Value: v2, Call: 2 * ms, Return: 20 * ms},
+				{Kind: Write, Value: Value{Version: 2}, Call: 3 * ms, Return: 25 * ms, Bypass: true},
+				{Kind: Read, Value: Absent, Call: 10 * ms, Return: 12 * ms},
+				{Kind: Read, Value: v2, Call: 15 * ms, Return: 16 * ms},
+			},
+			behind: 1, bypassStaleness: 3 * time.Millisecond,
+		},
+		{
+			name: "the same delete through the plugin",
+			ops: []Op{
+				{Kind: Write, Value: v2, Call: 2 * ms, Return: 20 * ms},
+				{Kind: Write, Value: Value{Version: 2}, Call: 3 * ms, Return: 25 * ms},
+				{Kind: Read, Value: Absent, Call: 10 * ms, Return: 12 * ms},
+				{Kind: Read, Value: v2, Call: 15 * ms, Return: 16 * ms},
+			},
+			violations: 1,
+		},
+		{
 			name: "a bypassing write is still a write: reads must not invent an order",
 			ops: []Op{
 				{Kind: Write, Value: v2, Call: 0, Return: 1 * ms, Bypass: true},

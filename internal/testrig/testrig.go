@@ -8,6 +8,8 @@
 //   - [FaultClient]: a Redis client as a plugin under fault should have it;
 //   - [FillRedis]: a Redis that refuses every command adding data;
 //   - [Poll]: a wait for a state the test cannot be told about;
+//   - [DropSlotAtCleanup]: a replication slot and publication removed when
+//     the test ends;
 //   - [SQLState]: the SQLSTATE of a PostgreSQL error.
 //
 // Like testenv, every helper that reaches a server skips the test under
@@ -20,6 +22,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -156,4 +159,35 @@ func SQLState(err error) string {
 		return pe.Code
 	}
 	return ""
+}
+
+// DropSlotAtCleanup drops the logical replication slot and the publication
+// called name, on the server of dsn, when the test ends. A slot outlives
+// the test's schema and, left behind, keeps WAL forever.
+func DropSlotAtCleanup(t testing.TB, dsn, name string) {
+	t.Helper()
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		conn, err := pgconn.Connect(ctx, dsn)
+		if err != nil {
+			t.Errorf("testrig: dropping slot %s: %v", name, err)
+			return
+		}
+		defer conn.Close(context.Background())
+		// The walsender of a stopped consumer may take a moment to exit.
+		for {
+			_, err = conn.Exec(ctx, `SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = '`+strings.ReplaceAll(name, "'", "''")+`'`).ReadAll()
+			if err == nil || SQLState(err) != "55006" || ctx.Err() != nil {
+				break
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		if err != nil {
+			t.Errorf("testrig: dropping slot %s: %v", name, err)
+		}
+		if _, err := conn.Exec(ctx, `DROP PUBLICATION IF EXISTS "`+strings.ReplaceAll(name, `"`, `""`)+`"`).ReadAll(); err != nil {
+			t.Errorf("testrig: dropping publication %s: %v", name, err)
+		}
+	})
 }

@@ -86,6 +86,8 @@ type Consumer struct {
 	mu      sync.Mutex // protects lastErr
 	lastErr string
 
+	db *gorm.DB // as given to New, for Sync; may be nil
+
 	hook func(point string) // tests: called at named points of the stream
 }
 
@@ -101,6 +103,30 @@ type counters struct {
 	lagNanos     atomic.Int64
 	maxLagNanos  atomic.Int64
 	confirmedLSN atomic.Uint64
+
+	mu       sync.Mutex    // protects advanced
+	advanced chan struct{} // closed when confirmedLSN moves
+}
+
+// confirm records that every change before lsn is applied in Redis.
+func (s *counters) confirm(lsn pglogrepl.LSN) {
+	s.confirmedLSN.Store(uint64(lsn))
+	s.mu.Lock()
+	if s.advanced != nil {
+		close(s.advanced)
+		s.advanced = nil
+	}
+	s.mu.Unlock()
+}
+
+// moved returns a channel closed when confirmedLSN next moves.
+func (s *counters) moved() <-chan struct{} {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.advanced == nil {
+		s.advanced = make(chan struct{})
+	}
+	return s.advanced
 }
 
 // table is one followed table and the cached models stored from it.
@@ -134,7 +160,7 @@ func New(db *gorm.DB, cfg Config) (*Consumer, error) {
 		return nil, fmt.Errorf("%w: ConnString: %w", ErrInvalidConfig, err)
 	}
 	pcfg.RuntimeParams["replication"] = "database"
-	c := &Consumer{cfg: cfg, connCfg: pcfg, stats: &counters{}}
+	c := &Consumer{cfg: cfg, connCfg: pcfg, stats: &counters{}, db: db}
 	byName := map[string]*table{}
 	for _, m := range cfg.Models {
 		if m == nil || reflect.TypeOf(m).Kind() != reflect.Pointer {
@@ -216,6 +242,57 @@ func (c *Consumer) Run(ctx context.Context) error {
 		backoff = min(2*backoff, c.cfg.RetryMax)
 	}
 	return nil
+}
+
+// Sync returns once the consumer has applied, in Redis, every change
+// committed before Sync was called: after a migration or a batch job that
+// wrote around the plugin, a caller that Syncs before serving reads is
+// served no row those writes changed. It needs a consumer that runs (in
+// this process: it waits on this Consumer's progress) and returns ctx's
+// error if ctx ends first.
+func (c *Consumer) Sync(ctx context.Context) error {
+	want, err := c.walPosition(ctx)
+	if err != nil {
+		return fmt.Errorf("cdc: sync: %w", err)
+	}
+	for {
+		moved := c.stats.moved()
+		if pglogrepl.LSN(c.stats.confirmedLSN.Load()) >= want {
+			return nil
+		}
+		select {
+		case <-moved:
+		case <-ctx.Done():
+			return fmt.Errorf("cdc: sync to %s (applied up to %s): %w", want, pglogrepl.LSN(c.stats.confirmedLSN.Load()), ctx.Err())
+		}
+	}
+}
+
+// walPosition is where PostgreSQL is inserting WAL now: past the commit of
+// every transaction that has returned, with synchronous_commit off too.
+func (c *Consumer) walPosition(ctx context.Context) (pglogrepl.LSN, error) {
+	var pos string
+	if c.db != nil {
+		if err := c.db.WithContext(ctx).Raw("SELECT pg_current_wal_insert_lsn()::text").Row().Scan(&pos); err != nil {
+			return 0, err
+		}
+		return pglogrepl.ParseLSN(pos)
+	}
+	cfg := c.connCfg.Copy()
+	delete(cfg.RuntimeParams, "replication")
+	conn, err := pgconn.ConnectConfig(ctx, cfg)
+	if err != nil {
+		return 0, err
+	}
+	defer conn.Close(context.Background())
+	rows, err := query(ctx, conn, "SELECT pg_current_wal_insert_lsn()::text")
+	if err != nil {
+		return 0, err
+	}
+	if len(rows) != 1 || len(rows[0]) != 1 {
+		return 0, errors.New("pg_current_wal_insert_lsn: no row")
+	}
+	return pglogrepl.ParseLSN(rows[0][0])
 }
 
 // errStandby: another consumer holds the slot.

@@ -124,7 +124,7 @@ func (s *session) copyData(ctx context.Context, data []byte) error {
 		// safe to confirm (an idle slot then keeps no WAL).
 		if !s.tx.open && k.ServerWALEnd > s.confirmed {
 			s.confirmed = k.ServerWALEnd
-			s.c.stats.confirmedLSN.Store(uint64(s.confirmed))
+			s.c.stats.confirm(s.confirmed)
 		}
 		if k.ReplyRequested {
 			return s.status(ctx, true)
@@ -206,7 +206,7 @@ func (s *session) logical(ctx context.Context, data []byte) error {
 		if m.TransactionEndLSN > s.confirmed {
 			s.confirmed = m.TransactionEndLSN
 		}
-		st.confirmedLSN.Store(uint64(s.confirmed))
+		st.confirm(s.confirmed)
 	}
 	return nil
 }

@@ -30,6 +30,7 @@ import (
 	"fmt"
 	"hash/fnv"
 	"math"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -118,6 +119,10 @@ type Op struct {
 	// Source says how the operation ran ("cached", "db", "update", ...),
 	// for reports.
 	Source string
+	// Bypass marks a write made around the cache (raw SQL on another
+	// connection, another program): until something invalidates the row's
+	// key, readers may still be served the older row. See [BypassStale].
+	Bypass bool
 }
 
 func (o Op) String() string {
@@ -172,17 +177,37 @@ type Totals struct {
 	Phantoms    int // reads of a value no write produced
 	// MaxStaleness is the longest staleness among StaleReads.
 	MaxStaleness time.Duration
+	// BypassWrites counts the writes marked Bypass, BypassStale the reads
+	// that only such writes made stale (see [Checker.BypassStale]), and
+	// MaxBypassStaleness is the longest of those.
+	BypassWrites       int
+	BypassStale        int
+	MaxBypassStaleness time.Duration
 }
 
 func (t Totals) String() string {
-	return fmt.Sprintf("%d ops checked (%d reads, %d writes, %d maybe) in %d windows / %d partitions: "+
+	s := fmt.Sprintf("%d ops checked (%d reads, %d writes, %d maybe) in %d windows / %d partitions: "+
 		"%d linearizability violations, %d unknown, %d stale reads (longest %s), %d phantom reads",
 		t.Ops, t.Reads, t.Writes, t.MaybeWrites, t.Windows, t.Partitions,
 		t.Violations, t.Unknown, t.StaleReads, t.MaxStaleness, t.Phantoms)
+	if t.BypassWrites > 0 {
+		s += fmt.Sprintf("; %d writes bypassed the cache, %d reads stale behind them only (longest %s)",
+			t.BypassWrites, t.BypassStale, t.MaxBypassStaleness)
+	}
+	return s
 }
 
 // Checker checks consecutive windows of one run. It is not safe for
 // concurrent use.
+//
+// Writes marked [Op.Bypass] went around the cache, so a cache may serve
+// the older row for a while after they commit: as long as its invalidation
+// (by change-data-capture, say) is on its way. A read that is stale only
+// because of such writes (every newer state known before the read began
+// was written by one) is not held against linearizability: it is left out
+// of porcupine's history, counted in BypassStale with its staleness, and
+// the caller compares that with the bound it expects. A read stale behind
+// any other write is a stale read as usual.
 type Checker struct {
 	// Timeout bounds porcupine's search on one partition; zero means 10s.
 	Timeout time.Duration
@@ -194,6 +219,9 @@ type Checker struct {
 	Violations []Violation
 	Stale      []StaleRead
 	PhantomOps []Op
+	// BypassStale keeps the stalest reads behind bypassing writes only, at
+	// most KeepExamples of them, stalest first.
+	BypassStale []StaleRead
 
 	rows map[int64]*rowLog
 }
@@ -211,13 +239,15 @@ type state struct {
 	call    int64 // call time of the write that produced it
 	knownAt int64 // earliest time it was known to exist (a write returned, a read returned)
 	sufMin  int64 // min knownAt over this state and every later one
+	bypass  bool  // a bypassing write produced it
+	sufOwn  int64 // min knownAt over this state and every later one no bypassing write produced
 }
 
 const never = math.MaxInt64
 
 // WindowResult is what one window added to the totals.
 type WindowResult struct {
-	Ops, Violations, Unknown, StaleReads, Phantoms int
+	Ops, Violations, Unknown, StaleReads, Phantoms, BypassStale int
 }
 
 // CheckWindow checks one window: init holds every row's state when the
@@ -263,6 +293,9 @@ func (c *Checker) CheckWindow(init map[int64]Value, start int64, ops []Op) Windo
 			case MaybeWrite:
 				c.Totals.MaybeWrites++
 			}
+			if o.Bypass && o.Kind != Read {
+				c.Totals.BypassWrites++
+			}
 		}
 		res.Ops += len(kops)
 		if len(kops) == 0 {
@@ -270,22 +303,38 @@ func (c *Checker) CheckWindow(init map[int64]Value, start int64, ops []Op) Windo
 			continue
 		}
 		c.Totals.Partitions++
+		stale, behindBypass, phantoms := c.row(k).analyse(init[k], start, kops)
+		res.StaleReads += len(stale)
+		res.BypassStale += len(behindBypass)
+		res.Phantoms += len(phantoms)
+		check := kops
+		if len(behindBypass) > 0 {
+			// Reads stale behind bypassing writes only are measured, not
+			// linearized.
+			check = make([]Op, 0, len(kops))
+			skip := make(map[Op]bool, len(behindBypass))
+			for _, s := range behindBypass {
+				skip[s.Op] = true
+			}
+			for _, o := range kops {
+				if !skip[o] {
+					check = append(check, o)
+				}
+			}
+		}
 		maybe := false
-		for _, o := range kops {
+		for _, o := range check {
 			maybe = maybe || o.Kind == MaybeWrite
 		}
-		switch porcupine.CheckOperationsTimeout(rowModel(init[k], maybe), toPorcupine(init[k], kops), c.Timeout) {
+		switch porcupine.CheckOperationsTimeout(rowModel(init[k], maybe), toPorcupine(init[k], check), c.Timeout) {
 		case porcupine.Illegal:
 			res.Violations++
 			if len(c.Violations) < c.KeepExamples {
-				c.Violations = append(c.Violations, Violation{Window: window, Key: k, Init: init[k], Ops: kops})
+				c.Violations = append(c.Violations, Violation{Window: window, Key: k, Init: init[k], Ops: check})
 			}
 		case porcupine.Unknown:
 			res.Unknown++
 		}
-		stale, phantoms := c.row(k).analyse(init[k], start, kops)
-		res.StaleReads += len(stale)
-		res.Phantoms += len(phantoms)
 		for _, s := range stale {
 			if s.Staleness > c.Totals.MaxStaleness {
 				c.Totals.MaxStaleness = s.Staleness
@@ -296,6 +345,10 @@ func (c *Checker) CheckWindow(init map[int64]Value, start int64, ops []Op) Windo
 				}
 				c.Stale = append(c.Stale, s)
 			}
+		}
+		for _, s := range behindBypass {
+			c.Totals.MaxBypassStaleness = max(c.Totals.MaxBypassStaleness, s.Staleness)
+			c.keepBypassStale(s)
 		}
 		for _, p := range phantoms {
 			if len(c.PhantomOps) < c.KeepExamples {
@@ -308,7 +361,20 @@ func (c *Checker) CheckWindow(init map[int64]Value, start int64, ops []Op) Windo
 	c.Totals.Unknown += res.Unknown
 	c.Totals.StaleReads += res.StaleReads
 	c.Totals.Phantoms += res.Phantoms
+	c.Totals.BypassStale += res.BypassStale
 	return res
+}
+
+// keepBypassStale keeps s if it is among the KeepExamples stalest.
+func (c *Checker) keepBypassStale(s StaleRead) {
+	i := sort.Search(len(c.BypassStale), func(i int) bool { return c.BypassStale[i].Staleness < s.Staleness })
+	if i == c.KeepExamples {
+		return
+	}
+	c.BypassStale = slices.Insert(c.BypassStale, i, s)
+	if len(c.BypassStale) > c.KeepExamples {
+		c.BypassStale = c.BypassStale[:c.KeepExamples]
+	}
 }
 
 func (c *Checker) row(k int64) *rowLog {
@@ -494,28 +560,36 @@ func (r *rowLog) lower(s *state, t int64) {
 // it changes.
 func (r *rowLog) propagate(i int) {
 	for j := i; j >= 0; j-- {
-		m := r.states[j].knownAt
-		if j+1 < len(r.states) && r.states[j+1].sufMin < m {
-			m = r.states[j+1].sufMin
+		s := r.states[j]
+		m, own := s.knownAt, s.knownAt
+		if s.bypass {
+			own = never
 		}
-		if m == r.states[j].sufMin && j != i {
+		if j+1 < len(r.states) {
+			m = min(m, r.states[j+1].sufMin)
+			own = min(own, r.states[j+1].sufOwn)
+		}
+		if m == s.sufMin && own == s.sufOwn && j != i {
 			return
 		}
-		r.states[j].sufMin = m
+		s.sufMin, s.sufOwn = m, own
 	}
 }
 
-// newerKnown is the earliest time a state later than order was known.
-func (r *rowLog) newerKnown(order int64) int64 {
+// newerKnown is the earliest time a state later than order was known, and
+// the earliest time one no bypassing write produced was.
+func (r *rowLog) newerKnown(order int64) (any, own int64) {
 	i := sort.Search(len(r.states), func(i int) bool { return r.states[i].order > order })
 	if i == len(r.states) {
-		return never
+		return never, never
 	}
-	return r.states[i].sufMin
+	return r.states[i].sufMin, r.states[i].sufOwn
 }
 
-// analyse registers the window's writes, then classifies its reads.
-func (r *rowLog) analyse(init Value, start int64, ops []Op) (stale []StaleRead, phantoms []Op) {
+// analyse registers the window's writes, then classifies its reads: stale
+// (behind a write of the plugin's, or a read of one), stale behind
+// bypassing writes only, and phantoms.
+func (r *rowLog) analyse(init Value, start int64, ops []Op) (stale, behindBypass []StaleRead, phantoms []Op) {
 	r.seed(init, start)
 	var writes []Op
 	for _, o := range ops {
@@ -536,7 +610,7 @@ func (r *rowLog) analyse(init Value, start int64, ops []Op) (stale []StaleRead, 
 			r.lower(s, known)
 			continue
 		}
-		r.insert(&state{val: w.Value, order: w.Value.order(), call: w.Call, knownAt: known})
+		r.insert(&state{val: w.Value, order: w.Value.order(), call: w.Call, knownAt: known, bypass: w.Bypass})
 	}
 	// Every read of a row proves that row existed by the time it returned.
 	found := make([]*state, len(ops))
@@ -561,11 +635,15 @@ func (r *rowLog) analyse(init Value, start int64, ops []Op) (stale []StaleRead, 
 		if s == nil {
 			continue
 		}
-		if k := r.newerKnown(s.order); k < o.Call {
+		k, own := r.newerKnown(s.order)
+		switch {
+		case own < o.Call:
 			stale = append(stale, StaleRead{Op: o, Staleness: time.Duration(o.Call - k)})
+		case k < o.Call:
+			behindBypass = append(behindBypass, StaleRead{Op: o, Staleness: time.Duration(o.Call - k)})
 		}
 	}
-	return stale, phantoms
+	return stale, behindBypass, phantoms
 }
 
 // find returns the state a read returned: a present value by identity; an

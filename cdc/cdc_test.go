@@ -48,6 +48,7 @@ type rig struct {
 	dsn    string
 	stop   func()
 	models []any
+	hook   func(point string) // set on the consumers start makes (cdc.SetHook)
 }
 
 func requireLogical(t testing.TB, db *gorm.DB) {
@@ -79,11 +80,17 @@ func newRigOn(t testing.TB, rdb redis.UniversalClient, prefix string, models ...
 // newRigWith is newRigOn with the plugin's Config.
 func newRigWith(t testing.TB, rdb redis.UniversalClient, wcfg writethrough.Config, models ...any) *rig {
 	t.Helper()
-	prefix := wcfg.Prefix
 	if testing.Short() {
 		t.Skip("needs PostgreSQL and Redis")
 	}
-	dsn := testenv.PostgresDSN(t)
+	return newRigAt(t, testenv.PostgresDSN(t), rdb, wcfg, models...)
+}
+
+// newRigAt is newRigWith on the PostgreSQL database of dsn (a private
+// cluster, for tests that restart it).
+func newRigAt(t testing.TB, dsn string, rdb redis.UniversalClient, wcfg writethrough.Config, models ...any) *rig {
+	t.Helper()
+	prefix := wcfg.Prefix
 	db, err := gorm.Open(postgres.Open(dsn), &gorm.Config{Logger: logger.Discard})
 	if err != nil {
 		t.Fatal(err)
@@ -144,6 +151,9 @@ func (r *rig) start() *cdc.Consumer {
 	c, err := cdc.New(r.db, r.cfg)
 	if err != nil {
 		r.t.Fatal(err)
+	}
+	if r.hook != nil {
+		cdc.SetHook(c, r.hook)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)

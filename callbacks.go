@@ -85,12 +85,16 @@ func sniffRaw(db *gorm.DB) {
 	txhook.SniffPrepared(db.Statement.ConnPool, db.Statement.SQL.String())
 }
 
-// taintRaw marks a transaction that runs raw SQL (db.Exec, db.Raw) other than
-// savepoints: the plugin does not follow what it writes, so the transaction
-// is not marked for change data capture (Config.CDC), and the consumer
-// invalidates every key it changed.
+// taintRaw marks a transaction that runs raw SQL (db.Exec, db.Raw, Row,
+// Rows) other than savepoints: the plugin does not follow what it writes,
+// so the transaction is not marked for change data capture (Config.CDC),
+// and the consumer invalidates every key it changed. The plugin's own
+// statements (reads of the catalog and of rows) write nothing.
 func taintRaw(db *gorm.DB) {
 	if db.DryRun || db.Error != nil {
+		return
+	}
+	if _, own := db.Get(ownKey); own {
 		return
 	}
 	tx, ok := txhook.Of(db.Statement.ConnPool)

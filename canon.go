@@ -17,7 +17,7 @@ import (
 // string key columns (keyspec.Spec.Resolve), on db's connection, and never
 // fails the caller: until it succeeds the columns stay loose, which is safe.
 func (p *Plugin) resolveKeys(db *gorm.DB, s *modelSpec) {
-	if err := s.keys.Resolve(db); err != nil {
+	if err := s.keys.Resolve(ownQuery(db)); err != nil {
 		// The table may not exist yet: stay loose, ask again later.
 		p.logf("writethrough: key column types unknown; string keys stay loose", "model", s.name, "err", err)
 	}

@@ -16,6 +16,9 @@ import (
 const (
 	cachedKey   = "writethrough:cached"
 	uncachedKey = "writethrough:uncached"
+	// ownKey marks the plugin's own statements (ownQuery): reads of rows,
+	// keys and the catalog that write nothing.
+	ownKey = "writethrough:own"
 )
 
 // Cached is a GORM scope that lets the plugin serve the statement from Redis:

@@ -117,7 +117,7 @@ func targetsInAs(ctx context.Context, spec *modelSpec, other *schema.Schema, rv 
 // a read replica, never served from the cache.
 func ownQuery(db *gorm.DB) *gorm.DB {
 	return db.Session(&gorm.Session{NewDB: true, SkipHooks: true}).
-		Set("gorm:db_resolver:write", struct{}{}).Set(uncachedKey, true)
+		Set("gorm:db_resolver:write", struct{}{}).Set(uncachedKey, true).Set(ownKey, true)
 }
 
 // rowsByKey reads the rows that targets name, soft-deleted ones included,

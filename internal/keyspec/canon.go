@@ -110,7 +110,9 @@ func staticClass(f *schema.Field) (cl class, known bool) {
 // Resolve learns, once per model, how the database compares the model's
 // string key columns (PostgreSQL only; under other dialects they stay
 // loose). It runs on db's connection, inside its transaction if it has one
-// (its queries cannot fail on a server that answers). It returns nil when
+// (its queries cannot fail on a server that answers), as statements of
+// db's: pass a new statement (Session with NewDB), whose settings it keeps.
+// It returns nil when
 // there was nothing to learn, when another call is learning it, or once
 // it has learned it. On an error (the table may not exist yet) the columns
 // stay loose, which is safe, and Resolve asks again after a minute.
@@ -170,7 +172,9 @@ func pgKeyTypes(db *gorm.DB, table string) (map[string]colType, error) {
 	for i, part := range parts {
 		parts[i] = `"` + strings.ReplaceAll(strings.Trim(part, `"`), `"`, `""`) + `"`
 	}
-	q := db.Session(&gorm.Session{NewDB: true, SkipHooks: true, Logger: logger.Discard})
+	// db is a fresh statement of the caller's (its settings say whose
+	// statement this is): keep them.
+	q := db.Session(&gorm.Session{SkipHooks: true, Logger: logger.Discard})
 	// Collations became non-deterministic in PostgreSQL 12; reading
 	// collisdeterministic before would fail (and abort a transaction).
 	var version int

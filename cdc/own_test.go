@@ -1,0 +1,154 @@
+package cdc_test
+
+import (
+	"context"
+	"sync"
+	"testing"
+	"time"
+
+	"gorm.io/gorm"
+	"gorm.io/gorm/clause"
+
+	"github.com/gorm-writethrough/writethrough"
+	"github.com/gorm-writethrough/writethrough/cdc"
+	"github.com/gorm-writethrough/writethrough/internal/testenv"
+)
+
+// The models of an ordinary application: gorm.Model with a unique string,
+// children that cascade, a uuid key filled by the database, a hook, a
+// string key.
+type Shopper struct {
+	gorm.Model `cache:"ttl:1h"`
+	Email      string `gorm:"uniqueIndex"`
+	Name       string
+	Baskets    []Basket `gorm:"constraint:OnUpdate:CASCADE,OnDelete:CASCADE"`
+}
+
+type Basket struct {
+	ID        string `gorm:"primaryKey;type:uuid;default:gen_random_uuid()" cache:"ttl:1h"`
+	ShopperID uint
+	Status    string
+	Touched   int
+}
+
+func (b *Basket) BeforeSave(*gorm.DB) error { b.Touched++; return nil }
+
+type Label struct {
+	Code string `gorm:"primaryKey" cache:"ttl:1h"`
+	Text string
+}
+
+// TestEveryWriteOfThePluginIsItsOwn: with Config.CDC, every transaction a
+// GORM write through the plugin commits carries the plugin's mark, so the
+// consumer leaves the keys it installed, whatever the statement's shape:
+// nested creates, saves, updates of every form, soft and hard deletes that
+// cascade, key changes, upserts, bulk writes, associations. Only raw SQL
+// takes the mark away.
+func TestEveryWriteOfThePluginIsItsOwn(t *testing.T) {
+	rdb, prefix := testenv.Redis(t)
+	r := newRigWith(t, rdb, writethrough.Config{Prefix: prefix, CDC: true}, &Shopper{}, &Basket{}, &Label{})
+	var mu sync.Mutex
+	var applied []bool // Own, per applied transaction that changed keys
+	r.cfg.OnApply = func(a cdc.Applied) {
+		if a.Keys == 0 && a.Truncates == 0 {
+			return
+		}
+		mu.Lock()
+		applied = append(applied, a.Own)
+		mu.Unlock()
+	}
+	c := r.start()
+	ctx := context.Background()
+	sync := func() {
+		t.Helper()
+		sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		defer cancel()
+		if err := c.Sync(sctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	db := r.db
+	var s Shopper
+	steps := []struct {
+		name string
+		raw  bool // runs raw SQL: not the plugin's own
+		run  func() error
+	}{
+		{"nested create", false, func() error {
+			s = Shopper{Email: "a@example.com", Name: "A", Baskets: []Basket{{Status: "open"}, {Status: "new"}}}
+			return db.Create(&s).Error
+		}},
+		{"save", false, func() error { s.Name = "A2"; return db.Save(&s).Error }},
+		{"update", false, func() error { return db.Model(&s).Update("name", "A3").Error }},
+		{"updates map", false, func() error { return db.Model(&s).Updates(map[string]any{"name": "A4"}).Error }},
+		{"updates struct", false, func() error { return db.Model(&s).Updates(Shopper{Name: "A5"}).Error }},
+		{"update column", false, func() error { return db.Model(&s).UpdateColumn("name", "A6").Error }},
+		{"select updates", false, func() error {
+			return db.Model(&s).Select("name").Updates(Shopper{Name: "A7"}).Error
+		}},
+		{"bulk update", false, func() error {
+			return db.Model(&Basket{}).Where("shopper_id = ?", s.ID).Update("status", "paid").Error
+		}},
+		{"save child", false, func() error { b := s.Baskets[0]; b.Status = "kept"; return db.Save(&b).Error }},
+		{"association append", false, func() error {
+			return db.Model(&s).Association("Baskets").Append(&Basket{Status: "added"})
+		}},
+		{"in a transaction, nested", false, func() error {
+			return db.Transaction(func(tx *gorm.DB) error {
+				if err := tx.Model(&s).Update("name", "T1").Error; err != nil {
+					return err
+				}
+				return tx.Transaction(func(tx2 *gorm.DB) error {
+					return tx2.Model(&Basket{}).Where("id = ?", s.Baskets[1].ID).Update("status", "nested").Error
+				})
+			})
+		}},
+		{"upsert", false, func() error {
+			return db.Clauses(clause.OnConflict{UpdateAll: true}).Create(&Label{Code: "x", Text: "one"}).Error
+		}},
+		{"upsert again", false, func() error {
+			return db.Clauses(clause.OnConflict{UpdateAll: true}).Create(&Label{Code: "x", Text: "two"}).Error
+		}},
+		{"first or create", false, func() error {
+			var l Label
+			return db.Where(Label{Code: "y"}).Attrs(Label{Text: "y"}).FirstOrCreate(&l).Error
+		}},
+		{"key change", false, func() error {
+			return db.Model(&Label{Code: "y"}).Update("code", "z").Error
+		}},
+		{"db.Table update", false, func() error {
+			return db.Table("labels").Where("code = ?", "z").Update("text", "tabled").Error
+		}},
+		{"soft delete", false, func() error { return db.Delete(&s).Error }},
+		{"unscoped delete that cascades", false, func() error { return db.Unscoped().Delete(&s).Error }},
+		{"raw exec in a transaction", true, func() error {
+			return db.Transaction(func(tx *gorm.DB) error {
+				if err := tx.Model(&Label{Code: "x"}).Update("text", "three").Error; err != nil {
+					return err
+				}
+				return tx.Exec("UPDATE labels SET text = 'raw' WHERE code = 'x'").Error
+			})
+		}},
+	}
+	for _, st := range steps {
+		mu.Lock()
+		applied = applied[:0]
+		mu.Unlock()
+		if err := st.run(); err != nil {
+			t.Fatalf("%s: %v", st.name, err)
+		}
+		sync()
+		mu.Lock()
+		got := append([]bool(nil), applied...)
+		mu.Unlock()
+		if len(got) == 0 {
+			t.Fatalf("%s: the consumer applied no transaction", st.name)
+		}
+		for _, own := range got {
+			if own == st.raw {
+				t.Errorf("%s: a transaction the consumer took for the plugin's own: %t, want %t (applied: %v)", st.name, own, !st.raw, got)
+				break
+			}
+		}
+	}
+}

@@ -3,6 +3,7 @@ package cdc
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -71,7 +72,7 @@ func (c *Consumer) purge(ctx context.Context, tables []*table, why string) error
 		}
 	}
 	c.stats.purges.Add(1)
-	c.logf("cdc: purged every key of the followed tables", "why", why, "tables", len(tables),
+	c.log(slog.LevelWarn, "cdc: purged every key of the followed tables", "why", why, "tables", len(tables),
 		"keys", c.stats.purgedKeys.Load()-before, "took", time.Since(start).String())
 	return nil
 }

@@ -82,6 +82,10 @@ type Applied struct {
 // ErrInvalidConfig is returned by [New] for a Config it cannot use.
 var ErrInvalidConfig = errors.New("cdc: invalid config")
 
+// ErrNotLogical is returned by [Consumer.Run] when PostgreSQL's wal_level
+// is not logical: no slot can decode changes, and retrying cannot help.
+var ErrNotLogical = errors.New("cdc: wal_level is not logical")
+
 // nameRE is what PostgreSQL accepts for a replication slot name; the
 // publication follows the same rule here so that neither needs quoting.
 var nameRE = regexp.MustCompile(`^[a-z0-9_]{1,63}$`)

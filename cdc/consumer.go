@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"reflect"
 	"strings"
 	"sync"
@@ -87,6 +88,9 @@ type Consumer struct {
 	lastErr string
 
 	db *gorm.DB // as given to New, for Sync; may be nil
+
+	streamed atomic.Bool // a session has streamed: a missing slot was dropped
+	lost     atomic.Bool // the slot was invalidated: the next one says so
 
 	hook func(point string) // tests: called at named points of the stream
 }
@@ -235,7 +239,7 @@ func (c *Consumer) Run(ctx context.Context) error {
 			backoff = c.cfg.RetryMin
 		}
 		c.setState(StateRetrying)
-		c.logf("cdc: retrying", "after", backoff, "err", err)
+		c.log(slog.LevelInfo, "cdc: retrying", "after", backoff.String())
 		if !sleep(ctx, backoff) {
 			return nil
 		}
@@ -300,6 +304,9 @@ var errStandby = errors.New("cdc: the slot is active in another consumer")
 
 // fatal reports errors that retrying cannot fix.
 func fatal(err error) bool {
+	if errors.Is(err, ErrNotLogical) {
+		return true
+	}
 	switch pgCode(err) {
 	case "42501", // insufficient_privilege (no REPLICATION)
 		"28000", "28P01": // invalid authorization, password
@@ -317,6 +324,13 @@ func (c *Consumer) session(ctx context.Context) (streamed bool, err error) {
 		return false, fmt.Errorf("connect: %w", err)
 	}
 	defer conn.Close(context.Background())
+	// Before anything is made: a publication left behind by a consumer
+	// that cannot stream helps nobody.
+	if rows, err := query(ctx, conn, "SHOW wal_level"); err != nil {
+		return false, fmt.Errorf("show wal_level: %w", err)
+	} else if len(rows) == 1 && len(rows[0]) == 1 && rows[0][0] != "logical" {
+		return false, fmt.Errorf("%w: it is %s; set wal_level = logical and restart PostgreSQL", ErrNotLogical, rows[0][0])
+	}
 	if err := c.resolve(ctx, conn); err != nil {
 		return false, err
 	}
@@ -331,7 +345,7 @@ func (c *Consumer) session(ctx context.Context) (streamed bool, err error) {
 			return false, err
 		}
 	}
-	fresh, err := c.ensureSlot(ctx, conn)
+	why, err := c.ensureSlot(ctx, conn)
 	if err != nil {
 		return false, err
 	}
@@ -344,9 +358,9 @@ func (c *Consumer) session(ctx context.Context) (streamed bool, err error) {
 	defer sqlConn.Close(context.Background())
 	s := &session{c: c, conn: conn, sql: sqlConn, rels: map[uint32]*relation{}}
 	switch {
-	case fresh:
+	case why != "":
 		// Changes committed before the slot existed were never seen.
-		if err := c.purge(ctx, c.wanted, "new replication slot"); err != nil {
+		if err := c.purge(ctx, c.wanted, why); err != nil {
 			return false, err
 		}
 	case len(added) > 0:
@@ -360,10 +374,11 @@ func (c *Consumer) session(ctx context.Context) (streamed bool, err error) {
 	} else if code == "55000" {
 		// The slot was invalidated (max_slot_wal_keep_size): changes are
 		// lost. Drop it; the next session makes a new one and purges.
-		c.logf("cdc: replication slot invalidated; dropping it", "slot", c.cfg.Slot, "err", err)
+		c.log(slog.LevelWarn, "cdc: replication slot invalidated (max_slot_wal_keep_size?); dropping it", "slot", c.cfg.Slot, "err", err)
 		if derr := c.dropSlot(ctx); derr != nil {
 			return false, errors.Join(err, derr)
 		}
+		c.lost.Store(true)
 		return false, err
 	}
 	return true, err
@@ -373,14 +388,19 @@ func (c *Consumer) session(ctx context.Context) (streamed bool, err error) {
 func (c *Consumer) resolve(ctx context.Context, conn *pgconn.PgConn) error {
 	tables := make(map[string]*table, len(c.wanted))
 	for _, t := range c.wanted {
+		name := t.name
+		if t.byName != nil {
+			name = t.byName.lookup()
+		}
 		rows, err := query(ctx, conn, fmt.Sprintf(
 			"SELECT n.nspname || '.' || c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = to_regclass(%s)",
-			literal(quoteTable(t.name))))
+			literal(quoteTable(name))))
 		if err != nil {
-			return fmt.Errorf("resolve table %s: %w", t.name, err)
+			return fmt.Errorf("resolve table %s: %w", name, err)
 		}
 		if len(rows) != 1 {
-			return fmt.Errorf("cdc: table %s does not exist", t.name)
+			// Maybe not migrated yet: Run retries.
+			return fmt.Errorf("cdc: table %s does not exist (an unqualified name is looked up in the connection's search_path, or in Table.Schema)", name)
 		}
 		t.ref = rows[0][0]
 		tables[t.ref] = t
@@ -433,7 +453,7 @@ func (c *Consumer) ensurePublication(ctx context.Context, conn *pgconn.PgConn) (
 		if err != nil {
 			return nil, false, nil // another consumer made it, and its slot
 		}
-		c.logf("cdc: publication created", "publication", pub, "tables", len(all))
+		c.log(slog.LevelInfo, "cdc: publication created", "publication", pub, "tables", len(all))
 		return nil, true, nil
 	}
 	if len(names) == 0 {
@@ -443,47 +463,56 @@ func (c *Consumer) ensurePublication(ctx context.Context, conn *pgconn.PgConn) (
 	if err != nil && pgCode(err) != "42710" {
 		return nil, false, fmt.Errorf("add tables to publication %s: %w", pub, err)
 	}
-	c.logf("cdc: tables added to the publication", "publication", pub, "tables", strings.Join(names, ", "))
+	c.log(slog.LevelInfo, "cdc: tables added to the publication", "publication", pub, "tables", strings.Join(names, ", "))
 	return added, false, nil
 }
 
-// ensureSlot makes sure the slot exists and can stream. fresh reports a
-// slot made now (changes before it were never seen).
-func (c *Consumer) ensureSlot(ctx context.Context, conn *pgconn.PgConn) (fresh bool, err error) {
+// ensureSlot makes sure the slot exists and can stream. For a slot made
+// now, whose changes before it were never seen, why says why it was made.
+func (c *Consumer) ensureSlot(ctx context.Context, conn *pgconn.PgConn) (why string, err error) {
 	slot := c.cfg.Slot
 	rows, err := query(ctx, conn, fmt.Sprintf(
 		"SELECT coalesce(wal_status, ''), active::text, plugin FROM pg_replication_slots WHERE slot_name = %s", literal(slot)))
 	if err != nil {
-		return false, fmt.Errorf("read slot %s: %w", slot, err)
+		return "", fmt.Errorf("read slot %s: %w", slot, err)
+	}
+	why = "new replication slot"
+	switch {
+	case c.lost.Load():
+		why = "replication slot was invalidated: changes were lost"
+	case c.streamed.Load():
+		why = "replication slot disappeared (dropped?): changes may have been lost"
 	}
 	if len(rows) == 1 {
 		if rows[0][2] != "pgoutput" {
-			return false, fmt.Errorf("cdc: slot %s uses plugin %s, not pgoutput", slot, rows[0][2])
+			return "", fmt.Errorf("cdc: slot %s uses plugin %s, not pgoutput", slot, rows[0][2])
 		}
 		if rows[0][0] != "lost" {
 			if rows[0][1] == "true" {
-				return false, errStandby
+				return "", errStandby
 			}
-			return false, nil
+			return "", nil
 		}
 		if rows[0][1] == "true" {
-			return false, errStandby
+			return "", errStandby
 		}
-		c.logf("cdc: replication slot was invalidated; making a new one", "slot", slot)
+		c.log(slog.LevelWarn, "cdc: replication slot was invalidated (max_slot_wal_keep_size?); making a new one", "slot", slot)
+		why = "replication slot was invalidated: changes were lost"
 		if err := c.dropSlotOn(ctx, conn); err != nil {
-			return false, err
+			return "", err
 		}
 	}
 	_, err = pglogrepl.CreateReplicationSlot(ctx, conn, slot, "pgoutput",
 		pglogrepl.CreateReplicationSlotOptions{Mode: pglogrepl.LogicalReplication, SnapshotAction: "NOEXPORT_SNAPSHOT"})
 	if pgCode(err) == "42710" { // another consumer made it: it purges
-		return false, nil
+		return "", nil
 	}
 	if err != nil {
-		return false, fmt.Errorf("create slot %s: %w", slot, err)
+		return "", fmt.Errorf("create slot %s: %w", slot, err)
 	}
-	c.logf("cdc: replication slot created", "slot", slot)
-	return true, nil
+	c.lost.Store(false)
+	c.log(slog.LevelInfo, "cdc: replication slot created", "slot", slot, "why", why)
+	return why, nil
 }
 
 func (c *Consumer) dropSlot(ctx context.Context) error {
@@ -534,12 +563,12 @@ func (c *Consumer) fail(err error) {
 	c.mu.Lock()
 	c.lastErr = err.Error()
 	c.mu.Unlock()
-	c.logf("cdc: failure", "err", err)
+	c.log(slog.LevelWarn, "cdc: failure", "err", err)
 }
 
-func (c *Consumer) logf(msg string, args ...any) {
+func (c *Consumer) log(level slog.Level, msg string, args ...any) {
 	if c.cfg.Logger != nil {
-		c.cfg.Logger.Info(msg, args...)
+		c.cfg.Logger.Log(context.Background(), level, msg, args...)
 	}
 }
 

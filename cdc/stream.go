@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strconv"
 	"strings"
 	"time"
@@ -69,7 +70,8 @@ func (s *session) stream(ctx context.Context) error {
 		return fmt.Errorf("start replication: %w", err)
 	}
 	s.c.setState(StateStreaming)
-	s.c.logf("cdc: streaming", "slot", s.c.cfg.Slot, "publication", s.c.cfg.Publication)
+	s.c.streamed.Store(true)
+	s.c.log(slog.LevelInfo, "cdc: streaming", "slot", s.c.cfg.Slot, "publication", s.c.cfg.Publication)
 	s.tx.keys = make(map[string]struct{})
 	s.tx.truncated = make(map[*table]struct{})
 	s.nextStatus = time.Now().Add(s.c.cfg.StatusInterval)
@@ -205,6 +207,10 @@ func (s *session) logical(ctx context.Context, data []byte) error {
 			}
 			if f := s.c.cfg.OnApply; f != nil {
 				f(Applied{CommitTime: s.tx.commitAt, AppliedAt: now, Keys: len(s.tx.keys), Truncates: len(s.tx.truncated), Own: s.tx.token != ""})
+			}
+			if l := s.c.cfg.Logger; l != nil && l.Enabled(ctx, slog.LevelDebug) {
+				l.Debug("cdc: applied", "xid", s.tx.xid, "keys", len(s.tx.keys), "truncates", len(s.tx.truncated),
+					"own", s.tx.token != "", "lag", lag.String(), "end_lsn", m.TransactionEndLSN.String())
 			}
 		}
 		s.tx.reset()

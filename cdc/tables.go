@@ -18,12 +18,26 @@ import (
 // apart from the application (cmd/writethrough-cdc). Its keys must be the
 // ones the application's model gives.
 type Table struct {
-	// Name is the table as the model names it ("users", "app.users"): it is
-	// part of the default key.
+	// Name is the table exactly as the model names it ("users", or
+	// "app.users" for a model whose TableName says so): it is part of the
+	// default key, so it must be spelled as the model spells it. An
+	// unqualified name is found with the connection's search_path, or in
+	// Schema.
 	Name string
+	// Schema, when set, is where the consumer finds an unqualified Name
+	// (the application's search_path). It is not part of the key.
+	Schema string
 	// Key is the model's key template (the tag's key word), "" for the
 	// default {prefix}:{table}:{pk}.
 	Key string
+}
+
+// lookup is the name to find t by in the catalog.
+func (t Table) lookup() string {
+	if t.Schema != "" && !strings.Contains(t.Name, ".") {
+		return t.Schema + "." + t.Name
+	}
+	return t.Name
 }
 
 // tableModel builds the model of a Table from the database's catalog: its
@@ -34,7 +48,7 @@ func (c *Consumer) tableModel(ctx context.Context, conn *pgconn.PgConn, t Table)
 SELECT a.attname, format_type(a.atttypid, NULL)
 FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)
 WHERE i.indrelid = to_regclass(%s) AND i.indisprimary
-ORDER BY a.attnum`, literal(quoteTable(t.Name))))
+ORDER BY a.attnum`, literal(quoteTable(t.lookup()))))
 	if err != nil {
 		return nil, fmt.Errorf("primary key of %s: %w", t.Name, err)
 	}

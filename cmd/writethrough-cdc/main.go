@@ -8,9 +8,11 @@
 //
 // Flags fall back to the environment: DATABASE_URL, REDIS_URL,
 // WRITETHROUGH_PREFIX, WRITETHROUGH_SLOT, WRITETHROUGH_PUBLICATION,
-// WRITETHROUGH_TABLES. It logs JSON lines to stderr, prints its counters
-// every -stats interval, and stops on SIGINT or SIGTERM. Exit codes: 0
-// stopped by a signal, 1 a failure retrying cannot fix, 2 bad flags.
+// WRITETHROUGH_TABLES, WRITETHROUGH_SCHEMA, WRITETHROUGH_LOG_LEVEL. It logs
+// JSON lines to stderr, prints its counters every -stats interval and when
+// it stops, and stops on SIGINT or SIGTERM. Exit codes: 0 stopped by a
+// signal, 1 a failure retrying cannot fix (no REPLICATION, wal_level not
+// logical), 2 bad flags.
 package main
 
 import (
@@ -50,7 +52,9 @@ func run(args []string, stderr io.Writer) int {
 	prefix := fs.String("prefix", env("WRITETHROUGH_PREFIX", "wt"), "the plugin's Config.Prefix (env WRITETHROUGH_PREFIX)")
 	slot := fs.String("slot", env("WRITETHROUGH_SLOT", "writethrough"), "replication slot (env WRITETHROUGH_SLOT)")
 	pub := fs.String("publication", env("WRITETHROUGH_PUBLICATION", "writethrough"), "publication (env WRITETHROUGH_PUBLICATION)")
-	tables := fs.String("tables", env("WRITETHROUGH_TABLES", ""), "cached tables, comma-separated, as the models name them (env WRITETHROUGH_TABLES)")
+	tables := fs.String("tables", env("WRITETHROUGH_TABLES", ""), "cached tables, comma-separated, spelled as the models name them: the name is part of the key (env WRITETHROUGH_TABLES)")
+	schemaName := fs.String("schema", env("WRITETHROUGH_SCHEMA", ""), "the schema to find unqualified -tables in, when the database URL's search_path does not reach them; not part of the key (env WRITETHROUGH_SCHEMA)")
+	level := fs.String("log-level", env("WRITETHROUGH_LOG_LEVEL", "info"), "debug (a line per applied transaction), info, warn or error (env WRITETHROUGH_LOG_LEVEL)")
 	var keys multiFlag
 	fs.Var(&keys, "key", "TABLE=TEMPLATE: a table's key template, as in its model's tag (repeatable)")
 	every := fs.Duration("stats", time.Minute, "how often to log the counters (0: never)")
@@ -76,7 +80,7 @@ func run(args []string, stderr io.Writer) int {
 	var list []cdc.Table
 	for _, t := range strings.Split(*tables, ",") {
 		if t = strings.TrimSpace(t); t != "" {
-			list = append(list, cdc.Table{Name: t, Key: templates[t]})
+			list = append(list, cdc.Table{Name: t, Schema: *schemaName, Key: templates[t]})
 			delete(templates, t)
 		}
 	}
@@ -92,7 +96,11 @@ func run(args []string, stderr io.Writer) int {
 	}
 	rdb := redis.NewClient(opts)
 	defer rdb.Close()
-	log := slog.New(slog.NewJSONHandler(stderr, nil))
+	var lv slog.Level
+	if err := lv.UnmarshalText([]byte(*level)); err != nil {
+		return usage("-log-level: " + err.Error())
+	}
+	log := slog.New(slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: lv}))
 	c, err := cdc.New(nil, cdc.Config{
 		Redis: rdb, Prefix: *prefix, Tables: list, ConnString: *database,
 		Slot: *slot, Publication: *pub, Logger: log,
@@ -111,19 +119,25 @@ func run(args []string, stderr io.Writer) int {
 				case <-ctx.Done():
 					return
 				case <-t.C:
-					st := c.Stats()
-					log.Info("cdc: stats", "state", st.State.String(), "transactions", st.Transactions,
-						"keys", st.KeysApplied, "skipped", st.KeysSkipped, "purges", st.Purges,
-						"lag", st.Lag.String(), "confirmed", st.ConfirmedLSN, "reconnects", st.Reconnects, "errors", st.Errors)
+					logStats(log, "cdc: stats", c.Stats())
 				}
 			}
 		}()
 	}
-	if err := c.Run(ctx); err != nil && !errors.Is(err, context.Canceled) {
-		log.Error("cdc: stopped", "err", err)
+	err = c.Run(ctx)
+	logStats(log, "cdc: stopped", c.Stats())
+	if err != nil && !errors.Is(err, context.Canceled) {
+		log.Error("cdc: cannot go on", "err", err)
 		return 1
 	}
 	return 0
+}
+
+func logStats(log *slog.Logger, msg string, st cdc.Stats) {
+	log.Info(msg, "state", st.State.String(), "transactions", st.Transactions,
+		"keys", st.KeysApplied, "skipped", st.KeysSkipped, "truncates", st.Truncates,
+		"purges", st.Purges, "purged_keys", st.PurgedKeys, "lag", st.Lag.String(), "max_lag", st.MaxLag.String(),
+		"confirmed", st.ConfirmedLSN, "reconnects", st.Reconnects, "errors", st.Errors, "last_error", st.LastError)
 }
 
 type multiFlag []string

@@ -312,6 +312,15 @@ func checkCDC(db *gorm.DB) error {
 		return bad("cannot begin a transaction to check the mark: " + err.Error())
 	}
 	defer func() { _ = tx.Rollback() }()
+	// pg_logical_emit_message works at wal_level replica too, but no
+	// consumer could read the mark.
+	var level string
+	if err := tx.QueryRowContext(ctx, "SHOW wal_level").Scan(&level); err != nil {
+		return bad("cannot read wal_level: " + err.Error())
+	}
+	if level != "logical" {
+		return bad("wal_level is " + level + "; change data capture needs wal_level = logical (ALTER SYSTEM SET wal_level = logical, then restart PostgreSQL)")
+	}
 	if _, err := tx.ExecContext(ctx, cdcMark, []byte("writethrough-check")); err != nil {
 		return bad("pg_logical_emit_message failed (wal_level must be logical): " + err.Error())
 	}

@@ -79,6 +79,8 @@ type Server struct {
 	port int
 	cred *syscall.Credential // the postgres user's, under root; else nil
 
+	settings []string // -c options
+
 	mu     sync.Mutex    // protects proc and exited
 	proc   *os.Process   // the postmaster; nil when stopped or killed
 	exited chan struct{} // closed when proc has been waited for
@@ -93,7 +95,10 @@ type Server struct {
 // (it looks in /usr/lib/postgresql/*/bin, the highest version first, then
 // in `pg_config --bindir`), when it runs as root and there is no postgres
 // user, and under `go test -short` ([testenv.SkipShort]).
-func Start(t testing.TB) *Server {
+//
+// settings ("wal_level=replica") are passed to the server as -c options, over
+// the ones it is made with.
+func Start(t testing.TB, settings ...string) *Server {
 	t.Helper()
 	testenv.SkipShort(t)
 	bin, err := binDir()
@@ -110,7 +115,7 @@ func Start(t testing.TB) *Server {
 	if err != nil {
 		t.Fatalf("pgproc: %v", err)
 	}
-	s := &Server{t: t, bin: bin, dir: dir, data: filepath.Join(dir, "data"), cred: cred}
+	s := &Server{t: t, bin: bin, dir: dir, data: filepath.Join(dir, "data"), cred: cred, settings: settings}
 	t.Cleanup(func() {
 		if err := s.stop(); err != nil {
 			t.Errorf("pgproc: %v", err)
@@ -257,7 +262,11 @@ func (s *Server) start() error {
 		return fmt.Errorf("server log: %w", err)
 	}
 	defer log.Close() // the server has its own descriptor
-	cmd := s.command("postgres", "-D", s.data, "-p", strconv.Itoa(s.port))
+	args := []string{"-D", s.data, "-p", strconv.Itoa(s.port)}
+	for _, set := range s.settings {
+		args = append(args, "-c", set)
+	}
+	cmd := s.command("postgres", args...)
 	cmd.Stdout, cmd.Stderr = log, log
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("starting postgres: %w", err)

@@ -313,7 +313,8 @@ func (c *Checker) CheckWindow(init map[int64]Value, start int64, ops []Op) Windo
 			// latest absence it could have seen, and proving nothing about
 			// when that was known. Try them the other ways: as an older
 			// absence behind a bypassing insert, or as proof that the
-			// latest absence was known when they returned.
+			// latest absence, a bypassing delete's, was known when they
+			// returned.
 			if alt := without(check, ambiguous); len(ambiguous) > 0 && c.linearizable(init[k], alt) != porcupine.Illegal {
 				behindBypass = append(behindBypass, ambiguous...)
 				check, verdict = alt, porcupine.Ok
@@ -631,8 +632,8 @@ func (r *rowLog) newerKnown(order int64) (any, own int64) {
 // are not stale as find takes them, but would be stale behind bypassing
 // writes only if they saw an older absence: the row deleted, re-inserted
 // around the cache, then deleted again while the read ran. absentProves
-// makes an absent read prove that the absence find takes it for existed
-// by the time it returned.
+// makes an absent read prove that the absence find takes it for existed by
+// the time it returned, when a bypassing delete made that absence.
 func (r *rowLog) analyse(init Value, start int64, ops []Op, absentProves bool) (stale, behindBypass, ambiguous []StaleRead, phantoms []Op) {
 	r.seed(init, start)
 	var writes []Op
@@ -668,7 +669,7 @@ func (r *rowLog) analyse(init Value, start int64, ops []Op, absentProves bool) (
 			continue
 		}
 		found[i] = s
-		if o.Value.Present || absentProves {
+		if o.Value.Present || absentProves && s.bypass {
 			// An absent read does not say which absent state it saw (before
 			// an insert, or after a delete): it proves nothing about time.
 			r.lower(s, o.Return)

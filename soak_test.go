@@ -8,9 +8,11 @@ package writethrough_test
 
 import (
 	"context"
+	"encoding/json"
 	"flag"
 	"fmt"
 	"os"
+	"path/filepath"
 	"runtime"
 	"strings"
 	"testing"
@@ -26,6 +28,7 @@ import (
 var (
 	soakDuration = flag.Duration("soak.duration", 0, "TestSoak: run for this long in all (0 skips it)")
 	soakClients  = flag.Int("soak.clients", 32, "TestSoak: concurrent clients")
+	soakDump     = flag.String("soak.dump", "", "TestSoak: write every violation kept, with all its row's operations, as JSON files in this directory")
 	soakOnly     = flag.String("soak.only", "", "TestSoak: run only the phases whose name contains this (the whole duration is shared among them)")
 )
 
@@ -119,6 +122,7 @@ func TestSoak(t *testing.T) {
 			require.NoError(t, err)
 			rep.strategy = ph.name
 			reports = append(reports, rep)
+			dumpViolations(t, i+1, rep)
 			fmt.Printf("  %s\n", rep)
 			if rep.Violations+rep.StaleReads+rep.Phantoms+rep.diverged > 0 {
 				fmt.Print(indent(rep.details(), "    "))
@@ -143,6 +147,21 @@ func TestSoak(t *testing.T) {
 		}
 	}
 	printSoakTable(os.Stdout, reports)
+}
+
+// dumpViolations writes the violations of phase n to -soak.dump, for a
+// second look at a history the checker refused.
+func dumpViolations(t *testing.T, n int, rep runReport) {
+	if *soakDump == "" {
+		return
+	}
+	for i, v := range rep.violations {
+		b, err := json.MarshalIndent(v, "", " ")
+		require.NoError(t, err)
+		name := filepath.Join(*soakDump, fmt.Sprintf("phase%d-violation%d.json", n, i+1))
+		require.NoError(t, os.WriteFile(name, b, 0o644))
+		fmt.Printf("  violation written to %s\n", name)
+	}
 }
 
 func printSoakTable(out *os.File, reports []runReport) {

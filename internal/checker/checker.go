@@ -134,7 +134,10 @@ type Violation struct {
 	Window int
 	Key    int64
 	Init   Value
-	Ops    []Op // the row's operations in the window, by call time
+	Ops    []Op // the row's operations in the window that were checked, by call time
+	// All holds every operation of the row's window, reads stale behind
+	// bypassing writes included, when some were left out of Ops.
+	All []Op
 }
 
 func (v Violation) String() string { return v.Format(40) }
@@ -333,7 +336,11 @@ func (c *Checker) CheckWindow(init map[int64]Value, start int64, ops []Op) Windo
 		case porcupine.Illegal:
 			res.Violations++
 			if len(c.Violations) < c.KeepExamples {
-				c.Violations = append(c.Violations, Violation{Window: window, Key: k, Init: init[k], Ops: check})
+				v := Violation{Window: window, Key: k, Init: init[k], Ops: check}
+				if len(check) != len(kops) {
+					v.All = kops
+				}
+				c.Violations = append(c.Violations, v)
 			}
 		case porcupine.Unknown:
 			res.Unknown++

@@ -13,6 +13,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/gorm-writethrough/writethrough"
+	"github.com/gorm-writethrough/writethrough/cdc"
 	"github.com/gorm-writethrough/writethrough/internal/pgproc"
 	"github.com/gorm-writethrough/writethrough/internal/redisproc"
 	"github.com/gorm-writethrough/writethrough/internal/testenv"
@@ -184,7 +185,15 @@ func TestPostgresRestartLosesNoChange(t *testing.T) {
 				srv.Kill()
 			}
 			srv.Restart()
+			back := time.Now()
 			close(restarted)
+			r.eventually("streaming again", func() error {
+				if st := c.Stats(); st.Reconnects == before.Reconnects || st.State != cdc.StateStreaming {
+					return fmt.Errorf("state %s, %d reconnects", st.State, st.Reconnects)
+				}
+				return nil
+			})
+			t.Logf("the consumer streamed again %v after PostgreSQL accepted connections", time.Since(back).Round(time.Millisecond))
 			wg.Wait()
 			close(errs)
 			for err := range errs {

@@ -3,6 +3,7 @@ package cdc_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -15,6 +16,7 @@ import (
 	"github.com/gorm-writethrough/writethrough/cdc"
 	"github.com/gorm-writethrough/writethrough/internal/pgproc"
 	"github.com/gorm-writethrough/writethrough/internal/testenv"
+	"github.com/jackc/pgx/v5/pgconn"
 )
 
 // TestWithoutLogicalWAL: on a PostgreSQL at wal_level replica, db.Use
@@ -62,4 +64,83 @@ func TestWithoutLogicalWAL(t *testing.T) {
 	if pubs != 0 || slots != 0 {
 		t.Fatalf("a consumer that cannot stream left %d publications and %d slots", pubs, slots)
 	}
+}
+
+// TestARoleWithoutReplicationStops: a role that may not open a replication
+// connection is a failure retrying cannot fix: Run returns it.
+func TestARoleWithoutReplicationStops(t *testing.T) {
+	r := newRig(t, &Account{})
+	role := "wt_norepl_" + strings.TrimPrefix(r.cfg.Slot, "wt_cdc_")
+	r.exec("CREATE ROLE " + role + " LOGIN NOREPLICATION")
+	t.Cleanup(func() {
+		if _, err := r.raw.Exec(context.Background(), "DROP ROLE IF EXISTS "+role); err != nil {
+			t.Errorf("drop role: %v", err)
+		}
+	})
+	pc, err := pgconn.ParseConfig(r.dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := r.cfg
+	cfg.ConnString = fmt.Sprintf("host=%s port=%d user=%s dbname=%s sslmode=disable", pc.Host, pc.Port, role, pc.Database)
+	c, err := cdc.New(nil, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	err = c.Run(ctx)
+	var pe *pgconn.PgError
+	if !errors.As(err, &pe) || pe.Code != "42501" {
+		t.Fatalf("Run with a role without REPLICATION: %v (stats %+v)", err, c.Stats())
+	}
+}
+
+type Late struct {
+	ID int64 `gorm:"primaryKey" cache:"ttl:1h"`
+	N  int
+}
+
+// TestATableMigratedLaterIsWaitedFor: a consumer started before the
+// migration that creates a followed table retries, and streams once the
+// table exists.
+func TestATableMigratedLaterIsWaitedFor(t *testing.T) {
+	r := newRig(t, &Account{})
+	r.cfg.Models = []any{&Account{}, &Late{}}
+	c, err := cdc.New(r.db, r.cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- c.Run(ctx) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	}()
+	r.c = c
+	r.eventually("a failure for the missing table", func() error {
+		if st := c.Stats(); !strings.Contains(st.LastError, "does not exist") {
+			return fmt.Errorf("state %s, last error %q", st.State, st.LastError)
+		}
+		return nil
+	})
+	if err := r.db.AutoMigrate(&Late{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.db.Create(&Late{ID: 1}).Error; err != nil {
+		t.Fatal(err)
+	}
+	r.eventually("streaming", func() error {
+		if st := c.Stats(); st.State != cdc.StateStreaming {
+			return fmt.Errorf("state %s, last error %q", st.State, st.LastError)
+		}
+		return nil
+	})
+	r.caughtUp()
+	r.fill(&Late{}, int64(1))
+	r.exec("UPDATE lates SET n = 5 WHERE id = 1")
+	r.gone(&Late{}, int64(1))
 }

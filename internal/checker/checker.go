@@ -306,7 +306,8 @@ func (c *Checker) CheckWindow(init map[int64]Value, start int64, ops []Op) Windo
 			continue
 		}
 		c.Totals.Partitions++
-		stale, behindBypass, ambiguous, phantoms := c.row(k).analyse(init[k], start, kops, false)
+		c.row(k).seed(init[k], start)
+		stale, behindBypass, ambiguous, phantoms := c.row(k).analyse(kops, false)
 		// Reads stale behind bypassing writes only are measured, not
 		// linearized.
 		check := without(kops, behindBypass)
@@ -322,7 +323,7 @@ func (c *Checker) CheckWindow(init map[int64]Value, start int64, ops []Op) Windo
 				behindBypass = append(behindBypass, ambiguous...)
 				check, verdict = alt, porcupine.Ok
 			} else {
-				stale2, behind2, _, phantoms2 := c.row(k).analyse(init[k], start, kops, true)
+				stale2, behind2, _, phantoms2 := c.row(k).analyse(kops, true)
 				if alt := without(kops, behind2); c.linearizable(init[k], alt) != porcupine.Illegal {
 					stale, behindBypass, phantoms = stale2, behind2, phantoms2
 					check, verdict = alt, porcupine.Ok
@@ -633,7 +634,7 @@ func (r *rowLog) newerKnown(order int64) (any, own int64) {
 	return r.states[i].sufMin, r.states[i].sufOwn
 }
 
-// analyse registers the window's writes, then classifies its reads: stale
+// analyse registers a window's writes, then classifies its reads: stale
 // (behind a write of the plugin's, or a read of one), stale behind
 // bypassing writes only, and phantoms. ambiguous holds absent reads that
 // are not stale as find takes them, but would be stale behind bypassing
@@ -641,8 +642,11 @@ func (r *rowLog) newerKnown(order int64) (any, own int64) {
 // around the cache, then deleted again while the read ran. absentProves
 // makes an absent read prove that the absence find takes it for existed by
 // the time it returned, when a bypassing delete made that absence.
-func (r *rowLog) analyse(init Value, start int64, ops []Op, absentProves bool) (stale, behindBypass, ambiguous []StaleRead, phantoms []Op) {
-	r.seed(init, start)
+//
+// The window's initial state must be seeded first; analyse may run twice on
+// one window (seeding again after the first would take the window's last
+// absence for its first).
+func (r *rowLog) analyse(ops []Op, absentProves bool) (stale, behindBypass, ambiguous []StaleRead, phantoms []Op) {
 	var writes []Op
 	for _, o := range ops {
 		if o.Kind != Read {

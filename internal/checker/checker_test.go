@@ -331,3 +331,22 @@ func TestBypassStaleKeepsTheStalest(t *testing.T) {
 		t.Fatalf("totals %+v", c.Totals)
 	}
 }
+
+// The second reading of a row with bypassing writes must start from the
+// window's initial state, not from the absence the window ended with.
+func TestBypassingDeleteOfARowInsertedInTheWindow(t *testing.T) {
+	ms := int64(time.Millisecond)
+	v2, v3 := present(2, "b"), present(3, "c")
+	ops := []Op{
+		{Key: 1, Kind: Write, Value: v2, Call: 0, Return: 1 * ms, Source: "insert"},
+		{Key: 1, Kind: Write, Value: v3, Call: 2 * ms, Return: 20 * ms},
+		{Key: 1, Kind: Write, Value: Value{Version: 3}, Call: 3 * ms, Return: 25 * ms, Bypass: true},
+		{Key: 1, Kind: Read, Value: Absent, Call: 10 * ms, Return: 12 * ms},
+		{Key: 1, Kind: Read, Value: v3, Call: 15 * ms, Return: 16 * ms},
+	}
+	var c Checker
+	res := c.CheckWindow(map[int64]Value{1: Absent}, 0, ops)
+	if res.Violations != 0 || res.StaleReads != 0 || res.BypassStale != 1 {
+		t.Fatalf("got %+v\n%v", res, c.Violations)
+	}
+}

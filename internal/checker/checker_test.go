@@ -349,4 +349,8 @@ func TestBypassingDeleteOfARowInsertedInTheWindow(t *testing.T) {
 	if res.Violations != 0 || res.StaleReads != 0 || res.BypassStale != 1 {
 		t.Fatalf("got %+v\n%v", res, c.Violations)
 	}
+	// Stale from the absent read's return on, not from the window's start.
+	if c.Totals.MaxBypassStaleness != 3*time.Millisecond {
+		t.Fatalf("staleness %s, want 3ms", c.Totals.MaxBypassStaleness)
+	}
 }

@@ -11,39 +11,49 @@ import (
 	"github.com/gorm-writethrough/writethrough/internal/entry"
 )
 
-// apply invalidates what tx changed; an error leaves nothing confirmed.
-func (c *Consumer) apply(ctx context.Context, tx *txn) error {
-	for t := range tx.truncated {
-		if err := c.purgeTable(ctx, t); err != nil {
-			return err
+// apply invalidates what the committed transactions txns changed, in
+// commit order, with one pipelined round trip for the keys of consecutive
+// transactions that truncated nothing. An error leaves nothing confirmed.
+func (c *Consumer) apply(ctx context.Context, txns []*txn) error {
+	var calls []*entry.Call
+	for _, tx := range txns {
+		if len(tx.truncated) > 0 {
+			// What came before the truncate first, then the truncate.
+			if err := c.runCalls(ctx, calls, true); err != nil {
+				return err
+			}
+			calls = calls[:0]
+			for t := range tx.truncated {
+				if err := c.purgeTable(ctx, t); err != nil {
+					return err
+				}
+				c.stats.truncates.Add(1)
+			}
 		}
-		c.stats.truncates.Add(1)
+		for k := range tx.keys {
+			calls = append(calls, entry.Change(k, tx.token))
+		}
 	}
-	if len(tx.keys) == 0 {
-		return nil
-	}
-	keys := make([]string, 0, len(tx.keys))
-	for k := range tx.keys {
-		keys = append(keys, k)
-	}
-	return c.invalidate(ctx, keys, tx.token)
+	return c.runCalls(ctx, calls, true)
 }
 
-// invalidate applies a change of the transaction of writer token ("" when
-// the plugin did not write it) to keys, in one pipelined round trip per
-// batch. Purges pass change = false: every key goes, whoever wrote it.
-func (c *Consumer) invalidate(ctx context.Context, keys []string, token string) error {
-	return c.run(ctx, keys, func(k string) *entry.Call { return entry.Change(k, token) }, true)
-}
-
+// run runs mk for every key, in pipelined batches.
 func (c *Consumer) run(ctx context.Context, keys []string, mk func(string) *entry.Call, change bool) error {
-	for len(keys) > 0 {
-		n := min(len(keys), 512)
-		calls := make([]*entry.Call, n)
-		for i, k := range keys[:n] {
-			calls[i] = mk(k)
-		}
-		keys = keys[n:]
+	calls := make([]*entry.Call, len(keys))
+	for i, k := range keys {
+		calls[i] = mk(k)
+	}
+	return c.runCalls(ctx, calls, change)
+}
+
+// runCalls runs calls in pipelined batches of at most 512 and counts the
+// keys: change calls the plugin's own write had installed as skipped, the
+// others as applied.
+func (c *Consumer) runCalls(ctx context.Context, all []*entry.Call, change bool) error {
+	for len(all) > 0 {
+		n := min(len(all), 512)
+		calls := all[:n]
+		all = all[n:]
 		rctx, cancel := context.WithTimeout(ctx, c.cfg.Timeout)
 		c.scripts.Run(rctx, c.cfg.Redis, calls)
 		cancel()
@@ -51,9 +61,11 @@ func (c *Consumer) run(ctx context.Context, keys []string, mk func(string) *entr
 			if call.Err != nil {
 				return fmt.Errorf("redis: %w", call.Err)
 			}
-			if change && call.Changed() == entry.ChangeSkipped {
+			switch {
+			case !change: // purged keys are counted by the purge
+			case call.Changed() == entry.ChangeSkipped:
 				c.stats.keysSkipped.Add(1)
-			} else {
+			default:
 				c.stats.keysApplied.Add(1)
 			}
 		}

@@ -34,7 +34,17 @@ type txn struct {
 	commitAt  time.Time
 	xid       uint32
 	changes   int
+	endLSN    pglogrepl.LSN // once committed
 }
+
+// Batching: committed transactions wait to be applied together while more
+// of them have already arrived, up to these bounds. A commit is applied at
+// once when nothing has arrived after it.
+const (
+	maxBatchTxns  = 256
+	maxBatchKeys  = 4096
+	maxBatchDelay = 5 * time.Millisecond
+)
 
 func (t *txn) reset() {
 	t.open = false
@@ -51,6 +61,11 @@ type session struct {
 	sql  *pgconn.PgConn // an ordinary connection, for visibility checks
 	rels map[uint32]*relation
 	tx   txn
+
+	batch      []*txn    // committed, not yet applied, in commit order
+	batchKeys  int       // keys in batch
+	batchSince time.Time // when the batch's first commit arrived
+	free       []*txn    // applied transactions, their maps kept for reuse
 
 	confirmed  pglogrepl.LSN // every change before it is applied in Redis
 	sent       pglogrepl.LSN // last position confirmed to PostgreSQL
@@ -75,6 +90,21 @@ func (s *session) stream(ctx context.Context) error {
 	s.tx.keys = make(map[string]struct{})
 	s.tx.truncated = make(map[*table]struct{})
 	s.nextStatus = time.Now().Add(s.c.cfg.StatusInterval)
+
+	// A goroutine of its own reads the stream, so that this one can tell
+	// whether more has arrived without a timer (sub-millisecond timers
+	// fire a millisecond late): commits are applied together while more
+	// are waiting, at once when none is.
+	rctx, stopReading := context.WithCancel(ctx)
+	msgs := make(chan received, 1024)
+	go s.read(rctx, msgs)
+	defer func() {
+		stopReading()
+		for range msgs { // until the reader is done with the connection
+		}
+	}()
+	timer := time.NewTimer(s.c.cfg.StatusInterval)
+	defer timer.Stop()
 	for {
 		if ctx.Err() != nil {
 			_ = s.status(context.Background(), false)
@@ -85,26 +115,77 @@ func (s *session) stream(ctx context.Context) error {
 				return err
 			}
 		}
-		rctx, cancel := context.WithDeadline(ctx, s.nextStatus)
-		msg, err := s.conn.ReceiveMessage(rctx)
-		cancel()
-		if err != nil {
-			if pgconn.Timeout(err) && ctx.Err() == nil {
+		var r received
+		if len(s.batch) > 0 {
+			if time.Since(s.batchSince) >= maxBatchDelay {
+				if err := s.flush(ctx); err != nil {
+					return err
+				}
 				continue
 			}
-			if ctx.Err() != nil {
-				_ = s.status(context.Background(), false)
-				return nil
+			select {
+			case r = <-msgs:
+			default: // nothing more on the way: apply
+				if err := s.flush(ctx); err != nil {
+					return err
+				}
+				continue
 			}
-			return fmt.Errorf("receive: %w", err)
+		} else {
+			timer.Reset(time.Until(s.nextStatus))
+			select {
+			case r = <-msgs:
+			case <-timer.C:
+				continue
+			case <-ctx.Done():
+				continue
+			}
+		}
+		if r.err != nil {
+			if ctx.Err() != nil {
+				continue
+			}
+			return r.err
+		}
+		if err := s.copyData(ctx, r.data); err != nil {
+			return err
+		}
+	}
+}
+
+// received is one message of the stream, or the error that ended it.
+type received struct {
+	data []byte
+	err  error
+}
+
+// read receives the stream's messages until ctx ends or the stream fails,
+// and closes msgs.
+func (s *session) read(ctx context.Context, msgs chan<- received) {
+	defer close(msgs)
+	send := func(r received) bool {
+		select {
+		case msgs <- r:
+			return true
+		case <-ctx.Done():
+			return false
+		}
+	}
+	for {
+		msg, err := s.conn.ReceiveMessage(ctx)
+		if err != nil {
+			send(received{err: fmt.Errorf("receive: %w", err)})
+			return
 		}
 		switch m := msg.(type) {
 		case *pgproto3.CopyData:
-			if err := s.copyData(ctx, m.Data); err != nil {
-				return err
+			// The message's bytes are reused by the next receive.
+			if !send(received{data: append([]byte(nil), m.Data...)}) {
+				return
 			}
 		case *pgproto3.ErrorResponse:
-			return fmt.Errorf("replication stream: %w", pgconn.ErrorResponseToPgError(m))
+			send(received{err: fmt.Errorf("replication stream: %w", pgconn.ErrorResponseToPgError(m))})
+			return
 		default:
 			// Notices and the like.
 		}
@@ -122,9 +203,10 @@ func (s *session) copyData(ctx context.Context, data []byte) error {
 			return fmt.Errorf("keepalive: %w", err)
 		}
 		// Everything sent before the keepalive has been received; when no
-		// transaction is open it has all been applied, so its position is
-		// safe to confirm (an idle slot then keeps no WAL).
-		if !s.tx.open && k.ServerWALEnd > s.confirmed {
+		// transaction is open or waiting to be applied it has all been
+		// applied, so its position is safe to confirm (an idle slot then
+		// keeps no WAL).
+		if !s.tx.open && len(s.batch) == 0 && k.ServerWALEnd > s.confirmed {
 			s.confirmed = k.ServerWALEnd
 			s.c.stats.confirm(s.confirmed)
 		}
@@ -185,18 +267,59 @@ func (s *session) logical(ctx context.Context, data []byte) error {
 		if s.tx.changes > 0 {
 			s.c.at("commit:received")
 		}
-		if s.tx.changes > 0 {
-			if err := s.visible(ctx, s.tx.xid); err != nil {
-				return err
+		if s.tx.changes == 0 && len(s.batch) == 0 {
+			s.tx.reset()
+			if m.TransactionEndLSN > s.confirmed {
+				s.confirmed = m.TransactionEndLSN
+				st.confirm(s.confirmed)
 			}
+			return nil
 		}
-		if err := s.c.apply(ctx, &s.tx); err != nil {
-			return err
+		t := s.take()
+		t.keys, s.tx.keys = s.tx.keys, t.keys
+		t.truncated, s.tx.truncated = s.tx.truncated, t.truncated
+		t.token, t.commitAt, t.xid, t.changes, t.endLSN = s.tx.token, s.tx.commitAt, s.tx.xid, s.tx.changes, m.TransactionEndLSN
+		s.tx.reset()
+		if len(s.batch) == 0 {
+			s.batchSince = time.Now()
 		}
-		if s.tx.changes > 0 {
+		s.batch = append(s.batch, t)
+		s.batchKeys += len(t.keys)
+		if len(s.batch) >= maxBatchTxns || s.batchKeys >= maxBatchKeys {
+			return s.flush(ctx)
+		}
+	}
+	return nil
+}
+
+// take returns an empty txn, reusing an applied one's maps.
+func (s *session) take() *txn {
+	if n := len(s.free); n > 0 {
+		t := s.free[n-1]
+		s.free = s.free[:n-1]
+		return t
+	}
+	return &txn{keys: make(map[string]struct{}), truncated: make(map[*table]struct{})}
+}
+
+// flush applies the batch once every transaction in it is visible, then
+// confirms its last commit.
+func (s *session) flush(ctx context.Context) error {
+	if len(s.batch) == 0 {
+		return nil
+	}
+	if err := s.visible(ctx, s.batch); err != nil {
+		return err
+	}
+	if err := s.c.apply(ctx, s.batch); err != nil {
+		return err
+	}
+	now := time.Now()
+	st := s.c.stats
+	for _, t := range s.batch {
+		if t.changes > 0 {
 			s.c.at("commit:applied")
-			now := time.Now()
-			lag := now.Sub(s.tx.commitAt)
+			lag := now.Sub(t.commitAt)
 			st.transactions.Add(1)
 			st.lagNanos.Store(int64(lag))
 			for {
@@ -206,19 +329,22 @@ func (s *session) logical(ctx context.Context, data []byte) error {
 				}
 			}
 			if f := s.c.cfg.OnApply; f != nil {
-				f(Applied{CommitTime: s.tx.commitAt, AppliedAt: now, Keys: len(s.tx.keys), Truncates: len(s.tx.truncated), Own: s.tx.token != ""})
+				f(Applied{CommitTime: t.commitAt, AppliedAt: now, Keys: len(t.keys), Truncates: len(t.truncated), Own: t.token != ""})
 			}
 			if l := s.c.cfg.Logger; l != nil && l.Enabled(ctx, slog.LevelDebug) {
-				l.Debug("cdc: applied", "xid", s.tx.xid, "keys", len(s.tx.keys), "truncates", len(s.tx.truncated),
-					"own", s.tx.token != "", "lag", lag.String(), "end_lsn", m.TransactionEndLSN.String())
+				l.Debug("cdc: applied", "xid", t.xid, "keys", len(t.keys), "truncates", len(t.truncated),
+					"own", t.token != "", "lag", lag.String(), "end_lsn", t.endLSN.String(), "batch", len(s.batch))
 			}
 		}
-		s.tx.reset()
-		if m.TransactionEndLSN > s.confirmed {
-			s.confirmed = m.TransactionEndLSN
+		if t.endLSN > s.confirmed {
+			s.confirmed = t.endLSN
 		}
-		st.confirm(s.confirmed)
+		t.reset()
+		s.free = append(s.free, t)
 	}
+	clear(s.batch)
+	s.batch, s.batchKeys = s.batch[:0], 0
+	st.confirm(s.confirmed)
 	return nil
 }
 
@@ -302,20 +428,31 @@ func pgCode(err error) string {
 	return ""
 }
 
-// visible waits until transaction xid is visible to new snapshots. The
-// stream carries a commit as soon as its record is flushed, a moment before
-// the committing backend leaves the process array: a reader that missed the
-// cache in that moment would read the old row and could fill it after the
-// invalidation. Invalidating only once the commit is visible leaves such a
-// reader's lease to be removed, or its read to see the new row.
-func (s *session) visible(ctx context.Context, xid uint32) error {
+// visible waits until every transaction of txns that changed something is
+// visible to new snapshots. The stream carries a commit as soon as its
+// record is flushed, a moment before the committing backend leaves the
+// process array: a reader that missed the cache in that moment would read
+// the old row and could fill it after the invalidation. Invalidating only
+// once the commit is visible leaves such a reader's lease to be removed,
+// or its read to see the new row. One snapshot answers for the batch.
+func (s *session) visible(ctx context.Context, txns []*txn) error {
 	wait := 50 * time.Microsecond
 	for {
 		rows, err := query(ctx, s.sql, "SELECT pg_current_snapshot()::text")
 		if err != nil {
 			return fmt.Errorf("snapshot: %w", err)
 		}
-		if len(rows) != 1 || !inProgress(rows[0][0], xid) {
+		if len(rows) != 1 {
+			return nil
+		}
+		running := false
+		for _, t := range txns {
+			if t.changes > 0 && inProgress(rows[0][0], t.xid) {
+				running = true
+				break
+			}
+		}
+		if !running {
 			return nil
 		}
 		s.c.stats.visibilityWaits.Add(1)

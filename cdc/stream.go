@@ -98,15 +98,20 @@ func (s *session) stream(ctx context.Context) error {
 	rctx, stopReading := context.WithCancel(ctx)
 	msgs := make(chan received, 1024)
 	go s.read(rctx, msgs)
-	defer func() {
+	// stopped returns once the reader is done with the connection (and has
+	// cleared the deadline a cancelled receive leaves on it).
+	stopped := func() {
 		stopReading()
-		for range msgs { // until the reader is done with the connection
+		for range msgs {
 		}
-	}()
+	}
+	defer stopped()
 	timer := time.NewTimer(s.c.cfg.StatusInterval)
 	defer timer.Stop()
 	for {
 		if ctx.Err() != nil {
+			// Confirm what was applied, so that a restart replays nothing.
+			stopped()
 			_ = s.status(context.Background(), false)
 			return nil
 		}

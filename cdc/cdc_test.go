@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -155,21 +156,7 @@ func (r *rig) start() *cdc.Consumer {
 	if r.hook != nil {
 		cdc.SetHook(c, r.hook)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- c.Run(ctx) }()
-	stopped := false
-	r.stop = func() {
-		if stopped {
-			return
-		}
-		stopped = true
-		cancel()
-		if err := <-done; err != nil {
-			r.t.Errorf("Run: %v", err)
-		}
-	}
-	r.t.Cleanup(r.stop)
+	r.stop = r.run(c)
 	r.c = c
 	r.eventually("consumer streaming", func() error {
 		if st := c.Stats(); st.State != cdc.StateStreaming {
@@ -178,6 +165,22 @@ func (r *rig) start() *cdc.Consumer {
 		return nil
 	})
 	return c
+}
+
+// run runs c until the test ends or stop is called, and fails the test if
+// Run returns an error.
+func (r *rig) run(c *cdc.Consumer) (stop func()) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- c.Run(ctx) }()
+	stop = sync.OnceFunc(func() {
+		cancel()
+		if err := <-done; err != nil {
+			r.t.Errorf("Run: %v", err)
+		}
+	})
+	r.t.Cleanup(stop)
+	return stop
 }
 
 // eventually retries check until it passes; it fails the test after a
@@ -449,10 +452,7 @@ func TestASecondConsumerWaitsAndTakesOver(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- c2.Run(ctx) }()
-	defer func() { cancel(); <-done }()
+	r.run(c2)
 	r.eventually("second consumer in standby", func() error {
 		if s := c2.Stats().State; s != cdc.StateStandby {
 			return fmt.Errorf("state %s", s)
@@ -526,10 +526,7 @@ func TestTablesWithoutModels(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- c.Run(ctx) }()
-	defer func() { cancel(); <-done }()
+	r.run(c)
 	r.c = c
 	sid := "6f1b9a2e-4c3d-4e5f-8a9b-0c1d2e3f4a5b"
 	blob := []byte{0xde, 0xad, ':', 0}

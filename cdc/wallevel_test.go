@@ -111,15 +111,7 @@ func TestATableMigratedLaterIsWaitedFor(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- c.Run(ctx) }()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Error(err)
-		}
-	}()
+	r.run(c)
 	r.c = c
 	r.eventually("a failure for the missing table", func() error {
 		if st := c.Stats(); !strings.Contains(st.LastError, "does not exist") {

@@ -17,6 +17,9 @@ import (
 // string key columns (keyspec.Spec.Resolve), on db's connection, and never
 // fails the caller: until it succeeds the columns stay loose, which is safe.
 func (p *Plugin) resolveKeys(db *gorm.DB, s *modelSpec) {
+	if !s.keys.WantsResolve() {
+		return // the common case: nothing to learn, no statement to build
+	}
 	if err := s.keys.Resolve(ownQuery(db)); err != nil {
 		// The table may not exist yet: stay loose, ask again later.
 		p.logf("writethrough: key column types unknown; string keys stay loose", "model", s.name, "err", err)

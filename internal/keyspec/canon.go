@@ -107,6 +107,13 @@ func staticClass(f *schema.Field) (cl class, known bool) {
 	return classLoose, true
 }
 
+// WantsResolve reports whether [Spec.Resolve] has something to learn now:
+// a caller can skip building its statement when it does not.
+func (s *Spec) WantsResolve() bool {
+	c := s.classes()
+	return !c.resolved && !time.Now().Before(c.retryAt)
+}
+
 // Resolve learns, once per model, how the database compares the model's
 // string key columns (PostgreSQL only; under other dialects they stay
 // loose). It runs on db's connection, inside its transaction if it has one
@@ -117,6 +124,9 @@ func staticClass(f *schema.Field) (cl class, known bool) {
 // it has learned it. On an error (the table may not exist yet) the columns
 // stay loose, which is safe, and Resolve asks again after a minute.
 func (s *Spec) Resolve(db *gorm.DB) error {
+	if !s.WantsResolve() {
+		return nil
+	}
 	c := s.classes()
 	if c.resolved || time.Now().Before(c.retryAt) || !s.resolving.CompareAndSwap(false, true) {
 		return nil

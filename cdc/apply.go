@@ -30,8 +30,17 @@ func (c *Consumer) apply(ctx context.Context, txns []*txn) error {
 				c.stats.truncates.Add(1)
 			}
 		}
-		for k := range tx.keys {
-			calls = append(calls, entry.Change(k, tx.token))
+		for k, n := range tx.keys {
+			// The plugin's own transaction may also have changed a row it
+			// staged after its statement re-read it: a trigger fired by a
+			// later statement, a second statement that named it otherwise.
+			// Its entry is then the plugin's yet stale. Only a row the
+			// transaction changed once is left to the plugin.
+			token := tx.token
+			if n > 1 {
+				token = ""
+			}
+			calls = append(calls, entry.Change(k, token))
 		}
 	}
 	return c.runCalls(ctx, calls, true)

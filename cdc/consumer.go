@@ -304,7 +304,7 @@ var errStandby = errors.New("cdc: the slot is active in another consumer")
 
 // fatal reports errors that retrying cannot fix.
 func fatal(err error) bool {
-	if errors.Is(err, ErrNotLogical) {
+	if errors.Is(err, ErrNotLogical) || errors.Is(err, ErrInvalidConfig) {
 		return true
 	}
 	switch pgCode(err) {
@@ -400,7 +400,7 @@ func (c *Consumer) resolve(ctx context.Context, conn *pgconn.PgConn) error {
 		}
 		if len(rows) != 1 {
 			// Maybe not migrated yet: Run retries.
-			return fmt.Errorf("cdc: table %s does not exist (an unqualified name is looked up in the connection's search_path, or in Table.Schema)", name)
+			return fmt.Errorf("cdc: table %s does not exist or this role cannot see it (an unqualified name is looked up in the connection's search_path, or in Table.Schema; the role needs USAGE on the table's schema)", name)
 		}
 		t.ref = rows[0][0]
 		tables[t.ref] = t

@@ -152,3 +152,53 @@ func TestEveryWriteOfThePluginIsItsOwn(t *testing.T) {
 		}
 	}
 }
+
+// TestARowATriggerChangesLaterInTheTransactionIsInvalidated: a GORM
+// transaction updates a shopper through the plugin, then creates a basket
+// whose trigger changes the shopper again. The plugin installed the row it
+// re-read after its update, before the trigger; the transaction is its own,
+// but it changed the shopper twice, so the consumer invalidates the key.
+func TestARowATriggerChangesLaterInTheTransactionIsInvalidated(t *testing.T) {
+	rdb, prefix := testenv.Redis(t)
+	r := newRigWith(t, rdb, writethrough.Config{Prefix: prefix, CDC: true}, &Shopper{}, &Basket{})
+	r.exec(`CREATE FUNCTION basket_touches_shopper() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+	UPDATE shoppers SET name = name || '+' WHERE id = NEW.shopper_id;
+	RETURN NEW;
+END $$`)
+	r.exec(`CREATE TRIGGER basket_touches_shopper AFTER INSERT ON baskets FOR EACH ROW EXECUTE FUNCTION basket_touches_shopper()`)
+	c := r.start()
+	s := Shopper{Email: "t@example.com", Name: "T"}
+	if err := r.db.Create(&s).Error; err != nil {
+		t.Fatal(err)
+	}
+	err := r.db.Transaction(func(tx *gorm.DB) error {
+		if err := tx.Model(&s).Update("name", "T2").Error; err != nil {
+			return err
+		}
+		return tx.Create(&Basket{ShopperID: s.ID, Status: "new"}).Error
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := c.Sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	e, err := writethrough.Inspect(ctx, r.db, &Shopper{}, s.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("entry after Sync: %s %+v; consumer %+v", e.State, e.Row, c.Stats())
+	var cached, db Shopper
+	if err := r.db.Scopes(writethrough.Cached).First(&cached, s.ID).Error; err != nil {
+		t.Fatal(err)
+	}
+	if err := r.db.Scopes(writethrough.Uncached).First(&db, s.ID).Error; err != nil {
+		t.Fatal(err)
+	}
+	if db.Name != "T2+" || cached.Name != db.Name {
+		t.Fatalf("after Sync the cached shopper is named %q, the database's %q", cached.Name, db.Name)
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -28,7 +29,7 @@ type relation struct {
 // Commit.
 type txn struct {
 	open      bool
-	keys      map[string]struct{}
+	keys      map[string]int // changes of the row, per key
 	truncated map[*table]struct{}
 	token     string // the plugin's writer token, when the plugin wrote it
 	commitAt  time.Time
@@ -62,6 +63,8 @@ type session struct {
 	rels map[uint32]*relation
 	tx   txn
 
+	named []string // keys the current message's row images name
+
 	batch      []*txn    // committed, not yet applied, in commit order
 	batchKeys  int       // keys in batch
 	batchSince time.Time // when the batch's first commit arrived
@@ -87,7 +90,7 @@ func (s *session) stream(ctx context.Context) error {
 	s.c.setState(StateStreaming)
 	s.c.streamed.Store(true)
 	s.c.log(slog.LevelInfo, "cdc: streaming", "slot", s.c.cfg.Slot, "publication", s.c.cfg.Publication)
-	s.tx.keys = make(map[string]struct{})
+	s.tx.keys = make(map[string]int)
 	s.tx.truncated = make(map[*table]struct{})
 	s.nextStatus = time.Now().Add(s.c.cfg.StatusInterval)
 
@@ -249,11 +252,14 @@ func (s *session) logical(ctx context.Context, data []byte) error {
 		s.tx.xid = m.Xid
 	case *pglogrepl.InsertMessage:
 		s.tuple(m.RelationID, m.Tuple)
+		s.counted()
 	case *pglogrepl.UpdateMessage:
 		s.tuple(m.RelationID, m.OldTuple) // a changed key: its old value
 		s.tuple(m.RelationID, m.NewTuple)
+		s.counted()
 	case *pglogrepl.DeleteMessage:
 		s.tuple(m.RelationID, m.OldTuple)
+		s.counted()
 	case *pglogrepl.TruncateMessage:
 		for _, id := range m.RelationIDs {
 			if r := s.rels[id]; r != nil && r.tbl != nil {
@@ -304,7 +310,7 @@ func (s *session) take() *txn {
 		s.free = s.free[:n-1]
 		return t
 	}
-	return &txn{keys: make(map[string]struct{}), truncated: make(map[*table]struct{})}
+	return &txn{keys: make(map[string]int), truncated: make(map[*table]struct{})}
 }
 
 // flush applies the batch once every transaction in it is visible, then
@@ -353,7 +359,18 @@ func (s *session) flush(ctx context.Context) error {
 	return nil
 }
 
-// tuple adds the key of one row image to the open transaction.
+// counted counts one change of every key the message's row images named
+// (an update's old and new image name the same key unless it changed).
+func (s *session) counted() {
+	for i, k := range s.named {
+		if !slices.Contains(s.named[:i], k) {
+			s.tx.keys[k]++
+		}
+	}
+	s.named = s.named[:0]
+}
+
+// tuple adds the keys one row image names to s.named.
 func (s *session) tuple(relID uint32, t *pglogrepl.TupleData) {
 	if t == nil {
 		return
@@ -379,7 +396,7 @@ func (s *session) tuple(relID uint32, t *pglogrepl.TupleData) {
 	for _, m := range r.tbl.models {
 		k, ok := m.key(vals)
 		if ok {
-			s.tx.keys[k] = struct{}{}
+			s.named = append(s.named, k)
 			continue
 		}
 		// A key column missing from the image (unchanged TOAST, or a

@@ -78,7 +78,9 @@ ORDER BY a.attnum`, literal(quoteTable(t.lookup()))))
 	}
 	spec, err := keyspec.New(sch, c.cfg.Prefix, &keyspec.Tag{Template: t.Key, FieldName: "K0"})
 	if err != nil {
-		return nil, fmt.Errorf("cdc: table %s: %w", t.Name, err)
+		// A template naming no key column: retrying cannot fix it.
+		return nil, fmt.Errorf("%w: Tables: key template %q of table %s (primary key %s): %v",
+			ErrInvalidConfig, t.Key, t.Name, strings.Join(cols(rows), ", "), err)
 	}
 	m := &model{name: t.Name, spec: spec, pattern: spec.Pattern()}
 	for _, f := range spec.Fields() {
@@ -86,6 +88,15 @@ ORDER BY a.attnum`, literal(quoteTable(t.lookup()))))
 		m.bytes = append(m.bytes, f.FieldType == reflect.TypeFor[[]byte]())
 	}
 	return m, nil
+}
+
+// cols returns the first column of rows.
+func cols(rows [][]string) []string {
+	out := make([]string, len(rows))
+	for i, r := range rows {
+		out[i] = r[0]
+	}
+	return out
 }
 
 // fixedTable is a naming strategy whose table name is the one given.

@@ -136,3 +136,23 @@ func TestATableMigratedLaterIsWaitedFor(t *testing.T) {
 	r.exec("UPDATE lates SET n = 5 WHERE id = 1")
 	r.gone(&Late{}, int64(1))
 }
+
+// TestABadKeyTemplateStops: a Tables key template that names no key column
+// is a configuration error retrying cannot fix: Run returns it.
+func TestABadKeyTemplateStops(t *testing.T) {
+	r := newRig(t, &Account{})
+	r.cfg.Models = nil
+	r.cfg.Tables = []cdc.Table{{Name: "accounts", Key: "acct:{nosuchcol}"}}
+	r.cfg.ConnString = r.dsn
+	c, err := cdc.New(nil, r.cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	err = c.Run(ctx)
+	if !errors.Is(err, cdc.ErrInvalidConfig) || !strings.Contains(err.Error(), "acct:{nosuchcol}") {
+		t.Fatalf("Run with a bad key template: %v", err)
+	}
+	t.Log(err)
+}

@@ -59,7 +59,10 @@ func (p *Plugin) registerCallbacks(db *gorm.DB) error {
 		// Only a marked transaction needs to know it ran raw SQL.
 		hooks = append(hooks,
 			hook{Name + ":raw", cb.Raw().Before("gorm:raw"), taintRaw},
-			hook{Name + ":row", cb.Row().Before("gorm:row"), taintRaw})
+			hook{Name + ":row", cb.Row().Before("gorm:row"), taintRaw},
+			// db.Raw(sql).Scan/Find/First run the caller's SQL through the
+			// query callbacks: the statement's SQL is already set.
+			hook{Name + ":raw_query", cb.Query().Before("gorm:query"), taintRawQuery})
 	}
 	for _, h := range hooks {
 		if err := h.at.Register(h.name, h.fn); err != nil {
@@ -98,8 +101,17 @@ func taintRaw(db *gorm.DB) {
 		return
 	}
 	tx, ok := txhook.Of(db.Statement.ConnPool)
-	if !ok || txhook.IsSavepointSQL(db.Statement.SQL.String()) {
+	// tx is nil in a transaction the plugin did not begin: nothing to mark.
+	if !ok || tx == nil || txhook.IsSavepointSQL(db.Statement.SQL.String()) {
 		return
 	}
 	tx.Taint()
+}
+
+// taintRawQuery is taintRaw for the query callbacks, which run the
+// caller's SQL when db.Raw set it, and build their own otherwise.
+func taintRawQuery(db *gorm.DB) {
+	if db.Statement.SQL.Len() > 0 {
+		taintRaw(db)
+	}
 }

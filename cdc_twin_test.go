@@ -50,6 +50,34 @@ func TestCDCMarkChangesNothingGORMDoes(t *testing.T) {
 			return tx.Exec("UPDATE users SET balance = balance + 1 WHERE id = 3").Error
 		}))
 	})
+	tw.same(t, "raw query in the transaction", func(db *gorm.DB) any {
+		var ids []int64
+		err := db.Transaction(func(tx *gorm.DB) error {
+			return tx.Raw("UPDATE users SET balance = balance + 1 WHERE id = 3 RETURNING id").Scan(&ids).Error
+		})
+		return res(ids, err)
+	})
+	tw.same(t, "raw SQL in a transaction begun outside GORM", func(db *gorm.DB) any {
+		sqlDB, err := db.DB()
+		if err != nil {
+			return res(nil, err)
+		}
+		stx, err := sqlDB.Begin()
+		if err != nil {
+			return res(nil, err)
+		}
+		defer func() { _ = stx.Rollback() }()
+		// A statement of its own (Set makes it), on the transaction.
+		s := db.Session(&gorm.Session{NewDB: true}).Set("writethrough:test", true)
+		s.Statement.ConnPool = stx
+		s = s.Session(&gorm.Session{})
+		var n int
+		err = s.Raw("SELECT count(*) FROM users").Scan(&n).Error
+		if err == nil {
+			err = s.Exec("UPDATE users SET balance = balance WHERE id = 0").Error
+		}
+		return res(n, err)
+	})
 	tw.same(t, "rolled back", func(db *gorm.DB) any {
 		err := db.Transaction(func(tx *gorm.DB) error {
 			if err := tx.Model(&User{ID: 1}).Update("balance", 99).Error; err != nil {

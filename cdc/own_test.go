@@ -121,6 +121,15 @@ func TestEveryWriteOfThePluginIsItsOwn(t *testing.T) {
 		}},
 		{"soft delete", false, func() error { return db.Delete(&s).Error }},
 		{"unscoped delete that cascades", false, func() error { return db.Unscoped().Delete(&s).Error }},
+		{"raw query in a transaction", true, func() error {
+			return db.Transaction(func(tx *gorm.DB) error {
+				if err := tx.Model(&Label{Code: "x"}).Update("text", "four").Error; err != nil {
+					return err
+				}
+				var ls []Label // Find: the query callbacks, not Raw's or Row's
+				return tx.Raw("UPDATE labels SET text = 'rq' WHERE code = 'x' RETURNING *").Find(&ls).Error
+			})
+		}},
 		{"raw exec in a transaction", true, func() error {
 			return db.Transaction(func(tx *gorm.DB) error {
 				if err := tx.Model(&Label{Code: "x"}).Update("text", "three").Error; err != nil {

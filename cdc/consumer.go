@@ -90,7 +90,6 @@ type Consumer struct {
 	db *gorm.DB // as given to New, for Sync; may be nil
 
 	streamed atomic.Bool // a session has streamed: a missing slot was dropped
-	lost     atomic.Bool // the slot was invalidated: the next one says so
 
 	hook func(point string) // tests: called at named points of the stream
 }
@@ -331,6 +330,9 @@ func (c *Consumer) session(ctx context.Context) (streamed bool, err error) {
 	} else if len(rows) == 1 && len(rows[0]) == 1 && rows[0][0] != "logical" {
 		return false, fmt.Errorf("%w: it is %s; set wal_level = logical and restart PostgreSQL", ErrNotLogical, rows[0][0])
 	}
+	if err := c.slotElsewhere(ctx, conn); err != nil {
+		return false, err
+	}
 	if err := c.resolve(ctx, conn); err != nil {
 		return false, err
 	}
@@ -373,15 +375,12 @@ func (c *Consumer) session(ctx context.Context) (streamed bool, err error) {
 		return false, errStandby
 	} else if code == "55000" {
 		// The slot was invalidated (max_slot_wal_keep_size): changes are
-		// lost. Drop it; the next session makes a new one and purges.
-		c.log(slog.LevelWarn, "cdc: replication slot invalidated (max_slot_wal_keep_size?); dropping it", "slot", c.cfg.Slot, "err", err)
-		if derr := c.dropSlot(ctx); derr != nil {
-			return false, errors.Join(err, derr)
-		}
-		c.lost.Store(true)
+		// lost. The next session finds it lost, drops it, makes a new one
+		// and purges (ensureSlot checks that it is this database's).
+		c.log(slog.LevelWarn, "cdc: the slot cannot stream (invalidated by max_slot_wal_keep_size?)", "slot", c.cfg.Slot, "err", err)
 		return false, err
 	}
-	return true, err
+	return s.started, err
 }
 
 // resolve names each followed table as pgoutput will: "schema.table".
@@ -467,6 +466,23 @@ func (c *Consumer) ensurePublication(ctx context.Context, conn *pgconn.PgConn) (
 	return added, false, nil
 }
 
+// slotElsewhere fails with ErrInvalidConfig when the slot's name is taken by
+// another database's slot. Slot names are the server's: that slot belongs to
+// another application, and this consumer must neither use nor drop it.
+func (c *Consumer) slotElsewhere(ctx context.Context, conn *pgconn.PgConn) error {
+	rows, err := query(ctx, conn, fmt.Sprintf(
+		"SELECT database FROM pg_replication_slots WHERE slot_name = %s AND database IS DISTINCT FROM current_database()",
+		literal(c.cfg.Slot)))
+	if err != nil {
+		return fmt.Errorf("read slot %s: %w", c.cfg.Slot, err)
+	}
+	if len(rows) > 0 {
+		return fmt.Errorf("%w: Slot: %s is a slot of database %q; give this consumer a slot name of its own",
+			ErrInvalidConfig, c.cfg.Slot, rows[0][0])
+	}
+	return nil
+}
+
 // ensureSlot makes sure the slot exists and can stream. For a slot made
 // now, whose changes before it were never seen, why says why it was made.
 func (c *Consumer) ensureSlot(ctx context.Context, conn *pgconn.PgConn) (why string, err error) {
@@ -477,15 +493,12 @@ func (c *Consumer) ensureSlot(ctx context.Context, conn *pgconn.PgConn) (why str
 		return "", fmt.Errorf("read slot %s: %w", slot, err)
 	}
 	why = "new replication slot"
-	switch {
-	case c.lost.Load():
-		why = "replication slot was invalidated: changes were lost"
-	case c.streamed.Load():
+	if c.streamed.Load() {
 		why = "replication slot disappeared (dropped?): changes may have been lost"
 	}
 	if len(rows) == 1 {
 		if rows[0][2] != "pgoutput" {
-			return "", fmt.Errorf("cdc: slot %s uses plugin %s, not pgoutput", slot, rows[0][2])
+			return "", fmt.Errorf("%w: Slot: %s uses plugin %s, not pgoutput", ErrInvalidConfig, slot, rows[0][2])
 		}
 		if rows[0][0] != "lost" {
 			if rows[0][1] == "true" {
@@ -510,18 +523,8 @@ func (c *Consumer) ensureSlot(ctx context.Context, conn *pgconn.PgConn) (why str
 	if err != nil {
 		return "", fmt.Errorf("create slot %s: %w", slot, err)
 	}
-	c.lost.Store(false)
 	c.log(slog.LevelInfo, "cdc: replication slot created", "slot", slot, "why", why)
 	return why, nil
-}
-
-func (c *Consumer) dropSlot(ctx context.Context) error {
-	conn, err := pgconn.ConnectConfig(ctx, c.connCfg)
-	if err != nil {
-		return fmt.Errorf("connect: %w", err)
-	}
-	defer conn.Close(context.Background())
-	return c.dropSlotOn(ctx, conn)
 }
 
 func (c *Consumer) dropSlotOn(ctx context.Context, conn *pgconn.PgConn) error {

@@ -63,7 +63,8 @@ type session struct {
 	rels map[uint32]*relation
 	tx   txn
 
-	named []string // keys the current message's row images name
+	named   []string // keys the current message's row images name
+	started bool     // replication started: the backoff starts over
 
 	batch      []*txn    // committed, not yet applied, in commit order
 	batchKeys  int       // keys in batch
@@ -88,6 +89,7 @@ func (s *session) stream(ctx context.Context) error {
 		return fmt.Errorf("start replication: %w", err)
 	}
 	s.c.setState(StateStreaming)
+	s.started = true
 	s.c.streamed.Store(true)
 	s.c.log(slog.LevelInfo, "cdc: streaming", "slot", s.c.cfg.Slot, "publication", s.c.cfg.Publication)
 	s.tx.keys = make(map[string]int)

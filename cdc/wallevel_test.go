@@ -16,6 +16,8 @@ import (
 	"github.com/gorm-writethrough/writethrough/cdc"
 	"github.com/gorm-writethrough/writethrough/internal/pgproc"
 	"github.com/gorm-writethrough/writethrough/internal/testenv"
+	"github.com/gorm-writethrough/writethrough/internal/testrig"
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 )
 
@@ -155,4 +157,39 @@ func TestABadKeyTemplateStops(t *testing.T) {
 		t.Fatalf("Run with a bad key template: %v", err)
 	}
 	t.Log(err)
+}
+
+// TestASlotOfAnotherDatabaseIsLeftAlone: slot names are the server's; a
+// consumer whose slot name another database already uses stops with
+// ErrInvalidConfig, and the other database's slot survives.
+func TestASlotOfAnotherDatabaseIsLeftAlone(t *testing.T) {
+	r := newRig(t, &Account{})
+	pc, err := pgconn.ParseConfig(r.dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	other := fmt.Sprintf("host=%s port=%d user=%s dbname=postgres sslmode=disable", pc.Host, pc.Port, pc.User)
+	testrig.DropSlotAtCleanup(t, other, r.cfg.Slot)
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, other)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	if _, err := conn.Exec(ctx, "SELECT pg_create_logical_replication_slot($1, 'pgoutput')", r.cfg.Slot); err != nil {
+		t.Fatal(err)
+	}
+	c, err := cdc.New(r.db, r.cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if err := c.Run(rctx); !errors.Is(err, cdc.ErrInvalidConfig) {
+		t.Fatalf("Run with another database's slot name: %v (%+v)", err, c.Stats())
+	}
+	var db string
+	if err := conn.QueryRow(ctx, "SELECT database FROM pg_replication_slots WHERE slot_name = $1", r.cfg.Slot).Scan(&db); err != nil || db != "postgres" {
+		t.Fatalf("the other database's slot: %q, %v", db, err)
+	}
 }

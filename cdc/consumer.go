@@ -420,12 +420,20 @@ func (c *Consumer) resolve(ctx context.Context, conn *pgconn.PgConn) error {
 // slot never carried. created reports a publication made now.
 func (c *Consumer) ensurePublication(ctx context.Context, conn *pgconn.PgConn) (added []*table, created bool, err error) {
 	pub := c.cfg.Publication
-	rows, err := query(ctx, conn, fmt.Sprintf(
-		"SELECT schemaname || '.' || tablename FROM pg_publication_tables WHERE pubname = %s", literal(pub)))
+	// Members: tables named in the publication (a partitioned table is
+	// named itself, while pg_publication_tables may list its partitions),
+	// and those it takes in otherwise (FOR ALL TABLES, TABLES IN SCHEMA).
+	rows, err := query(ctx, conn, fmt.Sprintf(`
+SELECT n.nspname || '.' || c.relname FROM pg_publication_rel pr
+  JOIN pg_publication p ON p.oid = pr.prpubid
+  JOIN pg_class c ON c.oid = pr.prrelid
+  JOIN pg_namespace n ON n.oid = c.relnamespace
+ WHERE p.pubname = %[1]s
+UNION SELECT schemaname || '.' || tablename FROM pg_publication_tables WHERE pubname = %[1]s`, literal(pub)))
 	if err != nil {
 		return nil, false, fmt.Errorf("read publication %s: %w", pub, err)
 	}
-	exists, err := query(ctx, conn, fmt.Sprintf("SELECT 1 FROM pg_publication WHERE pubname = %s", literal(pub)))
+	pubs, err := query(ctx, conn, fmt.Sprintf("SELECT pubviaroot::text FROM pg_publication WHERE pubname = %s", literal(pub)))
 	if err != nil {
 		return nil, false, fmt.Errorf("read publication %s: %w", pub, err)
 	}
@@ -440,12 +448,15 @@ func (c *Consumer) ensurePublication(ctx context.Context, conn *pgconn.PgConn) (
 			names = append(names, quoteRef(t.ref))
 		}
 	}
-	if len(exists) == 0 {
+	if len(pubs) == 0 {
 		all := make([]string, len(c.wanted))
 		for i, t := range c.wanted {
 			all[i] = quoteRef(t.ref)
 		}
-		_, err := conn.Exec(ctx, fmt.Sprintf("CREATE PUBLICATION %s FOR TABLE %s", pub, strings.Join(all, ", "))).ReadAll()
+		// Via the root: a partitioned table's changes then arrive under its
+		// own name, not its partitions'.
+		_, err := conn.Exec(ctx, fmt.Sprintf("CREATE PUBLICATION %s FOR TABLE %s WITH (publish_via_partition_root = true)",
+			pub, strings.Join(all, ", "))).ReadAll()
 		if err != nil && pgCode(err) != "42710" { // another consumer made it
 			return nil, false, fmt.Errorf("create publication %s: %w", pub, err)
 		}
@@ -455,8 +466,28 @@ func (c *Consumer) ensurePublication(ctx context.Context, conn *pgconn.PgConn) (
 		c.log(slog.LevelInfo, "cdc: publication created", "publication", pub, "tables", len(all))
 		return nil, true, nil
 	}
+	if pubs[0][0] != "true" {
+		// A publication made elsewhere: its partitioned tables' changes
+		// arrive under their partitions' names, which no model uses.
+		parted, err := c.partitioned(ctx, conn)
+		if err != nil {
+			return nil, false, err
+		}
+		if len(parted) > 0 {
+			_, err := conn.Exec(ctx, fmt.Sprintf("ALTER PUBLICATION %s SET (publish_via_partition_root = true)", pub)).ReadAll()
+			if err != nil {
+				return nil, false, fmt.Errorf("publication %s: publish partitioned tables via their root: %w", pub, err)
+			}
+			c.log(slog.LevelWarn, "cdc: publication now publishes partitioned tables via their root", "publication", pub)
+			for _, t := range parted { // their changes were not followed
+				if has[t.ref] {
+					added = append(added, t)
+				}
+			}
+		}
+	}
 	if len(names) == 0 {
-		return nil, false, nil
+		return added, false, nil
 	}
 	_, err = conn.Exec(ctx, fmt.Sprintf("ALTER PUBLICATION %s ADD TABLE %s", pub, strings.Join(names, ", "))).ReadAll()
 	if err != nil && pgCode(err) != "42710" {
@@ -464,6 +495,21 @@ func (c *Consumer) ensurePublication(ctx context.Context, conn *pgconn.PgConn) (
 	}
 	c.log(slog.LevelInfo, "cdc: tables added to the publication", "publication", pub, "tables", strings.Join(names, ", "))
 	return added, false, nil
+}
+
+// partitioned returns the followed tables that are partitioned.
+func (c *Consumer) partitioned(ctx context.Context, conn *pgconn.PgConn) ([]*table, error) {
+	var out []*table
+	for _, t := range c.wanted {
+		rows, err := query(ctx, conn, fmt.Sprintf("SELECT relkind::text FROM pg_class WHERE oid = to_regclass(%s)", literal(quoteRef(t.ref))))
+		if err != nil {
+			return nil, fmt.Errorf("read table %s: %w", t.ref, err)
+		}
+		if len(rows) == 1 && rows[0][0] == "p" {
+			out = append(out, t)
+		}
+	}
+	return out, nil
 }
 
 // slotElsewhere fails with ErrInvalidConfig when the slot's name is taken by

@@ -14,7 +14,11 @@ import (
 // apply invalidates what the committed transactions txns changed, in
 // commit order, with one pipelined round trip for the keys of consecutive
 // transactions that truncated nothing. An error leaves nothing confirmed.
-func (c *Consumer) apply(ctx context.Context, txns []*txn) error {
+//
+// alive is called between the batches of a long truncate purge: a session
+// sends PostgreSQL a status there, or the walsender ends a replication
+// connection that stays silent for wal_sender_timeout.
+func (c *Consumer) apply(ctx context.Context, txns []*txn, alive func()) error {
 	var calls []*entry.Call
 	for _, tx := range txns {
 		if len(tx.truncated) > 0 {
@@ -24,7 +28,7 @@ func (c *Consumer) apply(ctx context.Context, txns []*txn) error {
 			}
 			calls = calls[:0]
 			for t := range tx.truncated {
-				if err := c.purgeTable(ctx, t); err != nil {
+				if err := c.purgeTable(ctx, t, alive); err != nil {
 					return err
 				}
 				c.stats.truncates.Add(1)
@@ -88,7 +92,7 @@ func (c *Consumer) purge(ctx context.Context, tables []*table, why string) error
 	start := time.Now()
 	before := c.stats.purgedKeys.Load()
 	for _, t := range tables {
-		if err := c.purgeTable(ctx, t); err != nil {
+		if err := c.purgeTable(ctx, t, nil); err != nil {
 			return err
 		}
 	}
@@ -100,7 +104,7 @@ func (c *Consumer) purge(ctx context.Context, tables []*table, why string) error
 
 // purgeTable SCANs every key of t's models (on every master of a cluster)
 // and invalidates them in batches.
-func (c *Consumer) purgeTable(ctx context.Context, t *table) error {
+func (c *Consumer) purgeTable(ctx context.Context, t *table, alive func()) error {
 	scan := func(ctx context.Context, rdb redis.UniversalClient) error {
 		for _, m := range t.models {
 			var cursor uint64
@@ -117,6 +121,9 @@ func (c *Consumer) purgeTable(ctx context.Context, t *table) error {
 						return err
 					}
 					c.stats.purgedKeys.Add(uint64(len(keys)))
+				}
+				if alive != nil {
+					alive()
 				}
 				cursor = next
 				if cursor == 0 {

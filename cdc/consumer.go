@@ -392,7 +392,7 @@ func (c *Consumer) resolve(ctx context.Context, conn *pgconn.PgConn) error {
 			name = t.byName.lookup()
 		}
 		rows, err := query(ctx, conn, fmt.Sprintf(
-			"SELECT n.nspname || '.' || c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = to_regclass(%s)",
+			"SELECT n.nspname || '.' || c.relname, c.relreplident::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = to_regclass(%s)",
 			literal(quoteTable(name))))
 		if err != nil {
 			return fmt.Errorf("resolve table %s: %w", name, err)
@@ -403,6 +403,13 @@ func (c *Consumer) resolve(ctx context.Context, conn *pgconn.PgConn) error {
 		}
 		t.ref = rows[0][0]
 		tables[t.ref] = t
+		if id := rows[0][1]; id == "n" || id == "i" {
+			// The old row image of a delete or a key change then lacks the
+			// primary key (NOTHING: PostgreSQL refuses those writes once the
+			// table is published; USING INDEX: the key cannot be named).
+			c.log(slog.LevelWarn, "cdc: the table's replica identity does not carry its primary key: deletes and key changes cannot be followed; use REPLICA IDENTITY DEFAULT or FULL",
+				"table", t.ref, "replica_identity", map[string]string{"n": "nothing", "i": "index"}[id])
+		}
 		if t.byName != nil && t.models == nil {
 			m, err := c.tableModel(ctx, conn, *t.byName)
 			if err != nil {

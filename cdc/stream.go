@@ -324,7 +324,7 @@ func (s *session) flush(ctx context.Context) error {
 	if err := s.visible(ctx, s.batch); err != nil {
 		return err
 	}
-	if err := s.c.apply(ctx, s.batch); err != nil {
+	if err := s.c.apply(ctx, s.batch, func() { s.alive(ctx) }); err != nil {
 		return err
 	}
 	now := time.Now()
@@ -452,6 +452,14 @@ func pgCode(err error) string {
 	return ""
 }
 
+// alive sends PostgreSQL a status when one is due, confirming nothing new,
+// while the session applies something long.
+func (s *session) alive(ctx context.Context) {
+	if !time.Now().Before(s.nextStatus) {
+		_ = s.status(ctx, true)
+	}
+}
+
 // visible waits until every transaction of txns that changed something is
 // visible to new snapshots. The stream carries a commit as soon as its
 // record is flushed, a moment before the committing backend leaves the
@@ -480,6 +488,7 @@ func (s *session) visible(ctx context.Context, txns []*txn) error {
 			return nil
 		}
 		s.c.stats.visibilityWaits.Add(1)
+		s.alive(ctx)
 		if !sleep(ctx, wait) {
 			return ctx.Err()
 		}

@@ -184,10 +184,12 @@ func (r *rig) run(c *cdc.Consumer) (stop func()) {
 }
 
 // eventually retries check until it passes; it fails the test after a
-// generous bound (a hung consumer, not a slow one).
+// generous bound (a hung consumer, not a slow one: under make test the root
+// package's race-detector runs share the two cores, and every walsender
+// decodes all of the server's WAL).
 func (r *rig) eventually(what string, check func() error) {
 	r.t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
+	deadline := time.Now().Add(60 * time.Second)
 	for {
 		err := check()
 		if err == nil {
@@ -212,9 +214,10 @@ func (r *rig) caughtUp() {
 		r.t.Fatal(err)
 	}
 	r.eventually("consumer caught up to "+now, func() error {
-		got, err := pglogrepl.ParseLSN(r.c.Stats().ConfirmedLSN)
+		st := r.c.Stats()
+		got, err := pglogrepl.ParseLSN(st.ConfirmedLSN)
 		if err != nil || got < want {
-			return fmt.Errorf("confirmed %s", r.c.Stats().ConfirmedLSN)
+			return fmt.Errorf("confirmed %s; consumer %+v", st.ConfirmedLSN, st)
 		}
 		return nil
 	})

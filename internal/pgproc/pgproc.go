@@ -28,6 +28,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgconn"
 
+	"github.com/gorm-writethrough/writethrough/internal/procrun"
 	"github.com/gorm-writethrough/writethrough/internal/testenv"
 )
 
@@ -132,18 +133,8 @@ func Start(t testing.TB, settings ...string) *Server {
 	if err := s.initdb(); err != nil {
 		t.Fatalf("pgproc: %v", err)
 	}
-	// A free port can be taken by someone else before the server binds it:
-	// try a few.
-	const attempts = 5
-	for i := 1; ; i++ {
-		s.port = freePort(t)
-		err := s.start()
-		if err == nil {
-			break
-		}
-		if i == attempts || !strings.Contains(err.Error(), "in use") {
-			t.Fatalf("pgproc: %v", err)
-		}
+	if _, err := procrun.OnFreePort(t, func(port int) error { s.port = port; return s.start() }); err != nil {
+		t.Fatalf("pgproc: %v", err)
 	}
 	return s
 }
@@ -204,17 +195,6 @@ func credential() (*syscall.Credential, error) {
 	return &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}, nil
 }
 
-// freePort returns a loopback TCP port that was free a moment ago.
-func freePort(t testing.TB) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("pgproc: finding a free port: %v", err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
-
 // command prepares one of the server's binaries to run as the cluster's
 // owner.
 func (s *Server) command(name string, args ...string) *exec.Cmd {
@@ -268,39 +248,30 @@ func (s *Server) start() error {
 	}
 	cmd := s.command("postgres", args...)
 	cmd.Stdout, cmd.Stderr = log, log
-	if err := cmd.Start(); err != nil {
+	exited, err := procrun.Start(cmd)
+	if err != nil {
 		return fmt.Errorf("starting postgres: %w", err)
 	}
-	exited := make(chan struct{})
-	go func() {
-		_ = cmd.Wait()
-		close(exited)
-	}()
 
 	s.mu.Lock()
 	s.proc, s.exited = cmd.Process, exited
 	s.mu.Unlock()
 
-	deadline := time.Now().Add(readyTimeout)
-	for {
-		if s.ping() == nil {
-			return nil
+	err = procrun.WaitReady(s.ping, exited, readyTimeout, pollInterval)
+	switch {
+	case errors.Is(err, procrun.ErrExited):
+		s.mu.Lock()
+		if s.proc == cmd.Process {
+			s.proc = nil
 		}
-		select {
-		case <-exited:
-			s.mu.Lock()
-			if s.proc == cmd.Process {
-				s.proc = nil
-			}
-			s.mu.Unlock()
-			return fmt.Errorf("postgres on port %d exited at start: %s", s.port, s.lastLines())
-		case <-time.After(pollInterval):
-		}
-		if time.Now().After(deadline) {
-			s.Kill()
-			return fmt.Errorf("postgres on port %d did not accept connections within %v: %s", s.port, readyTimeout, s.lastLines())
-		}
+		s.mu.Unlock()
+	case err != nil:
+		s.Kill()
 	}
+	if err != nil {
+		return fmt.Errorf("postgres on port %d %w: %s", s.port, err, s.lastLines())
+	}
+	return nil
 }
 
 // ping opens and closes one connection.
@@ -315,13 +286,7 @@ func (s *Server) ping() error {
 }
 
 // lastLines returns the end of the server's log, for error messages.
-func (s *Server) lastLines() string {
-	lines := strings.Split(strings.TrimSpace(s.Log()), "\n")
-	if len(lines) > 8 {
-		lines = lines[len(lines)-8:]
-	}
-	return strings.Join(lines, "\n")
-}
+func (s *Server) lastLines() string { return procrun.Tail(s.logfile(), 8) }
 
 // Log returns what the server has logged since the cluster was made.
 func (s *Server) Log() string {

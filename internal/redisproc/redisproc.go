@@ -23,6 +23,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/gorm-writethrough/writethrough/internal/procrun"
 	"github.com/gorm-writethrough/writethrough/internal/testenv"
 )
 
@@ -69,18 +70,8 @@ func Start(t testing.TB, args ...string) *Server {
 		dir:  t.TempDir(),
 		args: args,
 	}
-	// A free port can be taken by someone else before redis-server binds
-	// it: try a few.
-	const attempts = 5
-	for i := 1; ; i++ {
-		s.port = freePort(t)
-		err := s.start()
-		if err == nil {
-			break
-		}
-		if i == attempts || !strings.Contains(err.Error(), "in use") {
-			t.Fatalf("redisproc: %v", err)
-		}
+	if _, err := procrun.OnFreePort(t, func(port int) error { s.port = port; return s.start() }); err != nil {
+		t.Fatalf("redisproc: %v", err)
 	}
 	s.rdb = redis.NewClient(s.Options())
 	t.Cleanup(func() {
@@ -88,17 +79,6 @@ func Start(t testing.TB, args ...string) *Server {
 		_ = s.rdb.Close()
 	})
 	return s
-}
-
-// freePort returns a loopback TCP port that was free a moment ago.
-func freePort(t testing.TB) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("redisproc: finding a free port: %v", err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
 }
 
 // start runs the process and waits until it answers PING.
@@ -115,37 +95,28 @@ func (s *Server) start() error {
 	}, s.args...)
 	cmd := exec.Command(s.bin, args...)
 	cmd.SysProcAttr = sysProcAttr()
-	if err := cmd.Start(); err != nil {
+	exited, err := procrun.Start(cmd)
+	if err != nil {
 		return fmt.Errorf("starting redis-server: %w", err)
 	}
-	exited := make(chan struct{})
-	go func() {
-		_ = cmd.Wait()
-		close(exited)
-	}()
 
 	s.mu.Lock()
 	s.proc, s.exited, s.paused = cmd.Process, exited, false
 	s.mu.Unlock()
 
-	deadline := time.Now().Add(readyTimeout)
-	for {
-		if ping(s.Addr()) == nil {
-			return nil
-		}
-		select {
-		case <-exited:
-			s.mu.Lock()
-			s.proc = nil
-			s.mu.Unlock()
-			return fmt.Errorf("redis-server on port %d exited at start: %s", s.port, lastLines(logfile))
-		case <-time.After(pollInterval):
-		}
-		if time.Now().After(deadline) {
-			s.Kill()
-			return fmt.Errorf("redis-server on port %d did not answer PING within %v: %s", s.port, readyTimeout, lastLines(logfile))
-		}
+	err = procrun.WaitReady(func() error { return ping(s.Addr()) }, exited, readyTimeout, pollInterval)
+	switch {
+	case errors.Is(err, procrun.ErrExited):
+		s.mu.Lock()
+		s.proc = nil
+		s.mu.Unlock()
+	case err != nil:
+		s.Kill()
 	}
+	if err != nil {
+		return fmt.Errorf("redis-server on port %d %w: %s", s.port, err, procrun.Tail(logfile, 5))
+	}
+	return nil
 }
 
 // ping sends one PING over a fresh connection and expects +PONG.
@@ -168,19 +139,6 @@ func ping(addr string) error {
 		return errors.New(strings.TrimSpace(line))
 	}
 	return nil
-}
-
-// lastLines returns the end of the server's log, for error messages.
-func lastLines(logfile string) string {
-	b, err := os.ReadFile(logfile)
-	if err != nil {
-		return "no log: " + err.Error()
-	}
-	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
-	if len(lines) > 5 {
-		lines = lines[len(lines)-5:]
-	}
-	return strings.Join(lines, "\n")
 }
 
 // Addr returns the server's host:port.

@@ -205,15 +205,8 @@ func (r *rig) eventually(what string, check func() error) {
 // caughtUp waits until the consumer applied everything written so far.
 func (r *rig) caughtUp() {
 	r.t.Helper()
-	var now string
-	if err := r.raw.QueryRow(context.Background(), "SELECT pg_current_wal_flush_lsn()::text").Scan(&now); err != nil {
-		r.t.Fatal(err)
-	}
-	want, err := pglogrepl.ParseLSN(now)
-	if err != nil {
-		r.t.Fatal(err)
-	}
-	r.eventually("consumer caught up to "+now, func() error {
+	want := r.flushed()
+	r.eventually("consumer caught up to "+want.String(), func() error {
 		st := r.c.Stats()
 		got, err := pglogrepl.ParseLSN(st.ConfirmedLSN)
 		if err != nil || got < want {

@@ -11,7 +11,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pglogrepl"
 	"github.com/redis/go-redis/v9"
 	"gorm.io/driver/postgres"
 	"gorm.io/gorm"
@@ -194,10 +193,7 @@ func TestRedisDownHoldsBackConfirmation(t *testing.T) {
 		}
 	}()
 	r.exec("UPDATE accounts SET balance = balance + 100")
-	var upd string
-	if err := r.raw.QueryRow(context.Background(), "SELECT pg_current_wal_flush_lsn()::text").Scan(&upd); err != nil {
-		t.Fatal(err)
-	}
+	upd := r.flushed()
 	r.eventually("a failed apply", func() error {
 		if c.Stats().Errors == before.Errors {
 			return errors.New("no error yet")
@@ -206,18 +202,7 @@ func TestRedisDownHoldsBackConfirmation(t *testing.T) {
 	})
 	// Nothing at or after the update's commit may be confirmed while the
 	// update is not applied: neither by the consumer nor in the slot.
-	after := upd
-	end, _ := pglogrepl.ParseLSN(after)
-	var slotLSN string
-	if err := r.raw.QueryRow(context.Background(),
-		"SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1", r.cfg.Slot).Scan(&slotLSN); err != nil {
-		t.Fatal(err)
-	}
-	for what, v := range map[string]string{"consumer": c.Stats().ConfirmedLSN, "slot": slotLSN} {
-		if l, err := pglogrepl.ParseLSN(v); err != nil || l >= end {
-			t.Fatalf("%s confirmed %s, at or past the unapplied update (WAL flushed to %s)", what, v, after)
-		}
-	}
+	r.confirmedBefore(upd)
 	srv.Resume()
 	paused = false
 	r.caughtUp()

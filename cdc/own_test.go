@@ -181,6 +181,13 @@ END $$`)
 	if err := r.db.Create(&s).Error; err != nil {
 		t.Fatal(err)
 	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	// The create applied first: its change must not meet the update's
+	// pending entry (which it would mark, hiding what this test is about).
+	if err := c.Sync(ctx); err != nil {
+		t.Fatal(err)
+	}
 	err := r.db.Transaction(func(tx *gorm.DB) error {
 		if err := tx.Model(&s).Update("name", "T2").Error; err != nil {
 			return err
@@ -190,8 +197,6 @@ END $$`)
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
 	if err := c.Sync(ctx); err != nil {
 		t.Fatal(err)
 	}

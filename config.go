@@ -80,6 +80,15 @@ type Config struct {
 	// BreakerCooldown is how long an open breaker keeps the plugin off
 	// Redis before it lets one probe through. Default 1s.
 	BreakerCooldown time.Duration
+	// RereadWrites makes every write read its rows back with a SELECT
+	// after the statement, as on a dialect without RETURNING. By default,
+	// on PostgreSQL, an update or create of a cached model takes the rows
+	// from the statement itself (RETURNING, added below GORM), one
+	// statement fewer per write; tables where RETURNING may not show the
+	// stored row (triggers that run after the row is written, rules,
+	// partitions, self-referencing foreign keys with actions) are re-read
+	// anyway. Default false.
+	RereadWrites bool
 	// AsyncFinalize lets Commit return before the staged rows are installed
 	// in Redis. Readers of a key that is still pending read the database, so
 	// the promises hold; the cost is a database read for a read that lands

@@ -26,6 +26,8 @@ type modelSpec struct {
 	deletedAt *schema.Field // a gorm.DeletedAt column, if any
 	codec     *rowcodec.Codec
 	keys      *keyspec.Spec // the keys of the model's rows
+
+	returning returnCheck // whether RETURNING shows the rows as the table keeps them (returning.go)
 }
 
 // specEntry caches the outcome of building a spec: models without a cache

@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"reflect"
 	"strings"
+	"sync"
+	"time"
 
 	"gorm.io/gorm"
 	"gorm.io/gorm/clause"
@@ -33,18 +35,33 @@ import (
 // caller's hooks and what a RETURNING caller receives are those of plain
 // GORM. docs/design.md, "Bulk statements", says why this and not the others.
 
-// returningPool is the statement's ConnPool while a bulk statement runs.
+// returningPool is the statement's ConnPool while a statement whose rows
+// the plugin reads back from RETURNING runs.
 type returningPool struct {
 	gorm.ConnPool
+	db   *gorm.DB // the statement's session, for its configuration
 	st   *gorm.Statement
 	spec *modelSpec
+	// full captures every column of the written rows (the row to cache),
+	// not only their keys (returnsRows decides).
+	full bool
 
-	ran  bool            // the statement itself went through the pool
-	rows []reflect.Value // one model value per affected row, keys set
+	ran bool // the statement itself went through the pool
+	// rows holds one model value per affected row: every column with full,
+	// the keys only otherwise (or when fullErr is set).
+	rows []reflect.Value
+	// fullErr is why, with full, the rows could not be read into models
+	// (a column's Scan method failed): their keys were kept, and the rows
+	// are re-read as on a dialect without RETURNING.
+	fullErr error
 }
 
 // keyAlias names the i-th key column appended to a caller's RETURNING list.
 func keyAlias(i int) string { return fmt.Sprintf("__writethrough_key_%d", i) }
+
+// rowMarker names the column that separates a caller's RETURNING columns
+// from the row the plugin appends after them.
+const rowMarker = "__writethrough_row"
 
 // keyColumns renders the primary-key columns qualified by the statement's
 // table (UPDATE ... FROM and DELETE ... USING may name other tables with
@@ -68,6 +85,16 @@ func (r *returningPool) keyColumns(aliased bool) string {
 	return b.String()
 }
 
+// star renders every column of the statement's table, qualified by it
+// (its alias, when Table names one): "accounts".*.
+func (r *returningPool) star() string {
+	var b strings.Builder
+	r.st.QuoteTo(&b, clause.Column{Table: clause.CurrentTable, Name: "x"})
+	var x strings.Builder
+	r.st.QuoteTo(&x, clause.Column{Name: "x"})
+	return strings.TrimSuffix(b.String(), x.String()) + "*"
+}
+
 // mine reports whether query is the statement's own (and not a statement a
 // hook or an association runs on the same pool), once.
 func (r *returningPool) mine(query string) bool {
@@ -83,31 +110,24 @@ func (r *returningPool) ExecContext(ctx context.Context, query string, args ...a
 	if !r.mine(query) {
 		return r.ConnPool.ExecContext(ctx, query, args...)
 	}
-	rows, err := r.ConnPool.QueryContext(ctx, query+" RETURNING "+r.keyColumns(false), args...)
+	ret := r.keyColumns(false)
+	if r.full {
+		ret = r.star()
+	}
+	rows, err := r.ConnPool.QueryContext(ctx, query+" RETURNING "+ret, args...)
 	if err != nil {
 		return nil, err
 	}
-	defer rows.Close()
-	n := len(r.spec.pks)
-	for rows.Next() {
-		elem := reflect.New(r.spec.sch.ModelType).Elem()
-		dest := make([]any, n)
-		for i, f := range r.spec.pks {
-			dest[i] = f.ReflectValueOf(ctx, elem).Addr().Interface()
-		}
-		if err := rows.Scan(dest...); err != nil {
-			return nil, err
-		}
-		r.rows = append(r.rows, elem)
-	}
-	if err := rows.Err(); err != nil {
+	buf, err := readAll(rows)
+	if err != nil {
 		return nil, err
 	}
-	if err := rows.Close(); err != nil {
+	if err := r.capture(ctx, buf); err != nil {
 		return nil, err
 	}
-	// What the PostgreSQL drivers answer for an UPDATE or DELETE.
-	return driver.RowsAffected(len(r.rows)), nil
+	// What the PostgreSQL drivers answer for an UPDATE, a DELETE or an
+	// INSERT: one returned row per affected row.
+	return driver.RowsAffected(len(buf.Values)), nil
 }
 
 // QueryContext implements gorm.ConnPool.
@@ -115,50 +135,71 @@ func (r *returningPool) QueryContext(ctx context.Context, query string, args ...
 	if !r.mine(query) {
 		return r.ConnPool.QueryContext(ctx, query, args...)
 	}
-	rows, err := r.ConnPool.QueryContext(ctx, query+","+r.keyColumns(true), args...)
+	extra := r.keyColumns(true)
+	if r.full {
+		var b strings.Builder
+		b.WriteString("NULL AS ")
+		r.st.QuoteTo(&b, rowMarker)
+		b.WriteByte(',')
+		b.WriteString(r.star())
+		extra = b.String()
+	}
+	rows, err := r.ConnPool.QueryContext(ctx, query+","+extra, args...)
 	if err != nil {
 		return nil, err
 	}
-	buf, err := r.buffer(ctx, rows)
+	buf, err := readAll(rows)
 	if err != nil {
 		return nil, err
 	}
-	return buf.Rows(ctx)
+	// The caller's columns come first, then the plugin's.
+	user := len(buf.Columns) - len(r.spec.pks)
+	if r.full {
+		user = -1
+		for i := len(buf.Columns) - 1; i >= 0; i-- {
+			if buf.Columns[i].Name == rowMarker {
+				user = i
+				break
+			}
+		}
+	}
+	if user < 0 {
+		return nil, fmt.Errorf("writethrough: RETURNING gave %d columns without the %d the plugin added", len(buf.Columns), len(r.spec.pks))
+	}
+	skip := user
+	if r.full {
+		skip++ // the marker
+	}
+	mine := &rowbuf.Buffer{Columns: buf.Columns[skip:], Values: make([][]driver.Value, len(buf.Values))}
+	theirs := &rowbuf.Buffer{Columns: buf.Columns[:user], Values: make([][]driver.Value, len(buf.Values))}
+	for i, row := range buf.Values {
+		theirs.Values[i], mine.Values[i] = row[:user], row[skip:]
+	}
+	if err := r.capture(ctx, mine); err != nil {
+		return nil, err
+	}
+	return theirs.Rows(ctx)
 }
 
-// buffer reads every row, keeps the appended key columns as model values
-// and the caller's columns as the driver gave them.
-func (r *returningPool) buffer(ctx context.Context, rows *sql.Rows) (*rowbuf.Buffer, error) {
+// readAll reads every row of rows as the driver gave it, and closes rows.
+func readAll(rows *sql.Rows) (*rowbuf.Buffer, error) {
 	defer rows.Close()
-	cols, err := rows.Columns()
-	if err != nil {
-		return nil, err
-	}
 	types, err := rows.ColumnTypes()
 	if err != nil {
 		return nil, err
 	}
-	n := len(r.spec.pks)
-	user := len(cols) - n
-	if user < 0 {
-		return nil, fmt.Errorf("writethrough: RETURNING gave %d columns, fewer than the %d keys", len(cols), n)
-	}
-	buf := &rowbuf.Buffer{Columns: rowbuf.ColumnsOf(types[:user])}
+	buf := &rowbuf.Buffer{Columns: rowbuf.ColumnsOf(types)}
+	n := len(types)
 	for rows.Next() {
-		vals := make([]any, user)
-		dest := make([]any, len(cols))
+		vals := make([]any, n)
+		dest := make([]any, n)
 		for i := range vals {
 			dest[i] = &vals[i]
-		}
-		elem := reflect.New(r.spec.sch.ModelType).Elem()
-		for i, f := range r.spec.pks {
-			dest[user+i] = f.ReflectValueOf(ctx, elem).Addr().Interface()
 		}
 		if err := rows.Scan(dest...); err != nil {
 			return nil, err
 		}
-		r.rows = append(r.rows, elem)
-		row := make([]driver.Value, user)
+		row := make([]driver.Value, n)
 		for i, v := range vals {
 			row[i] = v
 		}
@@ -168,6 +209,108 @@ func (r *returningPool) buffer(ctx context.Context, rows *sql.Rows) (*rowbuf.Buf
 		return nil, err
 	}
 	return buf, rows.Close()
+}
+
+// capture keeps the plugin's columns of every returned row: the whole row
+// as a model value with full, the key columns otherwise. A row GORM cannot
+// scan into the model keeps its keys (fullErr says why).
+func (r *returningPool) capture(ctx context.Context, buf *rowbuf.Buffer) error {
+	if r.full {
+		models, err := r.scanModels(ctx, buf)
+		if err == nil {
+			r.rows = append(r.rows, models...)
+			return nil
+		}
+		r.fullErr = err
+	}
+	return r.scanKeys(ctx, buf)
+}
+
+// scanModels reads buf into model values the way GORM's own Find scans a
+// SELECT * (columns matched to fields by name, serializers and Scan
+// methods applied), without running hooks.
+func (r *returningPool) scanModels(ctx context.Context, buf *rowbuf.Buffer) (out []reflect.Value, err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			out, err = nil, newPanicError("read the written rows", p)
+		}
+	}()
+	rows, err := buf.Rows(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	list := reflect.New(reflect.SliceOf(r.spec.sch.ModelType))
+	sdb := &gorm.DB{Config: r.db.Config}
+	sdb.Statement = &gorm.Statement{DB: sdb, Context: ctx, Schema: r.spec.sch, Dest: list.Interface(), ReflectValue: list.Elem()}
+	gorm.Scan(rows, sdb, 0)
+	if sdb.Error != nil {
+		return nil, sdb.Error
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	l := list.Elem()
+	if l.Len() != len(buf.Values) {
+		return nil, fmt.Errorf("writethrough: read %d of the %d rows RETURNING gave", l.Len(), len(buf.Values))
+	}
+	out = make([]reflect.Value, l.Len())
+	for i := range out {
+		out[i] = l.Index(i)
+	}
+	return out, nil
+}
+
+// scanKeys reads the key columns of buf (found by name, or the only
+// columns) into model values.
+func (r *returningPool) scanKeys(ctx context.Context, buf *rowbuf.Buffer) error {
+	idx := make([]int, len(r.spec.pks))
+	for i, f := range r.spec.pks {
+		idx[i] = i
+		if r.full {
+			idx[i] = -1
+			for j, c := range buf.Columns {
+				if c.Name == f.DBName {
+					idx[i] = j
+					break
+				}
+			}
+			if idx[i] < 0 {
+				return fmt.Errorf("writethrough: RETURNING gave no column %s", f.DBName)
+			}
+		}
+	}
+	keys := &rowbuf.Buffer{Values: make([][]driver.Value, len(buf.Values))}
+	for _, j := range idx {
+		keys.Columns = append(keys.Columns, buf.Columns[j])
+	}
+	for i, row := range buf.Values {
+		k := make([]driver.Value, len(idx))
+		for n, j := range idx {
+			k[n] = row[j]
+		}
+		keys.Values[i] = k
+	}
+	rows, err := keys.Rows(ctx)
+	if err != nil {
+		return err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		elem := reflect.New(r.spec.sch.ModelType).Elem()
+		dest := make([]any, len(idx))
+		for i, f := range r.spec.pks {
+			dest[i] = f.ReflectValueOf(ctx, elem).Addr().Interface()
+		}
+		if err := rows.Scan(dest...); err != nil {
+			return err
+		}
+		r.rows = append(r.rows, elem)
+	}
+	if err := rows.Err(); err != nil {
+		return err
+	}
+	return rows.Close()
 }
 
 // captured lists the pool's captured rows as a reflect slice of models.
@@ -181,7 +324,7 @@ func (r *returningPool) captured() reflect.Value {
 
 // installReturning puts a returningPool in the statement's place, or
 // refuses the statement when the dialect cannot return its rows.
-func installReturning(db *gorm.DB, spec *modelSpec, kind writeKind) (*returningPool, error) {
+func installReturning(db *gorm.DB, spec *modelSpec, kind writeKind, full bool) (*returningPool, error) {
 	var clauses []string
 	switch kind {
 	case kindCreate:
@@ -199,7 +342,7 @@ func installReturning(db *gorm.DB, spec *modelSpec, kind writeKind) (*returningP
 		return nil, fmt.Errorf("%w: bulk %s of cached model %s needs RETURNING, which the %s dialect lacks; name the rows by primary key",
 			ErrUnsupported, kind, spec.name, db.Dialector.Name())
 	}
-	r := &returningPool{ConnPool: db.Statement.ConnPool, st: db.Statement, spec: spec}
+	r := &returningPool{ConnPool: db.Statement.ConnPool, db: db, st: db.Statement, spec: spec, full: full}
 	db.Statement.ConnPool = r
 	return r, nil
 }
@@ -219,4 +362,64 @@ func containsString(list []string, s string) bool {
 		}
 	}
 	return false
+}
+
+// A row that RETURNING gives is the row as the statement wrote it: BEFORE
+// triggers included, but not what runs after it (AFTER triggers, deferred
+// constraint triggers, rules, foreign-key actions of the table on itself)
+// nor what a partition's own triggers do. The plugin takes the row from
+// RETURNING only where the catalog shows none of those, and reads the
+// catalog again after returnCheckAge, so that a trigger created while the
+// application runs is seen within that time (docs/design.md, "The row a
+// write caches").
+
+// returnCheckAge is how long a table's catalog check is trusted.
+const returnCheckAge = time.Minute
+
+// returnCheck caches, per model, whether its table's RETURNING rows are
+// the stored rows.
+type returnCheck struct {
+	mu sync.Mutex
+	ok bool
+	at time.Time // zero: never checked
+}
+
+// hiddenWritersSQL is true when something may change a row of table $1
+// after an UPDATE or INSERT wrote it, or when the table cannot be found.
+const hiddenWritersSQL = `SELECT c.oid IS NULL
+ OR EXISTS (SELECT 1 FROM pg_catalog.pg_class r WHERE r.oid = c.oid AND (r.relkind <> 'r' OR r.relhassubclass))
+ OR EXISTS (SELECT 1 FROM pg_catalog.pg_trigger t WHERE t.tgrelid = c.oid AND NOT t.tgisinternal AND t.tgtype & 2 = 0)
+ OR EXISTS (SELECT 1 FROM pg_catalog.pg_rewrite w WHERE w.ev_class = c.oid AND w.rulename <> '_RETURN')
+ OR EXISTS (SELECT 1 FROM pg_catalog.pg_constraint f WHERE f.contype = 'f' AND f.conrelid = c.oid AND f.confrelid = c.oid
+   AND (f.confupdtype NOT IN ('a', 'r') OR f.confdeltype NOT IN ('a', 'r')))
+FROM (SELECT to_regclass($1) AS oid) c`
+
+// returnsRows reports whether a write of kind to spec's table takes its
+// rows from RETURNING instead of re-reading them.
+func (p *Plugin) returnsRows(db *gorm.DB, spec *modelSpec, kind writeKind) bool {
+	if kind == kindDelete || spec.aside || p.cfg.RereadWrites || db.Statement.Table == "" ||
+		db.Dialector.Name() != "postgres" {
+		return false
+	}
+	clauses := db.Callback().Update().Clauses
+	if kind == kindCreate {
+		clauses = db.Callback().Create().Clauses
+	}
+	if !containsString(clauses, "RETURNING") {
+		return false
+	}
+	c := &spec.returning
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.at.IsZero() && time.Since(c.at) < returnCheckAge {
+		return c.ok
+	}
+	var hidden bool
+	err := ownQuery(db).Raw(hiddenWritersSQL, db.Statement.Quote(spec.sch.Table)).Row().Scan(&hidden)
+	if err != nil {
+		p.logf("writethrough: reading the table's triggers failed; its writes re-read their rows", "table", spec.sch.Table, "err", err)
+		return false
+	}
+	c.ok, c.at = !hidden, time.Now()
+	return c.ok
 }

@@ -43,7 +43,9 @@ const stateKey = "writethrough:write"
 // after callback.
 type writeState struct {
 	spec   *modelSpec      // the cached model whose table the statement writes (nil: none)
-	ret    *returningPool  // a bulk statement's key capture (nil otherwise)
+	ret    *returningPool  // the statement's RETURNING capture (nil: none)
+	bulk   bool            // ret names rows the statement's values do not: it must have run
+	ahead  *ahead          // in a transaction: keys made pending while the statement runs
 	canon  []target        // canonical keys: other spellings of the rows named (loose keys)
 	token  string          // writer token without a transaction
 	early  map[string]bool // keys made pending before the statement (no transaction)
@@ -127,12 +129,7 @@ func (p *Plugin) beforeWrite(kind writeKind) func(*gorm.DB) {
 			if !createNamesRows(db.Statement, targets) {
 				// Maps without their primary key: the new rows' keys come
 				// back through RETURNING, or the statement must not run.
-				r, err := installReturning(db, spec, kind)
-				if err != nil {
-					_ = db.AddError(err)
-					return
-				}
-				ws.ret = r
+				ws.bulk = true
 			}
 		}
 		// canonical keys (canon.go): a loose key may name its row under
@@ -146,14 +143,27 @@ func (p *Plugin) beforeWrite(kind writeKind) func(*gorm.DB) {
 		if len(targets) == 0 && kind != kindCreate {
 			// A bulk statement: its keys come back through RETURNING, or
 			// the statement must not run (its rows would stay stale).
-			r, err := installReturning(db, spec, kind)
+			ws.bulk = true
+		}
+		tx, inTx := txhook.Of(db.Statement.ConnPool) // before a returningPool hides it
+		// The rows themselves come back through RETURNING where it shows
+		// them as stored; otherwise they are re-read after the statement.
+		if full := !ws.invalidateOnly && p.returnsRows(db, spec, kind); full || ws.bulk {
+			r, err := installReturning(db, spec, kind, full)
 			if err != nil {
 				_ = db.AddError(err)
 				return
 			}
 			ws.ret = r
 		}
-		if _, inTx := txhook.Of(db.Statement.ConnPool); inTx || len(targets) == 0 {
+		if tx != nil && len(targets) > 0 {
+			// In a transaction the keys known now become pending while the
+			// statement runs: nothing is visible before COMMIT, which
+			// waits for them.
+			p.prepareAhead(db, spec, tx, ws, dedupe(append(append([]target(nil), targets...), ws.canon...)))
+			return
+		}
+		if inTx || len(targets) == 0 {
 			return
 		}
 		// No transaction: make the keys pending before the statement, so that
@@ -198,6 +208,7 @@ func (p *Plugin) afterWrite(kind writeKind) func(*gorm.DB) {
 			return
 		}
 		restoreReturning(db)
+		p.awaitAhead(ws)
 		if db.DryRun {
 			return
 		}
@@ -228,7 +239,7 @@ func (p *Plugin) afterWrite(kind writeKind) func(*gorm.DB) {
 		}
 		targets := writtenRows(db, spec, kind)
 		affected := db.RowsAffected
-		if r := ws.ret; r != nil {
+		if r := ws.ret; r != nil && (r.ran || ws.bulk) {
 			if !r.ran && db.RowsAffected > 0 {
 				// The statement reached the database some other way: its
 				// rows cannot be named.
@@ -259,7 +270,7 @@ func (p *Plugin) afterWrite(kind writeKind) func(*gorm.DB) {
 		targets = dedupe(targets)
 		switch {
 		case tx != nil:
-			p.stageTx(db, spec, kind, tx, targets, affected, !ws.invalidateOnly)
+			p.stageTx(db, spec, kind, tx, ws, targets, affected)
 		case inTx:
 			p.stageForeign(db, spec, kind, targets)
 		default:
@@ -443,6 +454,20 @@ func dedupe(ts []target) []target {
 	return out
 }
 
+// rowsOf fills in each target's intent and row, as the database has the
+// rows now: from the rows the statement's RETURNING gave, or re-read.
+func (p *Plugin) rowsOf(db *gorm.DB, spec *modelSpec, ws *writeState, targets []target) error {
+	if r := ws.ret; r != nil && r.full && r.ran && r.fullErr == nil {
+		// A target the statement did not return was not written by it (a
+		// condition that did not match, ON CONFLICT DO NOTHING, the old key
+		// of a moved row): invalidated, since nothing here says what the
+		// database holds there.
+		p.fillTargets(db.Statement.Context, spec, targets, r.rows, 0)
+		return nil
+	}
+	return p.reread(db, spec, targets)
+}
+
 // reread loads the rows of targets as the database has them now, on the
 // statement's own connection (inside its transaction, when there is one),
 // and fills in each target's intent and row.
@@ -462,15 +487,25 @@ func (p *Plugin) reread(db *gorm.DB, spec *modelSpec, targets []target) (err err
 	if err != nil {
 		return fmt.Errorf("writethrough: re-read %s after write: %w", spec.name, err)
 	}
+	list := rows.Elem()
+	vals := make([]reflect.Value, list.Len())
+	for i := range vals {
+		vals[i] = list.Index(i)
+	}
+	p.fillTargets(db.Statement.Context, spec, targets, vals, entry.FlagDelete)
+	return nil
+}
+
+// fillTargets sets each target's intent and row from rows, the rows as the
+// database has them after the write: a soft-deleted row becomes "not
+// found", a target with no row gets missing.
+func (p *Plugin) fillTargets(ctx context.Context, spec *modelSpec, targets []target, rows []reflect.Value, missing entry.Flags) {
 	byKey := make(map[string]int, len(targets))
 	for i := range targets {
-		targets[i].intent = entry.FlagDelete // absent after the write: not found
+		targets[i].intent, targets[i].row = missing, nil
 		byKey[targets[i].key] = i
 	}
-	ctx := db.Statement.Context
-	list := rows.Elem()
-	for i := 0; i < list.Len(); i++ {
-		rv := list.Index(i)
+	for _, rv := range rows {
 		key, ok := spec.keys.RowKey(ctx, rv)
 		if !ok {
 			continue
@@ -483,7 +518,8 @@ func (p *Plugin) reread(db *gorm.DB, spec *modelSpec, targets []target) (err err
 		if spec.deletedAt != nil {
 			if v, _ := spec.deletedAt.ValueOf(ctx, rv); v != nil {
 				if d, ok := v.(gorm.DeletedAt); ok && d.Valid {
-					continue // soft-deleted: scoped reads do not find it
+					t.intent = entry.FlagDelete // soft-deleted: scoped reads do not find it
+					continue
 				}
 			}
 		}
@@ -497,13 +533,72 @@ func (p *Plugin) reread(db *gorm.DB, spec *modelSpec, targets []target) (err err
 		}
 		t.intent, t.row = entry.FlagHasRow, row
 	}
+}
+
+// ahead is a transaction's prepare of the keys a statement names before it
+// runs, sent while the statement runs (prepareAhead).
+type ahead struct {
+	done   chan struct{} // closed when calls have run
+	calls  []*entry.Call
+	waited bool
+}
+
+// call returns the prepare of key, or nil.
+func (a *ahead) call(key string) *entry.Call {
+	for _, c := range a.calls {
+		if c.Key == key {
+			return c
+		}
+	}
 	return nil
+}
+
+// stagedRow is what a key staged with its prepare ahead installs at commit
+// ([txhook.Staged.Final]): the row is kept here, not in Redis.
+type stagedRow struct {
+	intent entry.Flags
+	row    []byte
+}
+
+// prepareAhead stages targets in tx and makes their keys pending (with
+// nothing to install yet) in the background, while the statement runs;
+// afterWrite waits for it (awaitAhead) before the transaction can commit,
+// and hands each key its row then (stageTx).
+func (p *Plugin) prepareAhead(db *gorm.DB, spec *modelSpec, tx *txhook.Tx, ws *writeState, targets []target) {
+	a := &ahead{done: make(chan struct{}), calls: make([]*entry.Call, len(targets))}
+	for i, t := range targets {
+		tx.Stage(spec, t.key) // installs nothing unless stageTx gives it a row
+		a.calls[i] = p.prepareCall(spec, tx.Token(), t.key, 0, nil)
+	}
+	ws.ahead = a
+	parent := db.Statement.Context
+	go func() {
+		defer close(a.done)
+		defer p.recoverLogged("prepare")
+		ctx, cancel := p.opCtx(parent)
+		defer cancel()
+		p.run(ctx, a.calls)
+	}()
+}
+
+// awaitAhead waits for the statement's prepare ahead, if it has one.
+func (p *Plugin) awaitAhead(ws *writeState) {
+	a := ws.ahead
+	if a == nil || a.waited {
+		return
+	}
+	<-a.done
+	a.waited = true
+	for _, c := range a.calls {
+		p.stats.prepares.Add(1)
+		p.flights.Forget(c.Key)
+	}
 }
 
 // stageTx prepares every target inside the transaction. Strict: a failure
 // fails the statement and the transaction cannot commit. Soft: the key is
 // only invalidated after the transaction.
-func (p *Plugin) stageTx(db *gorm.DB, spec *modelSpec, kind writeKind, tx *txhook.Tx, targets []target, affected int64, install bool) {
+func (p *Plugin) stageTx(db *gorm.DB, spec *modelSpec, kind writeKind, tx *txhook.Tx, ws *writeState, targets []target, affected int64) {
 	if len(targets) == 0 {
 		return
 	}
@@ -513,7 +608,7 @@ func (p *Plugin) stageTx(db *gorm.DB, spec *modelSpec, kind writeKind, tx *txhoo
 		for i := range targets {
 			targets[i].intent, targets[i].row = entry.FlagDelete, nil
 		}
-	} else if err := p.reread(db, spec, targets); err != nil {
+	} else if err := p.rowsOf(db, spec, ws, targets); err != nil {
 		// The transaction is still ours to fail; a Soft write keeps going
 		// with invalidation only.
 		if spec.mode == Strict {
@@ -525,7 +620,7 @@ func (p *Plugin) stageTx(db *gorm.DB, spec *modelSpec, kind writeKind, tx *txhoo
 			targets[i].intent, targets[i].row = 0, nil
 		}
 	}
-	if affected < int64(namedRows(targets)) || !install {
+	if affected < int64(namedRows(targets)) || ws.invalidateOnly {
 		// The statement missed some rows, so it holds no lock on them: what
 		// the re-read saw there may be overtaken before this prepares (a
 		// concurrent insert). Invalidate, never install.
@@ -534,29 +629,47 @@ func (p *Plugin) stageTx(db *gorm.DB, spec *modelSpec, kind writeKind, tx *txhoo
 		}
 	}
 	p.at("write:after-reread", targets[0].key)
-	calls := make([]*entry.Call, len(targets))
-	for i, t := range targets {
-		tx.Stage(spec, t.key)
-		calls[i] = p.prepareCall(spec, tx.Token(), t.key, t.intent, t.row)
-	}
-	ctx, cancel := p.opCtx(db.Statement.Context)
-	defer cancel()
-	p.run(ctx, calls)
+	var calls []*entry.Call
 	var failed []string
+	fail := func(key string, err error) {
+		p.stats.prepareErrors.Add(1)
+		err = unavailable("prepare "+kind.String(), err)
+		already := tx.MarkFailed(key)
+		if spec.mode == Strict {
+			tx.Fail(err)
+			_ = db.AddError(err)
+		} else if !already {
+			p.logf("writethrough: prepare failed; the key goes to the outbox", "key", key, "err", err)
+			failed = append(failed, key)
+		}
+	}
+	for _, t := range targets {
+		if ws.ahead != nil {
+			if c := ws.ahead.call(t.key); c != nil {
+				// Pending since before the statement: the row travels
+				// with the finalize.
+				if err := prepareErr(c); err != nil {
+					fail(t.key, err)
+					continue
+				}
+				tx.StageFinal(spec, t.key, &stagedRow{intent: looseIntent(spec, t.intent), row: t.row})
+				p.at("write:after-prepare", t.key)
+				continue
+			}
+		}
+		tx.Stage(spec, t.key)
+		calls = append(calls, p.prepareCall(spec, tx.Token(), t.key, t.intent, t.row))
+	}
+	if len(calls) > 0 {
+		ctx, cancel := p.opCtx(db.Statement.Context)
+		p.run(ctx, calls)
+		cancel()
+	}
 	for _, c := range calls {
 		p.stats.prepares.Add(1)
 		p.flights.Forget(c.Key)
 		if err := prepareErr(c); err != nil {
-			p.stats.prepareErrors.Add(1)
-			err = unavailable("prepare "+kind.String(), err)
-			already := tx.MarkFailed(c.Key)
-			if spec.mode == Strict {
-				tx.Fail(err)
-				_ = db.AddError(err)
-			} else if !already {
-				p.logf("writethrough: prepare failed; the key goes to the outbox", "key", c.Key, "err", err)
-				failed = append(failed, c.Key)
-			}
+			fail(c.Key, err)
 			continue
 		}
 		p.at("write:after-prepare", c.Key)
@@ -607,7 +720,7 @@ func (p *Plugin) stageAutocommit(db *gorm.DB, spec *modelSpec, kind writeKind, w
 	if token == "" {
 		token = entry.NewToken()
 	}
-	if err := p.reread(db, spec, targets); err != nil {
+	if err := p.rowsOf(db, spec, ws, targets); err != nil {
 		p.logf("writethrough: re-read failed; keys invalidated", "model", spec.name, "err", err)
 		for i := range targets {
 			targets[i].intent, targets[i].row = 0, nil
@@ -757,11 +870,21 @@ func (p *Plugin) finalize(parent context.Context, token string, staged []txhook.
 	defer cancel()
 	calls := make([]*entry.Call, len(staged))
 	for i, s := range staged {
+		spec := s.Model.(*modelSpec)
+		install := committed && s.Valid && !s.Failed
+		if f, ok := s.Final.(*stagedRow); ok && install {
+			// Prepared ahead of its statement: the row is given here.
+			calls[i] = entry.FinalizeRow(s.Key, entry.FinalizeRowArgs{
+				Token: token, Intent: f.intent, Fingerprint: spec.codec.Fingerprint(), Row: f.row,
+				TTL: entryTTL(spec), NegativeTTL: p.cfg.NegativeTTL,
+			})
+			continue
+		}
 		mode := entry.NeverInstall
-		if committed && s.Valid && !s.Failed {
+		if install {
 			mode = entry.InstallStaged
 		}
-		calls[i] = entry.Finalize(s.Key, token, mode, entryTTL(s.Model.(*modelSpec)), p.cfg.NegativeTTL)
+		calls[i] = entry.Finalize(s.Key, token, mode, entryTTL(spec), p.cfg.NegativeTTL)
 	}
 	p.run(ctx, calls)
 	var missed []string

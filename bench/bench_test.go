@@ -51,6 +51,7 @@ const phase = 50 * time.Millisecond
 var targetBases = map[string]string{
 	"Hit/wt-scope":            "gorm-dryrun+floor",
 	"Update/wt-scope":         "naive-wt",
+	"Update/wt-async":         "naive-wt",
 	"Throughput/r95/wt-scope": "naive-wt",
 	"Throughput/r95/wt-get":   "naive-wt",
 }
@@ -267,6 +268,10 @@ func benchMix(b *testing.B, e *env, c contender, refs []ref, goroutines, writePc
 	}
 	ph := newPhaser(len(parties), phase)
 	var seed atomic.Uint64
+	var hits0, misses0 uint64
+	if c.hits != nil {
+		hits0, misses0 = c.hits()
+	}
 	m := startMeter(b, e, false)
 	b.RunParallel(func(pb *testing.PB) {
 		r := rand.New(rand.NewPCG(seed.Add(1), 0x5eed))
@@ -298,6 +303,12 @@ func benchMix(b *testing.B, e *env, c contender, refs []ref, goroutines, writePc
 		}
 	})
 	m.done(b.N)
+	if c.hits != nil {
+		h, ms := c.hits()
+		if h, ms = h-hits0, ms-misses0; h+ms > 0 {
+			b.ReportMetric(100*float64(h)/float64(h+ms), "hit-%")
+		}
+	}
 	if len(refs) == 0 {
 		return
 	}

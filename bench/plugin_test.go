@@ -43,6 +43,25 @@ func (e *env) plugin() ([]contender, error) {
 	evict := func(ctx context.Context, id int64) error {
 		return writethrough.Invalidate(db.WithContext(ctx), &bench.User{}, id)
 	}
+	hits := func() (uint64, uint64) {
+		st := p.Stats()
+		return st.Hits, st.Misses
+	}
+	// The same plugin with AsyncFinalize, on its own *gorm.DB over the
+	// same pool and keys: Update only.
+	adb, err := gorm.Open(postgres.New(postgres.Config{Conn: e.sqlDB}), &gorm.Config{Logger: logger.Discard})
+	if err != nil {
+		return nil, err
+	}
+	if err := adb.Use(writethrough.New(e.rdb, writethrough.Config{Prefix: pluginPrefix, Models: []any{&bench.User{}}, AsyncFinalize: true})); err != nil {
+		return nil, fmt.Errorf("writethrough: %w", err)
+	}
+	async := contender{
+		name: "wt-async",
+		update: func(ctx context.Context, id int64) error {
+			return adb.WithContext(ctx).Model(&bench.User{ID: id}).Update("balance", gorm.Expr("balance + 1")).Error
+		},
+	}
 	scope := contender{
 		name:   "wt-scope",
 		mixed:  true,
@@ -50,6 +69,7 @@ func (e *env) plugin() ([]contender, error) {
 		update: update,
 		evict:  evict,
 		key:    pluginKey,
+		hits:   hits,
 		read: func(ctx context.Context, id int64) error {
 			var u bench.User
 			return db.WithContext(ctx).Scopes(writethrough.Cached).First(&u, id).Error
@@ -68,6 +88,7 @@ func (e *env) plugin() ([]contender, error) {
 		alias:  "-",
 		update: update,
 		evict:  evict,
+		hits:   hits,
 		read: func(ctx context.Context, id int64) error {
 			_, err := writethrough.Get[bench.User](ctx, db, id)
 			return err
@@ -84,7 +105,7 @@ func (e *env) plugin() ([]contender, error) {
 			return wantRows(len(us), len(ids))
 		},
 	}
-	return []contender{scope, get}, nil
+	return []contender{scope, get, async}, nil
 }
 
 // warmPlugin fills the plugin's cache with every row, through the plugin's

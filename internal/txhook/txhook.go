@@ -89,6 +89,10 @@ type Staged struct {
 	Valid bool
 	// Failed reports that [Tx.MarkFailed] was called for the key.
 	Failed bool
+	// Final is the value given to the key's last [Tx.StageFinal] (what to
+	// install at commit, kept by the owner rather than in Redis), or nil
+	// when its last staging was a [Tx.Stage]. The package never looks at it.
+	Final any
 
 	seq uint64 // staging sequence number of the key's last staging
 }
@@ -337,7 +341,11 @@ func (t *Tx) end(o Outcome) {
 // Stage records that the transaction wrote key: at the end it is reported
 // to [Owner.End], valid unless a rollback to a savepoint set before this
 // call undoes it. model travels with the key when it is first staged.
-func (t *Tx) Stage(model any, key string) {
+func (t *Tx) Stage(model any, key string) { t.StageFinal(model, key, nil) }
+
+// StageFinal is Stage with final, which travels with the key to
+// [Owner.End] as [Staged.Final] until the key is staged again.
+func (t *Tx) StageFinal(model any, key string, final any) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	t.seq++
@@ -352,6 +360,7 @@ func (t *Tx) Stage(model any, key string) {
 	}
 	e.seq = t.seq
 	e.Valid = true
+	e.Final = final
 }
 
 // MarkFailed records that the owner gave up on a staged key (its prepare

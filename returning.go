@@ -118,16 +118,22 @@ func (r *returningPool) ExecContext(ctx context.Context, query string, args ...a
 	if err != nil {
 		return nil, err
 	}
-	buf, err := readAll(rows)
+	defer rows.Close()
+	var n int
+	if r.full {
+		n, err = r.scanModels(ctx, rows)
+	} else {
+		n, err = r.scanKeys(ctx, rows)
+	}
 	if err != nil {
 		return nil, err
 	}
-	if err := r.capture(ctx, buf); err != nil {
+	if err := rows.Close(); err != nil {
 		return nil, err
 	}
 	// What the PostgreSQL drivers answer for an UPDATE, a DELETE or an
 	// INSERT: one returned row per affected row.
-	return driver.RowsAffected(len(buf.Values)), nil
+	return driver.RowsAffected(n), nil
 }
 
 // QueryContext implements gorm.ConnPool.
@@ -175,7 +181,17 @@ func (r *returningPool) QueryContext(ctx context.Context, query string, args ...
 	for i, row := range buf.Values {
 		theirs.Values[i], mine.Values[i] = row[:user], row[skip:]
 	}
-	if err := r.capture(ctx, mine); err != nil {
+	rows, err = mine.Rows(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	if r.full {
+		_, err = r.scanModels(ctx, rows)
+	} else {
+		_, err = r.scanKeys(ctx, rows)
+	}
+	if err != nil {
 		return nil, err
 	}
 	return theirs.Rows(ctx)
@@ -211,106 +227,53 @@ func readAll(rows *sql.Rows) (*rowbuf.Buffer, error) {
 	return buf, rows.Close()
 }
 
-// capture keeps the plugin's columns of every returned row: the whole row
-// as a model value with full, the key columns otherwise. A row GORM cannot
-// scan into the model keeps its keys (fullErr says why).
-func (r *returningPool) capture(ctx context.Context, buf *rowbuf.Buffer) error {
-	if r.full {
-		models, err := r.scanModels(ctx, buf)
-		if err == nil {
-			r.rows = append(r.rows, models...)
-			return nil
-		}
-		r.fullErr = err
-	}
-	return r.scanKeys(ctx, buf)
-}
-
-// scanModels reads buf into model values the way GORM's own Find scans a
-// SELECT * (columns matched to fields by name, serializers and Scan
-// methods applied), without running hooks.
-func (r *returningPool) scanModels(ctx context.Context, buf *rowbuf.Buffer) (out []reflect.Value, err error) {
+// scanModels reads every row of rows into a model value the way GORM's
+// own Find scans a SELECT * (columns matched to fields by name, serializers
+// and Scan methods applied), without running hooks, and returns how many
+// rows there were. A row GORM cannot scan (a Scan method's error) still
+// gives its keys; fullErr says why its rows are re-read. A panic in a Scan
+// method is an error: the statement's rows cannot be named.
+func (r *returningPool) scanModels(ctx context.Context, rows *sql.Rows) (n int, err error) {
 	defer func() {
 		if p := recover(); p != nil {
-			out, err = nil, newPanicError("read the written rows", p)
+			n, err = 0, fmt.Errorf("writethrough: read the rows the statement returned: %w", newPanicError("scan a returned row", p))
 		}
 	}()
-	rows, err := buf.Rows(ctx)
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
 	list := reflect.New(reflect.SliceOf(r.spec.sch.ModelType))
 	sdb := &gorm.DB{Config: r.db.Config}
 	sdb.Statement = &gorm.Statement{DB: sdb, Context: ctx, Schema: r.spec.sch, Dest: list.Interface(), ReflectValue: list.Elem()}
 	gorm.Scan(rows, sdb, 0)
-	if sdb.Error != nil {
-		return nil, sdb.Error
-	}
 	if err := rows.Err(); err != nil {
-		return nil, err
+		return 0, err
+	}
+	if sdb.Error != nil {
+		r.fullErr = sdb.Error
 	}
 	l := list.Elem()
-	if l.Len() != len(buf.Values) {
-		return nil, fmt.Errorf("writethrough: read %d of the %d rows RETURNING gave", l.Len(), len(buf.Values))
+	for i := 0; i < l.Len(); i++ {
+		r.rows = append(r.rows, l.Index(i))
 	}
-	out = make([]reflect.Value, l.Len())
-	for i := range out {
-		out[i] = l.Index(i)
-	}
-	return out, nil
+	return l.Len(), nil
 }
 
-// scanKeys reads the key columns of buf (found by name, or the only
-// columns) into model values.
-func (r *returningPool) scanKeys(ctx context.Context, buf *rowbuf.Buffer) error {
-	idx := make([]int, len(r.spec.pks))
-	for i, f := range r.spec.pks {
-		idx[i] = i
-		if r.full {
-			idx[i] = -1
-			for j, c := range buf.Columns {
-				if c.Name == f.DBName {
-					idx[i] = j
-					break
-				}
-			}
-			if idx[i] < 0 {
-				return fmt.Errorf("writethrough: RETURNING gave no column %s", f.DBName)
-			}
-		}
-	}
-	keys := &rowbuf.Buffer{Values: make([][]driver.Value, len(buf.Values))}
-	for _, j := range idx {
-		keys.Columns = append(keys.Columns, buf.Columns[j])
-	}
-	for i, row := range buf.Values {
-		k := make([]driver.Value, len(idx))
-		for n, j := range idx {
-			k[n] = row[j]
-		}
-		keys.Values[i] = k
-	}
-	rows, err := keys.Rows(ctx)
-	if err != nil {
-		return err
-	}
-	defer rows.Close()
+// scanKeys reads the key columns (the only columns of rows) of every row
+// into model values and returns how many rows there were.
+func (r *returningPool) scanKeys(ctx context.Context, rows *sql.Rows) (int, error) {
+	n := 0
+	k := len(r.spec.pks)
 	for rows.Next() {
 		elem := reflect.New(r.spec.sch.ModelType).Elem()
-		dest := make([]any, len(idx))
+		dest := make([]any, k)
 		for i, f := range r.spec.pks {
 			dest[i] = f.ReflectValueOf(ctx, elem).Addr().Interface()
 		}
 		if err := rows.Scan(dest...); err != nil {
-			return err
+			return 0, err
 		}
 		r.rows = append(r.rows, elem)
+		n++
 	}
-	if err := rows.Err(); err != nil {
-		return err
-	}
-	return rows.Close()
+	return n, rows.Err()
 }
 
 // captured lists the pool's captured rows as a reflect slice of models.

@@ -160,7 +160,12 @@ func (p *Plugin) beforeWrite(kind writeKind) func(*gorm.DB) {
 			// In a transaction the keys known now become pending while the
 			// statement runs: nothing is visible before COMMIT, which
 			// waits for them.
-			p.prepareAhead(db, spec, tx, ws, dedupe(append(append([]target(nil), targets...), ws.canon...)))
+			// In a transaction of the caller's, readers keep being served
+			// the committed row until the plugin seals the keys just
+			// before COMMIT; a statement in GORM's own transaction commits
+			// right after it, so it makes no such promise and needs no seal.
+			_, implicit := db.InstanceGet("gorm:started_transaction")
+			p.prepareAhead(db, spec, tx, ws, dedupe(append(append([]target(nil), targets...), ws.canon...)), !implicit)
 			return
 		}
 		if inTx || len(targets) == 0 {
@@ -564,17 +569,19 @@ type stagedRow struct {
 // nothing to install yet) in the background, while the statement runs;
 // afterWrite waits for it (awaitAhead) before the transaction can commit,
 // and hands each key its row then (stageTx).
-func (p *Plugin) prepareAhead(db *gorm.DB, spec *modelSpec, tx *txhook.Tx, ws *writeState, targets []target) {
+func (p *Plugin) prepareAhead(db *gorm.DB, spec *modelSpec, tx *txhook.Tx, ws *writeState, targets []target, keep bool) {
 	a := &ahead{done: make(chan struct{}), calls: make([]*entry.Call, len(targets))}
 	for i, t := range targets {
 		tx.Stage(spec, t.key) // installs nothing unless stageTx gives it a row
-		// Readers keep being served the committed row until Seal.
+		// With keep, readers are served the committed row until Seal.
 		a.calls[i] = entry.Prepare(t.key, entry.PrepareArgs{
 			Token: tx.Token(), Fingerprint: spec.codec.Fingerprint(),
-			PendingTTL: p.cfg.PendingTTL, MaxWriters: maxWriters, KeepPrevious: true,
+			PendingTTL: p.cfg.PendingTTL, MaxWriters: maxWriters, KeepPrevious: keep,
 		})
 	}
-	tx.NeedSeal()
+	if keep {
+		tx.NeedSeal()
+	}
 	ws.ahead = a
 	parent := db.Statement.Context
 	go func() {

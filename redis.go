@@ -227,6 +227,13 @@ func (p *Plugin) outcomeOf(ctx context.Context, spec *modelSpec, key string, raw
 	case EntryTombstone:
 		return outNotFound
 	case EntryPending:
+		// The row the key held when the write began, served until the
+		// writer seals it just before COMMIT (entry.FlagPrevious).
+		if prev := e.Previous(); prev != nil && string(e.Fingerprint) == spec.codec.Fingerprint() &&
+			spec.codec.Decode(prev, dst) == nil &&
+			(!spec.keys.Loose() || spec.keys.Matches(ctx, dst, key)) {
+			return outHit
+		}
 		return outPending
 	case EntryCorrupt:
 		p.heal(ctx, key, err)

@@ -568,8 +568,13 @@ func (p *Plugin) prepareAhead(db *gorm.DB, spec *modelSpec, tx *txhook.Tx, ws *w
 	a := &ahead{done: make(chan struct{}), calls: make([]*entry.Call, len(targets))}
 	for i, t := range targets {
 		tx.Stage(spec, t.key) // installs nothing unless stageTx gives it a row
-		a.calls[i] = p.prepareCall(spec, tx.Token(), t.key, 0, nil)
+		// Readers keep being served the committed row until Seal.
+		a.calls[i] = entry.Prepare(t.key, entry.PrepareArgs{
+			Token: tx.Token(), Fingerprint: spec.codec.Fingerprint(),
+			PendingTTL: p.cfg.PendingTTL, MaxWriters: maxWriters, KeepPrevious: true,
+		})
 	}
+	tx.NeedSeal()
 	ws.ahead = a
 	parent := db.Statement.Context
 	go func() {
@@ -799,6 +804,49 @@ func (o txOwner) Mark(t *txhook.Tx) (string, []any) {
 		return "", nil
 	}
 	return cdcMark, []any{[]byte(t.Token())}
+}
+
+// Seal implements txhook.Sealer: just before COMMIT, the keys the
+// transaction prepared ahead of its statements stop serving the row they
+// held before (entry.FlagPrevious), in one round trip. Until now the write
+// could not be visible; from COMMIT on it may be. When Redis misses a key,
+// Strict rolls the transaction back; Soft records the key in the outbox in
+// the same transaction (its invalidation stops the serving once Redis
+// answers; readers of this process read the database meanwhile).
+func (o txOwner) Seal(ctx context.Context, t *txhook.Tx, staged []txhook.Staged) error {
+	p := o.p
+	calls := make([]*entry.Call, len(staged))
+	for i, s := range staged {
+		calls[i] = entry.Seal(s.Key, t.Token())
+	}
+	cctx, cancel := p.opCtx(ctx)
+	p.run(cctx, calls)
+	cancel()
+	var failed []string
+	var err error
+	for i, c := range calls {
+		if c.Err == nil {
+			continue
+		}
+		p.stats.prepareErrors.Add(1)
+		err = unavailable("seal before commit", c.Err)
+		if staged[i].Model.(*modelSpec).mode == Strict {
+			return err
+		}
+		if already := t.MarkFailed(c.Key); !already {
+			failed = append(failed, c.Key) // an earlier failure recorded it already
+		}
+	}
+	if len(failed) == 0 {
+		return nil
+	}
+	p.logf("writethrough: seal before commit failed; the keys go to the outbox", "keys", len(failed), "err", err)
+	if p.db == nil {
+		return nil
+	}
+	db := p.db.Session(&gorm.Session{NewDB: true, SkipDefaultTransaction: true, SkipHooks: true, Context: ctx})
+	db.Statement.ConnPool = t
+	return p.record(db, failed)
 }
 
 // cdcMark is the statement of Mark; package cdc reads the message's prefix.

@@ -33,6 +33,12 @@ type PrepareArgs struct {
 	Row        []byte        // the row to install, with FlagHasRow
 	PendingTTL time.Duration // the lifetime of a new episode; writers that join do not extend it
 	MaxWriters int           // the writers one pending entry tracks; a writer beyond is refused
+	// KeepPrevious (with Intent 0 and no Row) keeps the committed row the
+	// key holds in the pending entry for readers to serve (FlagPrevious),
+	// until the writer calls Seal, which it must before its transaction
+	// can commit. A writer already registered keeps the previous row it
+	// kept.
+	KeepPrevious bool
 }
 
 // Prepare registers a writer on key and makes the key pending: no reader
@@ -43,10 +49,42 @@ func Prepare(key string, a PrepareArgs) *Call {
 	if row == nil {
 		row = []byte{}
 	}
-	return &Call{sc: prepareScript, Key: key, args: []any{
-		a.Token, a.Fingerprint, int(a.Intent), row, a.PendingTTL.Milliseconds(), a.MaxWriters,
+	keep := 0
+	if a.KeepPrevious {
+		keep = 1
+	}
+	c := &Call{sc: prepareScript, Key: key, args: []any{
+		a.Token, a.Fingerprint, int(a.Intent), row, a.PendingTTL.Milliseconds(), a.MaxWriters, keep,
 	}}
+	if a.KeepPrevious && (a.Intent != 0 || len(a.Row) > 0) {
+		c.invalid = fmt.Errorf("prepare %s: %w", key, errKeep)
+	}
+	return c
 }
+
+// errKeep is the error of a Prepare call that keeps the previous row and
+// also stages a row of its own.
+var errKeep = errors.New("entry: Prepare with KeepPrevious stages no intent and no row")
+
+// Seal ends the serving of the previous row on key (FlagPrevious) before
+// the writer of token commits. It clears the flag whoever's episode it is,
+// and marks an episode the writer is not registered in never to install.
+// Its result is [Call.Sealed]. It runs when Redis is out of memory.
+func Seal(key, token string) *Call {
+	return &Call{sc: sealScript, Key: key, args: []any{token}}
+}
+
+// SealResult is what Seal did.
+type SealResult int64
+
+// Seal's results.
+const (
+	SealNone   SealResult = 0 // no previous row was being served
+	SealSealed SealResult = 1 // the previous row is no longer served
+)
+
+// Sealed is a Seal call's result. It is meaningful only when Err is nil.
+func (c *Call) Sealed() SealResult { return SealResult(c.res) }
 
 // PrepareResult is what Prepare did.
 type PrepareResult int64

@@ -520,3 +520,92 @@ func TestOutOfMemory(t *testing.T) {
 	r.check("lease", leaseA, untouched)
 	r.check("given", pending(tokA, 0, "", tokA), keptLife)
 }
+
+func keep(key, tok string) *entry.Call {
+	return entry.Prepare(key, entry.PrepareArgs{
+		Token: tok, Fingerprint: fp, PendingTTL: pendingTTL, MaxWriters: maxWriters, KeepPrevious: true,
+	})
+}
+
+// A writer that keeps the previous row leaves it for readers (Previous)
+// until it seals the key; a second writer, an invalidation or the seal end
+// the serving.
+func TestKeepPreviousAndSeal(t *testing.T) {
+	t.Parallel()
+	r := newRig(t)
+	tests := []struct {
+		name   string
+		before string
+		calls  func(key string) []*entry.Call
+		after  string
+		served string // what Previous returns afterwards ("" for nil)
+	}{
+		{"a committed row is kept", committedA,
+			func(k string) []*entry.Call { return []*entry.Call{keep(k, tokB)} },
+			pending(tokB, 8, row, tokB), row},
+		{"another model's row is not kept", "w\x01C" + tokA + fp2 + row,
+			func(k string) []*entry.Call { return []*entry.Call{keep(k, tokB)} },
+			pending(tokB, 0, "", tokB), ""},
+		{"a tombstone keeps nothing", tombA,
+			func(k string) []*entry.Call { return []*entry.Call{keep(k, tokB)} },
+			pending(tokB, 0, "", tokB), ""},
+		{"the same writer again keeps what it kept", committedA,
+			func(k string) []*entry.Call { return []*entry.Call{keep(k, tokB), keep(k, tokB)} },
+			pending(tokB, 8, row, tokB), row},
+		{"a second writer ends the serving", committedA,
+			func(k string) []*entry.Call { return []*entry.Call{keep(k, tokB), keep(k, tokC)} },
+			pending(tokC, 1, "", tokB, tokC), ""},
+		{"an invalidation ends the serving", committedA,
+			func(k string) []*entry.Call { return []*entry.Call{keep(k, tokB), entry.Invalidate(k)} },
+			pending(tokB, 9, row, tokB), ""},
+		{"the seal ends the serving", committedA,
+			func(k string) []*entry.Call { return []*entry.Call{keep(k, tokB), entry.Seal(k, tokB)} },
+			pending(tokB, 0, "", tokB), ""},
+		{"a seal by a writer not registered spoils the episode", committedA,
+			func(k string) []*entry.Call { return []*entry.Call{keep(k, tokB), entry.Seal(k, tokC)} },
+			pending(tokB, 1, "", tokB), ""},
+		{"the same writer staging a row ends the serving", committedA,
+			func(k string) []*entry.Call {
+				return []*entry.Call{keep(k, tokB), prepare(k, tokB, entry.FlagHasRow, row2)}
+			},
+			pending(tokB, 2, row2, tokB), ""},
+		{"a seal leaves a committed row alone", committedA,
+			func(k string) []*entry.Call { return []*entry.Call{entry.Seal(k, tokB)} },
+			committedA, ""},
+	}
+	for i, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			key := r.prefix + ":keep:" + strconv.Itoa(i)
+			r.put(key, tc.before, kept)
+			for _, c := range tc.calls(key) {
+				r.run(c) // one at a time: in order
+			}
+			got, _ := r.get(key)
+			if got != tc.after {
+				t.Fatalf("%s holds\n%q\nwant\n%q", key, got, tc.after)
+			}
+			e, err := entry.Parse([]byte(got))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if prev := string(e.Previous()); prev != tc.served {
+				t.Fatalf("Previous = %q, want %q", prev, tc.served)
+			}
+		})
+	}
+}
+
+// Finalize never installs a kept previous row as the writer's.
+func TestFinalizeNeverInstallsThePreviousRow(t *testing.T) {
+	t.Parallel()
+	r := newRig(t)
+	key := r.prefix + ":keep:final"
+	r.put(key, committedA, kept)
+	r.run(keep(key, tokB))
+	c := entry.Finalize(key, tokB, entry.InstallStaged, ttl, negTTL)
+	r.run(c)
+	if c.Finalized() != entry.FinalizeDeleted {
+		t.Fatalf("Finalized = %d, want deleted", c.Finalized())
+	}
+	r.check(key, "", none)
+}

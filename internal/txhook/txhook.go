@@ -52,6 +52,14 @@ type Marker interface {
 	Mark(t *Tx) (query string, args []any)
 }
 
+// Sealer is implemented by an Owner that must act on the keys a
+// transaction staged before its COMMIT is sent, when [Tx.NeedSeal] asked
+// for it. An error from Seal rolls the transaction back instead: Commit
+// returns it.
+type Sealer interface {
+	Seal(ctx context.Context, t *Tx, staged []Staged) error
+}
+
 // Outcome is how a transaction ended.
 type Outcome int
 
@@ -239,6 +247,14 @@ type Tx struct {
 	failErr    error // set by Fail: Commit must not commit
 	done       bool  // End was called, or is not to be
 	tainted    bool  // Taint: it ran SQL whose writes the plugin did not follow
+	seal       bool  // NeedSeal: the owner's Sealer runs before COMMIT
+}
+
+// NeedSeal asks for the owner's [Sealer] to run before COMMIT.
+func (t *Tx) NeedSeal() {
+	t.mu.Lock()
+	t.seal = true
+	t.mu.Unlock()
 }
 
 // Taint records that the transaction ran SQL whose writes the plugin does
@@ -294,6 +310,24 @@ func (t *Tx) Commit() error {
 		rbErr := t.Tx.Rollback()
 		t.end(RolledBack)
 		return errors.Join(fmt.Errorf("writethrough: transaction rolled back instead of committed: %w", failErr), rbErr)
+	}
+	if s, ok := t.owner.(Sealer); ok {
+		t.mu.Lock()
+		var staged []Staged
+		if t.seal {
+			staged = make([]Staged, len(t.entries))
+			for i, e := range t.entries {
+				staged[i] = *e
+			}
+		}
+		t.mu.Unlock()
+		if len(staged) > 0 {
+			if err := s.Seal(t.ctx, t, staged); err != nil {
+				rbErr := t.Tx.Rollback()
+				t.end(RolledBack)
+				return errors.Join(fmt.Errorf("writethrough: transaction rolled back instead of committed: %w", err), rbErr)
+			}
+		}
 	}
 	if m, ok := t.owner.(Marker); ok && first != "" {
 		if q, args := m.Mark(t); q != "" {

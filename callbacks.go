@@ -46,6 +46,7 @@ func (p *Plugin) registerCallbacks(db *gorm.DB) error {
 		{Name + ":bind_delete", cb.Delete().Before("gorm:begin_transaction"), p.bind},
 		{Name + ":before_create", cb.Create().Before("gorm:create"), p.beforeWrite(kindCreate)},
 		{Name + ":after_create", cb.Create().After("gorm:after_create").Before("gorm:commit_or_rollback_transaction"), p.afterWrite(kindCreate)},
+		{Name + ":returned_create", cb.Create().After("gorm:create").Before("gorm:save_after_associations"), restoreReturning},
 		{Name + ":before_update", cb.Update().Before("gorm:update"), p.beforeWrite(kindUpdate)},
 		{Name + ":after_update", cb.Update().After("gorm:after_update").Before("gorm:commit_or_rollback_transaction"), p.afterWrite(kindUpdate)},
 		{Name + ":returned_update", cb.Update().After("gorm:update").Before("gorm:save_after_associations"), restoreReturning},

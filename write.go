@@ -462,6 +462,16 @@ func dedupe(ts []target) []target {
 // rowsOf fills in each target's intent and row, as the database has the
 // rows now: from the rows the statement's RETURNING gave, or re-read.
 func (p *Plugin) rowsOf(db *gorm.DB, spec *modelSpec, ws *writeState, targets []target) error {
+	if r := ws.ret; r != nil && r.full && r.ran && r.fullErr != nil {
+		// The returned rows do not scan into the model (a Scan method
+		// refused a value): a re-read would fail the same way, and no
+		// entry can hold them. Invalidate, as plain GORM's write succeeds.
+		p.logf("writethrough: written rows not cached", "model", spec.name, "err", r.fullErr)
+		for i := range targets {
+			targets[i].intent, targets[i].row = 0, nil
+		}
+		return nil
+	}
 	if r := ws.ret; r != nil && r.full && r.ran && r.fullErr == nil {
 		// A target the statement did not return was not written by it (a
 		// condition that did not match, ON CONFLICT DO NOTHING, the old key

@@ -47,6 +47,9 @@ type returningPool struct {
 	full bool
 
 	ran bool // the statement itself went through the pool
+	// hidden says that, when the statement ran, something could change its
+	// rows after it (the guard column): they are re-read.
+	hidden bool
 	// rows holds one model value per affected row: every column with full,
 	// the keys only otherwise (or when fullErr is set).
 	rows []reflect.Value
@@ -112,7 +115,7 @@ func (r *returningPool) ExecContext(ctx context.Context, query string, args ...a
 	}
 	ret := r.keyColumns(false)
 	if r.full {
-		ret = r.star()
+		ret = r.star() + "," + r.guard()
 	}
 	rows, err := r.ConnPool.QueryContext(ctx, query+" RETURNING "+ret, args...)
 	if err != nil {
@@ -148,6 +151,8 @@ func (r *returningPool) QueryContext(ctx context.Context, query string, args ...
 		r.st.QuoteTo(&b, rowMarker)
 		b.WriteByte(',')
 		b.WriteString(r.star())
+		b.WriteByte(',')
+		b.WriteString(r.guard())
 		extra = b.String()
 	}
 	rows, err := r.ConnPool.QueryContext(ctx, query+","+extra, args...)
@@ -242,7 +247,12 @@ func (r *returningPool) scanModels(ctx context.Context, rows *sql.Rows) (n int, 
 	list := reflect.New(reflect.SliceOf(r.spec.sch.ModelType))
 	sdb := &gorm.DB{Config: r.db.Config}
 	sdb.Statement = &gorm.Statement{DB: sdb, Context: ctx, Schema: r.spec.sch, Dest: list.Interface(), ReflectValue: list.Elem()}
-	gorm.Scan(rows, sdb, 0)
+	g := &guardRows{Rows: rows}
+	gorm.Scan(g, sdb, 0)
+	if g.err != nil {
+		return 0, g.err
+	}
+	r.hidden = r.hidden || g.hidden
 	if err := rows.Err(); err != nil {
 		return 0, err
 	}
@@ -255,6 +265,59 @@ func (r *returningPool) scanModels(ctx context.Context, rows *sql.Rows) (n int, 
 	}
 	return l.Len(), nil
 }
+
+// guardRows hides the last column of rows (the guard) from GORM's scan and
+// reads it on the side.
+type guardRows struct {
+	*sql.Rows
+	hidden bool
+	err    error // the columns could not be listed
+}
+
+func (g *guardRows) Columns() ([]string, error) {
+	cols, err := g.Rows.Columns()
+	if err != nil || len(cols) == 0 {
+		g.err = fmt.Errorf("writethrough: RETURNING gave no guard column: %w", err)
+		return nil, g.err
+	}
+	return cols[:len(cols)-1], nil
+}
+
+func (g *guardRows) ColumnTypes() ([]*sql.ColumnType, error) {
+	types, err := g.Rows.ColumnTypes()
+	if err != nil || len(types) == 0 {
+		return nil, err
+	}
+	return types[:len(types)-1], nil
+}
+
+func (g *guardRows) Scan(dest ...any) error {
+	var h sql.NullBool
+	err := g.Rows.Scan(append(dest, &h)...)
+	if h.Bool {
+		g.hidden = true
+	}
+	return err
+}
+
+// guard renders the column the plugin appends after a written row: true
+// when, at the statement's own snapshot (taken after it locked the table,
+// so no trigger can be created until it ends), something may change the
+// table's rows after the statement writes them.
+func (r *returningPool) guard() string {
+	var b strings.Builder
+	r.st.QuoteTo(&b, r.spec.sch.Table)
+	lit := "'" + strings.ReplaceAll(b.String(), "'", "''") + "'"
+	var out strings.Builder
+	out.WriteString("(")
+	out.WriteString(strings.Replace(hiddenWritersSQL, "$1", lit, 1))
+	out.WriteString(") AS ")
+	r.st.QuoteTo(&out, guardColumn)
+	return out.String()
+}
+
+// guardColumn names the guard column (guard).
+const guardColumn = "__writethrough_hidden"
 
 // scanKeys reads the key columns (the only columns of rows) of every row
 // into model values and returns how many rows there were.
@@ -345,6 +408,13 @@ type returnCheck struct {
 	mu sync.Mutex
 	ok bool
 	at time.Time // zero: never checked
+}
+
+// forget makes the next write read the catalog again.
+func (c *returnCheck) forget() {
+	c.mu.Lock()
+	c.at = time.Time{}
+	c.mu.Unlock()
 }
 
 // hiddenWritersSQL is true when something may change a row of table $1

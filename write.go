@@ -472,6 +472,13 @@ func (p *Plugin) rowsOf(db *gorm.DB, spec *modelSpec, ws *writeState, targets []
 		}
 		return nil
 	}
+	if r := ws.ret; r != nil && r.full && r.ran && r.hidden {
+		// A trigger, rule or partition appeared since the catalog was
+		// read: these rows may not be the stored ones. Re-read them, and
+		// read the catalog again at the next write.
+		spec.returning.forget()
+		return p.reread(db, spec, targets)
+	}
 	if r := ws.ret; r != nil && r.full && r.ran && r.fullErr == nil {
 		// A target the statement did not return was not written by it (a
 		// condition that did not match, ON CONFLICT DO NOTHING, the old key

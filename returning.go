@@ -12,6 +12,7 @@ import (
 
 	"gorm.io/gorm"
 	"gorm.io/gorm/clause"
+	"gorm.io/gorm/schema"
 
 	"github.com/gorm-writethrough/writethrough/internal/rowbuf"
 )
@@ -434,6 +435,18 @@ func (p *Plugin) returnsRows(db *gorm.DB, spec *modelSpec, kind writeKind) bool 
 		db.Dialector.Name() != "postgres" {
 		return false
 	}
+	// What runs after the statement and before the plugin's after
+	// callback may change the rows again in ways RETURNING cannot show (a
+	// child's trigger that updates its parent's total, a hook's raw SQL):
+	// the old re-read, placed after it, sees them.
+	if sch := db.Statement.Schema; sch != nil && sch == spec.sch {
+		if sch.AfterSave || (kind == kindCreate && sch.AfterCreate) || (kind == kindUpdate && sch.AfterUpdate) {
+			return false
+		}
+		if savesAfter(db.Statement) {
+			return false
+		}
+	}
 	clauses := db.Callback().Update().Clauses
 	if kind == kindCreate {
 		clauses = db.Callback().Create().Clauses
@@ -455,4 +468,49 @@ func (p *Plugin) returnsRows(db *gorm.DB, spec *modelSpec, kind writeKind) bool 
 	}
 	c.ok, c.at = !hidden, time.Now()
 	return c.ok
+}
+
+// savesAfter reports whether GORM may save has-one, has-many or
+// many-to-many associations of the statement's value after the statement:
+// one of those fields holds something in a row it writes.
+func savesAfter(st *gorm.Statement) bool {
+	rels := &st.Schema.Relationships
+	if len(rels.HasOne)+len(rels.HasMany)+len(rels.Many2Many) == 0 {
+		return false
+	}
+	rv := reflect.Indirect(st.ReflectValue)
+	if !rv.IsValid() || rv.Kind() == reflect.Map {
+		return false
+	}
+	check := func(row reflect.Value) bool {
+		row = reflect.Indirect(row)
+		if row.Kind() != reflect.Struct || row.Type() != st.Schema.ModelType {
+			return false
+		}
+		for _, group := range [][]*schema.Relationship{rels.HasOne, rels.HasMany, rels.Many2Many} {
+			for _, rel := range group {
+				v := rel.Field.ReflectValueOf(st.Context, row)
+				switch v.Kind() {
+				case reflect.Slice, reflect.Array:
+					if v.Len() > 0 {
+						return true
+					}
+				default:
+					if !v.IsZero() {
+						return true
+					}
+				}
+			}
+		}
+		return false
+	}
+	if rv.Kind() == reflect.Slice || rv.Kind() == reflect.Array {
+		for i := 0; i < rv.Len(); i++ {
+			if check(rv.Index(i)) {
+				return true
+			}
+		}
+		return false
+	}
+	return check(rv)
 }

@@ -42,7 +42,9 @@
 //   - P4: Redis down, slow or out of memory never corrupts the database;
 //     Soft mode never fails a write because of Redis; Strict mode fails it
 //     fast with [ErrCacheUnavailable] and rolls it back.
-//   - P5: writes that bypass GORM are bounded by the TTL and by [Invalidate].
+//   - P5: writes that bypass GORM (raw SQL, other services, triggers fired
+//     by a later statement) are bounded by the TTL and by [Invalidate], and
+//     with change data capture (package cdc) by its lag.
 //   - P6: bad tags, bad configuration and corrupt bytes in Redis give a clear
 //     error or a safe miss, never a panic.
 //   - P7: a cached read returns exactly what the database read returns, field

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"reflect"
+	"sync"
 	"time"
 
 	"gorm.io/gorm"
@@ -27,7 +28,8 @@ type modelSpec struct {
 	codec     *rowcodec.Codec
 	keys      *keyspec.Spec // the keys of the model's rows
 
-	returning returnCheck // whether RETURNING shows the rows as the table keeps them (returning.go)
+	returning    returnCheck // whether RETURNING shows the rows as the table keeps them (returning.go)
+	returningSQL sync.Map    // statement table name -> what a write appends to RETURNING (rowColumns)
 }
 
 // specEntry caches the outcome of building a spec: models without a cache

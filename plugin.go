@@ -227,6 +227,8 @@ func (g *gate) isClosed() bool { return g.closed.Load() }
 type Stats struct {
 	Hits           uint64 // reads served from Redis, including "not found"
 	Misses         uint64 // cacheable reads that went to the database
+	PendingMisses  uint64 // of the misses, keys found with a write in flight (pending, not serving their previous row)
+	PreviousHits   uint64 // of the hits, the row a key held before a write in flight, served from its pending entry
 	Bypasses       uint64 // reads of a cached model (or marked Cached) in a shape the cache does not serve
 	Fills          uint64 // rows (or tombstones) written by readers after a miss
 	FillsLost      uint64 // fills refused because a write or another reader won
@@ -245,6 +247,7 @@ type Stats struct {
 
 type counters struct {
 	hits, misses, bypasses, fills, fillsLost atomic.Uint64
+	pendingMisses, previousHits              atomic.Uint64
 	prepares, prepareErrors                  atomic.Uint64
 	finalizes, finalizeErrors, invalidations atomic.Uint64
 	decodeErrors, redisErrors                atomic.Uint64
@@ -256,6 +259,7 @@ func (p *Plugin) Stats() Stats {
 	c := &p.stats
 	return Stats{
 		Hits: c.hits.Load(), Misses: c.misses.Load(), Bypasses: c.bypasses.Load(),
+		PendingMisses: c.pendingMisses.Load(), PreviousHits: c.previousHits.Load(),
 		Fills: c.fills.Load(), FillsLost: c.fillsLost.Load(),
 		Prepares: c.prepares.Load(), PrepareErrors: c.prepareErrors.Load(),
 		Finalizes: c.finalizes.Load(), FinalizeErrors: c.finalizeErrors.Load(),

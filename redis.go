@@ -232,8 +232,10 @@ func (p *Plugin) outcomeOf(ctx context.Context, spec *modelSpec, key string, raw
 		if prev := e.Previous(); prev != nil && string(e.Fingerprint) == spec.codec.Fingerprint() &&
 			spec.codec.Decode(prev, dst) == nil &&
 			(!spec.keys.Loose() || spec.keys.Matches(ctx, dst, key)) {
+			p.stats.previousHits.Add(1)
 			return outHit
 		}
+		p.stats.pendingMisses.Add(1)
 		return outPending
 	case EntryCorrupt:
 		p.heal(ctx, key, err)

@@ -99,6 +99,32 @@ func (r *returningPool) star() string {
 	return strings.TrimSuffix(b.String(), x.String()) + "*"
 }
 
+// rowColumns renders what the plugin appends to RETURNING for a written
+// row: the table's columns and the guard, after a marker column when the
+// caller's own columns come first. It is built once per model and table
+// name.
+func (r *returningPool) rowColumns(marked bool) string {
+	key := r.st.Table
+	if marked {
+		key = "\x00" + key
+	}
+	if v, ok := r.spec.returningSQL.Load(key); ok {
+		return v.(string)
+	}
+	var b strings.Builder
+	if marked {
+		b.WriteString("NULL AS ")
+		r.st.QuoteTo(&b, rowMarker)
+		b.WriteByte(',')
+	}
+	b.WriteString(r.star())
+	b.WriteByte(',')
+	b.WriteString(r.guard())
+	sql := b.String()
+	r.spec.returningSQL.Store(key, sql)
+	return sql
+}
+
 // mine reports whether query is the statement's own (and not a statement a
 // hook or an association runs on the same pool), once.
 func (r *returningPool) mine(query string) bool {
@@ -116,7 +142,7 @@ func (r *returningPool) ExecContext(ctx context.Context, query string, args ...a
 	}
 	ret := r.keyColumns(false)
 	if r.full {
-		ret = r.star() + "," + r.guard()
+		ret = r.rowColumns(false)
 	}
 	rows, err := r.ConnPool.QueryContext(ctx, query+" RETURNING "+ret, args...)
 	if err != nil {
@@ -147,14 +173,7 @@ func (r *returningPool) QueryContext(ctx context.Context, query string, args ...
 	}
 	extra := r.keyColumns(true)
 	if r.full {
-		var b strings.Builder
-		b.WriteString("NULL AS ")
-		r.st.QuoteTo(&b, rowMarker)
-		b.WriteByte(',')
-		b.WriteString(r.star())
-		b.WriteByte(',')
-		b.WriteString(r.guard())
-		extra = b.String()
+		extra = r.rowColumns(true)
 	}
 	rows, err := r.ConnPool.QueryContext(ctx, query+","+extra, args...)
 	if err != nil {

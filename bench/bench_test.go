@@ -268,9 +268,9 @@ func benchMix(b *testing.B, e *env, c contender, refs []ref, goroutines, writePc
 	}
 	ph := newPhaser(len(parties), phase)
 	var seed atomic.Uint64
-	var hits0, misses0 uint64
+	var hits0, misses0, pending0 uint64
 	if c.hits != nil {
-		hits0, misses0 = c.hits()
+		hits0, misses0, pending0 = c.hits()
 	}
 	m := startMeter(b, e, false)
 	b.RunParallel(func(pb *testing.PB) {
@@ -304,9 +304,12 @@ func benchMix(b *testing.B, e *env, c contender, refs []ref, goroutines, writePc
 	})
 	m.done(b.N)
 	if c.hits != nil {
-		h, ms := c.hits()
-		if h, ms = h-hits0, ms-misses0; h+ms > 0 {
+		h, ms, pd := c.hits()
+		if h, ms, pd = h-hits0, ms-misses0, pd-pending0; h+ms > 0 {
 			b.ReportMetric(100*float64(h)/float64(h+ms), "hit-%")
+			// Reads that found a write in flight: the misses the write
+			// protocol costs (the others are fills after a deleted entry).
+			b.ReportMetric(100*float64(pd)/float64(h+ms), "pending-%")
 		}
 	}
 	if len(refs) == 0 {

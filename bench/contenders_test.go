@@ -33,9 +33,10 @@ type contender struct {
 	alias string
 	// key returns the Redis key of row id, for the memory workload.
 	key func(id int64) string
-	// hits returns the contender's cache hits and misses so far, for
-	// the hit-% of the throughput workloads (nil: not reported).
-	hits func() (hits, misses uint64)
+	// hits returns the contender's cache hits and misses so far, and of
+	// the misses those that found a write in flight, for the hit-% and
+	// pending-% of the throughput workloads (nil: not reported).
+	hits func() (hits, misses, pending uint64)
 }
 
 // extraContenders is filled by files behind build tags (the plugin's).

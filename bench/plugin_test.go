@@ -43,9 +43,9 @@ func (e *env) plugin() ([]contender, error) {
 	evict := func(ctx context.Context, id int64) error {
 		return writethrough.Invalidate(db.WithContext(ctx), &bench.User{}, id)
 	}
-	hits := func() (uint64, uint64) {
+	hits := func() (uint64, uint64, uint64) {
 		st := p.Stats()
-		return st.Hits, st.Misses
+		return st.Hits, st.Misses, st.PendingMisses
 	}
 	// The same plugin with AsyncFinalize, on its own *gorm.DB over the
 	// same pool and keys: Update only.

@@ -117,7 +117,10 @@ var errMode = errors.New("entry: Finalize takes InstallStaged or NeverInstall; I
 // with mode InstallStaged or NeverInstall. The last writer out installs (a
 // committed entry that lives ttl, a tombstone that lives negTTL) only when
 // it was the only writer of the episode; otherwise the key is deleted.
-// NeverInstall ignores ttl and negTTL. Its result is [Call.Finalized].
+// NeverInstall ignores negTTL, and ttl except to put back, for ttl, the
+// previous row a sole writer kept (Prepare's KeepPrevious) and never
+// sealed: it rolled back, so that row is still the committed one. Its
+// result is [Call.Finalized].
 // Finalize only deletes or shrinks, so it runs when Redis is out of memory.
 func Finalize(key, token string, mode FinalizeMode, ttl, negTTL time.Duration) *Call {
 	c := &Call{sc: finalizeScript, Key: key, args: []any{

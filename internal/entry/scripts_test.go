@@ -609,3 +609,43 @@ func TestFinalizeNeverInstallsThePreviousRow(t *testing.T) {
 	}
 	r.check(key, "", none)
 }
+
+// A sole writer that kept the previous row and rolled back before its seal
+// puts that row back; after a seal, or beside another writer, it deletes.
+func TestRollbackRestoresTheKeptRow(t *testing.T) {
+	t.Parallel()
+	r := newRig(t)
+	tests := []struct {
+		name  string
+		calls func(k string) []*entry.Call
+		want  string
+	}{
+		{"rolled back before the seal", func(k string) []*entry.Call {
+			return []*entry.Call{keep(k, tokB), entry.Finalize(k, tokB, entry.NeverInstall, ttl, negTTL)}
+		}, "w\x01C" + tokB + fp + row},
+		{"rolled back after the seal", func(k string) []*entry.Call {
+			return []*entry.Call{keep(k, tokB), entry.Seal(k, tokB), entry.Finalize(k, tokB, entry.NeverInstall, ttl, negTTL)}
+		}, ""},
+		{"rolled back beside another writer", func(k string) []*entry.Call {
+			return []*entry.Call{keep(k, tokB), keep(k, tokC), entry.Finalize(k, tokB, entry.NeverInstall, ttl, negTTL),
+				entry.Finalize(k, tokC, entry.NeverInstall, ttl, negTTL)}
+		}, ""},
+		{"released without a TTL", func(k string) []*entry.Call {
+			return []*entry.Call{keep(k, tokB), entry.Finalize(k, tokB, entry.NeverInstall, 0, 0)}
+		}, ""},
+	}
+	for i, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			key := r.prefix + ":restore:" + strconv.Itoa(i)
+			r.put(key, committedA, kept)
+			for _, c := range tc.calls(key) {
+				r.run(c)
+			}
+			life := none
+			if tc.want != "" {
+				life = rowLife
+			}
+			r.check(key, tc.want, life)
+		})
+	}
+}

@@ -14,6 +14,13 @@ if idx < 0 then
   spoil(KEYS[1], f)
   return FINALIZE_NOT_REGISTERED
 end
+if n == 1 and mode == MODE_NEVER_INSTALL and bit(f, F_PREVIOUS) and not bit(f, F_OVERLAP)
+  and tonumber(ttl) > 0 then
+  -- The only writer rolled back before its seal: the row it kept is still
+  -- the committed row.
+  redis.call('SET', KEYS[1], HC .. tok .. string.sub(v, FP_AT, HEADER_LEN) .. string.sub(v, TOKENS_AT + TOKEN_LEN), 'PX', ttl)
+  return FINALIZE_INSTALLED
+end
 if n > 1 then
   local rest = string.sub(ot, 1, TOKEN_LEN * idx) .. string.sub(ot, TOKEN_LEN * (idx + 1) + 1)
   redis.call('SET', KEYS[1], string.sub(v, 1, HEADER_LEN) .. string.char(f, n - 1) .. rest .. string.sub(v, TOKENS_AT + TOKEN_LEN * n), 'KEEPTTL')

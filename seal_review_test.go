@@ -214,3 +214,62 @@ func pollUntil(f func() bool) error {
 }
 
 var errTimeout = errors.New("condition not reached")
+
+// With finalize.lua's put-back (a sole writer that rolls back before its
+// seal reinstalls the row it kept): the previous row of the first test,
+// under the second model's fingerprint, becomes a committed entry for the
+// TTL after the rollback. Readers of sealSwapped get Owner and Email
+// swapped on every hit.
+func TestSealReviewRollbackPutsBackAnotherModelsRowUnderTheWritersFingerprint(t *testing.T) {
+	t.Parallel()
+	e, a, key := setupShared(t)
+	errBack := errors.New("back")
+	err := e.db.Transaction(func(tx *gorm.DB) error {
+		if err := tx.Model(&Account{ID: a.ID}).Update("balance", 150).Error; err != nil {
+			return err
+		}
+		if err := tx.Model(&sealSwapped{ID: a.ID}).Update("balance", 150).Error; err != nil {
+			return err
+		}
+		return errBack
+	})
+	require.ErrorIs(t, err, errBack)
+	require.Equal(t, writethrough.StateCommitted, e.state(t, key), "the kept row was put back")
+	var got sealSwapped
+	require.NoError(t, e.db.Scopes(writethrough.Cached).First(&got, a.ID).Error)
+	var want sealSwapped
+	require.NoError(t, e.db.Take(&want, a.ID).Error)
+	assert.Equal(t, want, got, "a read after the rollback must return the database's row")
+}
+
+// With the put-back, a rollback also gives the kept row a fresh TTL: a row
+// made stale by a write around GORM (P5 without a consumer: bounded by the
+// model's TTL) is reinstalled for another TTL, and a transaction that rolls
+// back every TTL keeps it forever.
+func TestSealReviewRollbackRenewsTheTTLOfAStaleRow(t *testing.T) {
+	t.Parallel()
+	e := setup(t, nil, writethrough.Config{Timeout: 2 * time.Second}, &sealShortTTL{})
+	start := time.Now()
+	r := sealShortTTL{Owner: "ann", Balance: 100}
+	require.NoError(t, e.db.Create(&r).Error)
+	key := e.keyOf(t, &sealShortTTL{}, r.ID)
+	require.Equal(t, writethrough.StateCommitted, e.state(t, key))
+	require.NoError(t, e.db.Exec("UPDATE seal_short_ttls SET balance = 999 WHERE id = ?", r.ID).Error)
+
+	errBack := errors.New("back")
+	err := e.db.Transaction(func(tx *gorm.DB) error {
+		if err := tx.Model(&sealShortTTL{ID: r.ID}).Update("owner", "bob").Error; err != nil {
+			return err
+		}
+		time.Sleep(time.Until(start.Add(1800 * time.Millisecond)))
+		return errBack
+	})
+	require.ErrorIs(t, err, errBack)
+	// No transaction is open; the create's entry would have expired at
+	// start+2s at the latest.
+	time.Sleep(time.Until(start.Add(3 * time.Second)))
+	var got sealShortTTL
+	require.NoError(t, e.db.Scopes(writethrough.Cached).First(&got, r.ID).Error)
+	assert.Equal(t, int64(999), got.Balance,
+		"the raw write committed more than the model's TTL before the read began")
+}

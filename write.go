@@ -578,6 +578,7 @@ func (a *ahead) call(key string) *entry.Call {
 // stagedRow is what a key staged with its prepare ahead installs at commit
 // ([txhook.Staged.Final]): the row is kept here, not in Redis.
 type stagedRow struct {
+	spec   *modelSpec // the model that encoded row
 	intent entry.Flags
 	row    []byte
 }
@@ -681,7 +682,7 @@ func (p *Plugin) stageTx(db *gorm.DB, spec *modelSpec, kind writeKind, tx *txhoo
 					fail(t.key, err)
 					continue
 				}
-				tx.StageFinal(spec, t.key, &stagedRow{intent: looseIntent(spec, t.intent), row: t.row})
+				tx.StageFinal(spec, t.key, &stagedRow{spec: spec, intent: looseIntent(spec, t.intent), row: t.row})
 				p.at("write:after-prepare", t.key)
 				continue
 			}
@@ -841,7 +842,7 @@ func (o txOwner) Seal(ctx context.Context, t *txhook.Tx, staged []txhook.Staged)
 	p := o.p
 	calls := make([]*entry.Call, len(staged))
 	for i, s := range staged {
-		calls[i] = entry.Seal(s.Key, t.Token())
+		calls[i] = entry.Seal(s.Key, t.Token(), s.Model.(*modelSpec).codec.Fingerprint(), p.cfg.PendingTTL)
 	}
 	cctx, cancel := p.opCtx(ctx)
 	p.run(cctx, calls)
@@ -894,8 +895,7 @@ func (o txOwner) End(ctx context.Context, token string, staged []txhook.Staged, 
 		p.suspects.unmark(failedKeys(staged))
 	}
 	// An error from COMMIT may hide a commit that happened: the keys are
-	// released and deleted, never installed.
-	committed := outcome == txhook.Committed
+	// released and deleted, never installed (finalize).
 	// Close waits for the finalizes it counts; once it has begun, a
 	// finalize runs here, uncounted, before Commit returns.
 	counted := p.gate.enter()
@@ -909,14 +909,14 @@ func (o txOwner) End(ctx context.Context, token string, staged []txhook.Staged, 
 		go func() {
 			defer p.gate.leave()
 			defer p.recoverLogged("asynchronous finalize")
-			p.finalize(ctx, token, staged, committed)
+			p.finalize(ctx, token, staged, outcome)
 		}()
 		return
 	}
 	if counted {
 		defer p.gate.leave()
 	}
-	p.finalize(ctx, token, staged, committed)
+	p.finalize(ctx, token, staged, outcome)
 }
 
 // failedKeys lists the staged keys whose prepare failed (Soft: in the
@@ -933,7 +933,8 @@ func failedKeys(staged []txhook.Staged) []string {
 
 // finalize ends a transaction's part in each key it staged. committed is
 // true only when COMMIT returned success.
-func (p *Plugin) finalize(parent context.Context, token string, staged []txhook.Staged, committed bool) {
+func (p *Plugin) finalize(parent context.Context, token string, staged []txhook.Staged, outcome txhook.Outcome) {
+	committed := outcome == txhook.Committed
 	for _, s := range staged {
 		p.flights.Forget(s.Key)
 	}
@@ -945,16 +946,20 @@ func (p *Plugin) finalize(parent context.Context, token string, staged []txhook.
 		spec := s.Model.(*modelSpec)
 		install := committed && s.Valid && !s.Failed
 		if f, ok := s.Final.(*stagedRow); ok && install {
-			// Prepared ahead of its statement: the row is given here.
+			// Prepared ahead of its statement: the row is given here, with
+			// the fingerprint of the model that built it.
 			calls[i] = entry.FinalizeRow(s.Key, entry.FinalizeRowArgs{
-				Token: token, Intent: f.intent, Fingerprint: spec.codec.Fingerprint(), Row: f.row,
-				TTL: entryTTL(spec), NegativeTTL: p.cfg.NegativeTTL,
+				Token: token, Intent: f.intent, Fingerprint: f.spec.codec.Fingerprint(), Row: f.row,
+				TTL: entryTTL(f.spec), NegativeTTL: p.cfg.NegativeTTL,
 			})
 			continue
 		}
 		mode := entry.NeverInstall
-		if install {
+		switch {
+		case install:
 			mode = entry.InstallStaged
+		case outcome == txhook.RolledBack:
+			mode = entry.RolledBack // a row kept and never sealed goes back
 		}
 		calls[i] = entry.Finalize(s.Key, token, mode, entryTTL(spec), p.cfg.NegativeTTL)
 	}

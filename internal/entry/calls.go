@@ -70,8 +70,12 @@ var errKeep = errors.New("entry: Prepare with KeepPrevious stages no intent and 
 // the writer of token commits. It clears the flag whoever's episode it is,
 // and marks an episode the writer is not registered in never to install.
 // Its result is [Call.Sealed]. It runs when Redis is out of memory.
-func Seal(key, token string) *Call {
-	return &Call{sc: sealScript, Key: key, args: []any{token}}
+//
+// A key that is not pending at all (the writer's episode expired and
+// someone refilled it) is made pending again under token, never to
+// install, for pendingTTL, with fingerprint fp.
+func Seal(key, token, fp string, pendingTTL time.Duration) *Call {
+	return &Call{sc: sealScript, Key: key, args: []any{token, fp, pendingTTL.Milliseconds()}}
 }
 
 // SealResult is what Seal did.
@@ -107,26 +111,28 @@ type FinalizeMode string
 const (
 	InstallStaged FinalizeMode = "i" // install what Prepare staged (its Intent and Row)
 	InstallGiven  FinalizeMode = "r" // install the row given to FinalizeRow
-	NeverInstall  FinalizeMode = "d" // install nothing: delete the key (rolled back, failed)
+	NeverInstall  FinalizeMode = "d" // install nothing: delete the key (failed, unknown outcome)
+	// RolledBack is NeverInstall for a writer whose transaction rolled
+	// back: a sole writer that kept the previous row (KeepPrevious) and
+	// never sealed puts it back, with the episode's remaining lifetime.
+	RolledBack FinalizeMode = "b"
 )
 
 // errMode is the error of a Finalize call given InstallGiven.
-var errMode = errors.New("entry: Finalize takes InstallStaged or NeverInstall; InstallGiven is FinalizeRow's")
+var errMode = errors.New("entry: Finalize takes InstallStaged, NeverInstall or RolledBack; InstallGiven is FinalizeRow's")
 
 // Finalize makes the writer of token leave key after its transaction ended,
 // with mode InstallStaged or NeverInstall. The last writer out installs (a
 // committed entry that lives ttl, a tombstone that lives negTTL) only when
 // it was the only writer of the episode; otherwise the key is deleted.
-// NeverInstall ignores negTTL, and ttl except to put back, for ttl, the
-// previous row a sole writer kept (Prepare's KeepPrevious) and never
-// sealed: it rolled back, so that row is still the committed one. Its
-// result is [Call.Finalized].
+// NeverInstall and RolledBack ignore ttl and negTTL. Its result is
+// [Call.Finalized].
 // Finalize only deletes or shrinks, so it runs when Redis is out of memory.
 func Finalize(key, token string, mode FinalizeMode, ttl, negTTL time.Duration) *Call {
 	c := &Call{sc: finalizeScript, Key: key, args: []any{
 		token, string(mode), ttl.Milliseconds(), negTTL.Milliseconds(),
 	}}
-	if mode != InstallStaged && mode != NeverInstall {
+	if mode != InstallStaged && mode != NeverInstall && mode != RolledBack {
 		c.invalid = fmt.Errorf("finalize %s: mode %q: %w", key, mode, errMode)
 	}
 	return c

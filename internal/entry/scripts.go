@@ -88,6 +88,7 @@ func luaNames() string {
 		{"MODE_INSTALL_STAGED", InstallStaged},
 		{"MODE_INSTALL_GIVEN", InstallGiven},
 		{"MODE_NEVER_INSTALL", NeverInstall},
+		{"MODE_ROLLED_BACK", RolledBack},
 	} {
 		fmt.Fprintf(&b, "local %s = %q\n", m.name, string(m.v))
 	}

@@ -546,6 +546,12 @@ func TestKeepPreviousAndSeal(t *testing.T) {
 		{"another model's row is not kept", "w\x01C" + tokA + fp2 + row,
 			func(k string) []*entry.Call { return []*entry.Call{keep(k, tokB)} },
 			pending(tokB, 0, "", tokB), ""},
+		{"a row about to expire is not kept", "",
+			func(k string) []*entry.Call {
+				r.put(k, committedA, pendingTTL/2)
+				return []*entry.Call{keep(k, tokB)}
+			},
+			pending(tokB, 0, "", tokB), ""},
 		{"a tombstone keeps nothing", tombA,
 			func(k string) []*entry.Call { return []*entry.Call{keep(k, tokB)} },
 			pending(tokB, 0, "", tokB), ""},
@@ -559,19 +565,25 @@ func TestKeepPreviousAndSeal(t *testing.T) {
 			func(k string) []*entry.Call { return []*entry.Call{keep(k, tokB), entry.Invalidate(k)} },
 			pending(tokB, 9, row, tokB), ""},
 		{"the seal ends the serving", committedA,
-			func(k string) []*entry.Call { return []*entry.Call{keep(k, tokB), entry.Seal(k, tokB)} },
+			func(k string) []*entry.Call { return []*entry.Call{keep(k, tokB), entry.Seal(k, tokB, fp, pendingTTL)} },
 			pending(tokB, 0, "", tokB), ""},
 		{"a seal by a writer not registered spoils the episode", committedA,
-			func(k string) []*entry.Call { return []*entry.Call{keep(k, tokB), entry.Seal(k, tokC)} },
+			func(k string) []*entry.Call { return []*entry.Call{keep(k, tokB), entry.Seal(k, tokC, fp, pendingTTL)} },
 			pending(tokB, 1, "", tokB), ""},
 		{"the same writer staging a row ends the serving", committedA,
 			func(k string) []*entry.Call {
 				return []*entry.Call{keep(k, tokB), prepare(k, tokB, entry.FlagHasRow, row2)}
 			},
 			pending(tokB, 2, row2, tokB), ""},
-		{"a seal leaves a committed row alone", committedA,
-			func(k string) []*entry.Call { return []*entry.Call{entry.Seal(k, tokB)} },
-			committedA, ""},
+		{"a seal makes a committed row pending again, never to install", committedA,
+			func(k string) []*entry.Call { return []*entry.Call{entry.Seal(k, tokB, fp, pendingTTL)} },
+			pending(tokB, 1, "", tokB), ""},
+		{"the same writer through another model keeps nothing", committedA,
+			func(k string) []*entry.Call {
+				other := entry.Prepare(k, entry.PrepareArgs{Token: tokB, Fingerprint: fp2, PendingTTL: pendingTTL, MaxWriters: maxWriters, KeepPrevious: true})
+				return []*entry.Call{keep(k, tokB), other}
+			},
+			"w\x01P" + tokB + fp2 + "\x00\x01" + tokB, ""},
 	}
 	for i, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -621,17 +633,17 @@ func TestRollbackRestoresTheKeptRow(t *testing.T) {
 		want  string
 	}{
 		{"rolled back before the seal", func(k string) []*entry.Call {
-			return []*entry.Call{keep(k, tokB), entry.Finalize(k, tokB, entry.NeverInstall, ttl, negTTL)}
+			return []*entry.Call{keep(k, tokB), entry.Finalize(k, tokB, entry.RolledBack, ttl, negTTL)}
 		}, "w\x01C" + tokB + fp + row},
 		{"rolled back after the seal", func(k string) []*entry.Call {
-			return []*entry.Call{keep(k, tokB), entry.Seal(k, tokB), entry.Finalize(k, tokB, entry.NeverInstall, ttl, negTTL)}
+			return []*entry.Call{keep(k, tokB), entry.Seal(k, tokB, fp, pendingTTL), entry.Finalize(k, tokB, entry.RolledBack, ttl, negTTL)}
 		}, ""},
 		{"rolled back beside another writer", func(k string) []*entry.Call {
-			return []*entry.Call{keep(k, tokB), keep(k, tokC), entry.Finalize(k, tokB, entry.NeverInstall, ttl, negTTL),
-				entry.Finalize(k, tokC, entry.NeverInstall, ttl, negTTL)}
+			return []*entry.Call{keep(k, tokB), keep(k, tokC), entry.Finalize(k, tokB, entry.RolledBack, ttl, negTTL),
+				entry.Finalize(k, tokC, entry.RolledBack, ttl, negTTL)}
 		}, ""},
-		{"released without a TTL", func(k string) []*entry.Call {
-			return []*entry.Call{keep(k, tokB), entry.Finalize(k, tokB, entry.NeverInstall, 0, 0)}
+		{"a failed writer never puts it back", func(k string) []*entry.Call {
+			return []*entry.Call{keep(k, tokB), entry.Finalize(k, tokB, entry.NeverInstall, ttl, negTTL)}
 		}, ""},
 	}
 	for i, tc := range tests {
@@ -643,7 +655,7 @@ func TestRollbackRestoresTheKeptRow(t *testing.T) {
 			}
 			life := none
 			if tc.want != "" {
-				life = rowLife
+				life = newSet // the episode's deadline, not a fresh TTL
 			}
 			r.check(key, tc.want, life)
 		})

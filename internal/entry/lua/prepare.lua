@@ -14,7 +14,7 @@ if pending(v) then
   if bit(of, F_OVERLAP) then overlap = F_OVERLAP end
   if writer(ot, on, tok) >= 0 then
     n, toks = on, ot
-    if keep and bit(of, F_PREVIOUS) then
+    if keep and bit(of, F_PREVIOUS) and string.sub(v, FP_AT, HEADER_LEN) == fp then
       -- The same writer again (another statement of its transaction): the
       -- previous row stays what it was.
       flags, row = flags + F_PREVIOUS, string.sub(v, TOKENS_AT + TOKEN_LEN * on)
@@ -28,8 +28,10 @@ if pending(v) then
   -- kept registered forever by the writers that follow it.
   redis.call('SET', KEYS[1], HP .. tok .. fp .. string.char(flags, n) .. toks .. row, 'KEEPTTL')
 else
+  -- Kept only when the row would have lived longer than the episode: the
+  -- pending entry must not serve it past its own deadline.
   if keep and v and string.len(v) >= HEADER_LEN and string.sub(v, 1, STATE_AT) == HC
-    and string.sub(v, FP_AT, HEADER_LEN) == fp then
+    and string.sub(v, FP_AT, HEADER_LEN) == fp and redis.call('PTTL', KEYS[1]) >= tonumber(pttl) then
     flags, row = flags + F_PREVIOUS, string.sub(v, HEADER_LEN + 1)
   end
   redis.call('SET', KEYS[1], HP .. tok .. fp .. string.char(flags, n) .. toks .. row, 'PX', pttl)

@@ -227,8 +227,7 @@ func (g *gate) isClosed() bool { return g.closed.Load() }
 type Stats struct {
 	Hits           uint64 // reads served from Redis, including "not found"
 	Misses         uint64 // cacheable reads that went to the database
-	PendingMisses  uint64 // of the misses, keys found with a write in flight (pending, not serving their previous row)
-	PreviousHits   uint64 // of the hits, the row a key held before a write in flight, served from its pending entry
+	PendingMisses  uint64 // of the misses, keys found with a write in flight (pending)
 	Bypasses       uint64 // reads of a cached model (or marked Cached) in a shape the cache does not serve
 	Fills          uint64 // rows (or tombstones) written by readers after a miss
 	FillsLost      uint64 // fills refused because a write or another reader won
@@ -247,7 +246,7 @@ type Stats struct {
 
 type counters struct {
 	hits, misses, bypasses, fills, fillsLost atomic.Uint64
-	pendingMisses, previousHits              atomic.Uint64
+	pendingMisses                            atomic.Uint64
 	prepares, prepareErrors                  atomic.Uint64
 	finalizes, finalizeErrors, invalidations atomic.Uint64
 	decodeErrors, redisErrors                atomic.Uint64
@@ -259,8 +258,8 @@ func (p *Plugin) Stats() Stats {
 	c := &p.stats
 	return Stats{
 		Hits: c.hits.Load(), Misses: c.misses.Load(), Bypasses: c.bypasses.Load(),
-		PendingMisses: c.pendingMisses.Load(), PreviousHits: c.previousHits.Load(),
-		Fills: c.fills.Load(), FillsLost: c.fillsLost.Load(),
+		PendingMisses: c.pendingMisses.Load(),
+		Fills:         c.fills.Load(), FillsLost: c.fillsLost.Load(),
 		Prepares: c.prepares.Load(), PrepareErrors: c.prepareErrors.Load(),
 		Finalizes: c.finalizes.Load(), FinalizeErrors: c.finalizeErrors.Load(),
 		Invalidations: c.invalidations.Load(), DecodeErrors: c.decodeErrors.Load(),

@@ -227,14 +227,6 @@ func (p *Plugin) outcomeOf(ctx context.Context, spec *modelSpec, key string, raw
 	case EntryTombstone:
 		return outNotFound
 	case EntryPending:
-		// The row the key held when the write began, served until the
-		// writer seals it just before COMMIT (entry.FlagPrevious).
-		if prev := e.Previous(); prev != nil && string(e.Fingerprint) == spec.codec.Fingerprint() &&
-			spec.codec.Decode(prev, dst) == nil &&
-			(!spec.keys.Loose() || spec.keys.Matches(ctx, dst, key)) {
-			p.stats.previousHits.Add(1)
-			return outHit
-		}
 		p.stats.pendingMisses.Add(1)
 		return outPending
 	case EntryCorrupt:

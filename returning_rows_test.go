@@ -603,47 +603,65 @@ func TestReturningSavepoints(t *testing.T) {
 	})
 }
 
-// Redis fails while the statement runs: the keys' prepare, sent alongside
-// the statement inside the transaction, does not reach it.
-func TestReturningPrepareAheadFails(t *testing.T) {
-	for _, mode := range []writethrough.Mode{writethrough.Strict, writethrough.Soft} {
-		t.Run(mode.String(), func(t *testing.T) {
-			e, proxy := setupBehindProxy(t, writethrough.Config{Mode: mode, BreakerThreshold: -1})
-			u := User{Email: "ahead@x", Balance: 1}
-			require.NoError(t, e.db.Create(&u).Error)
-			installed(t, e.db, &User{}, u.ID, u.ID)
-			key := e.key("users", u.ID)
+// TestReturningPrepareFails: Redis does not answer while a write makes its
+// key pending, in GORM's own transaction (the prepare runs beside the
+// statement) and in a transaction of the caller's (the prepare runs just
+// before COMMIT). Strict rolls back with ErrCacheUnavailable; Soft commits,
+// records the key in the outbox, reads it from the database meanwhile, and
+// the drain leaves no old row.
+func TestReturningPrepareFails(t *testing.T) {
+	shapes := []struct {
+		name  string
+		write func(db *gorm.DB, u *User) (stmtErr, err error)
+	}{
+		{"GORM's transaction", func(db *gorm.DB, u *User) (error, error) {
+			err := db.Model(u).Update("balance", 2).Error
+			return err, err
+		}},
+		{"the caller's transaction", func(db *gorm.DB, u *User) (error, error) {
 			var stmtErr error
-			err := e.db.Transaction(func(tx *gorm.DB) error {
-				proxy.Block()
-				defer proxy.Unblock()
-				stmtErr = tx.Model(&u).Update("balance", 2).Error
-				if mode == writethrough.Strict {
-					return nil // a caller that ignores the error: Commit must refuse
-				}
+			err := db.Transaction(func(tx *gorm.DB) error {
+				stmtErr = tx.Model(u).Update("balance", 2).Error
 				return stmtErr
 			})
-			if mode == writethrough.Strict {
-				require.ErrorIs(t, stmtErr, writethrough.ErrCacheUnavailable)
-				require.ErrorIs(t, err, writethrough.ErrCacheUnavailable, "Commit rolls back")
-				assert.Equal(t, int64(1), e.dbUser(t, u.ID).Balance, "rolled back")
+			return stmtErr, err
+		}},
+	}
+	for _, sh := range shapes {
+		for _, mode := range []writethrough.Mode{writethrough.Strict, writethrough.Soft} {
+			t.Run(sh.name+"/"+mode.String(), func(t *testing.T) {
+				e, proxy := setupBehindProxy(t, writethrough.Config{Mode: mode, BreakerThreshold: -1})
+				u := User{Email: "ahead@x", Balance: 1}
+				require.NoError(t, e.db.Create(&u).Error)
+				installed(t, e.db, &User{}, u.ID, u.ID)
+				key := e.key("users", u.ID)
+				proxy.Block()
+				stmtErr, err := sh.write(e.db, &u)
+				proxy.Unblock()
+				if mode == writethrough.Strict {
+					require.ErrorIs(t, err, writethrough.ErrCacheUnavailable, "rolled back")
+					if sh.name == "the caller's transaction" {
+						require.NoError(t, stmtErr, "the statement needs no Redis; its COMMIT does")
+					}
+					assert.Equal(t, int64(1), e.dbUser(t, u.ID).Balance, "rolled back")
+					notStale(t, e.db, &User{}, u.ID, u.ID)
+					return
+				}
+				require.NoError(t, stmtErr)
+				require.NoError(t, err)
+				assert.Equal(t, int64(2), e.dbUser(t, u.ID).Balance, "Soft commits")
+				assert.Equal(t, uint64(1), e.p.Stats().Outboxed)
+				// This process reads the database while the key is in the outbox.
+				cachedEqualsDB(t, e.db, &User{}, u.ID)
+				n, err := e.p.Drain(context.Background())
+				require.NoError(t, err)
+				assert.Equal(t, 1, n)
+				// What another process, which never saw the failure, finds in
+				// Redis: not the old row.
+				assert.NotEqual(t, byte(writethrough.StateCommitted), e.state(t, key), "the drain removed the old row")
 				notStale(t, e.db, &User{}, u.ID, u.ID)
-				return
-			}
-			require.NoError(t, stmtErr)
-			require.NoError(t, err)
-			assert.Equal(t, int64(2), e.dbUser(t, u.ID).Balance, "Soft commits")
-			assert.Equal(t, uint64(1), e.p.Stats().Outboxed)
-			// This process reads the database while the key is in the outbox.
-			cachedEqualsDB(t, e.db, &User{}, u.ID)
-			n, err := e.p.Drain(context.Background())
-			require.NoError(t, err)
-			assert.Equal(t, 1, n)
-			// What another process, which never saw the failure, finds in
-			// Redis: not the old row.
-			assert.NotEqual(t, byte(writethrough.StateCommitted), e.state(t, key), "the drain removed the old row")
-			notStale(t, e.db, &User{}, u.ID, u.ID)
-		})
+			})
+		}
 	}
 }
 

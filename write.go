@@ -156,16 +156,15 @@ func (p *Plugin) beforeWrite(kind writeKind) func(*gorm.DB) {
 			}
 			ws.ret = r
 		}
-		if tx != nil && len(targets) > 0 {
-			// In a transaction the keys known now become pending while the
-			// statement runs: nothing is visible before COMMIT, which
-			// waits for them.
-			// In a transaction of the caller's, readers keep being served
-			// the committed row until the plugin seals the keys just
-			// before COMMIT; a statement in GORM's own transaction commits
-			// right after it, so it makes no such promise and needs no seal.
-			_, implicit := db.InstanceGet("gorm:started_transaction")
-			p.prepareAhead(db, spec, tx, ws, dedupe(append(append([]target(nil), targets...), ws.canon...)), !implicit)
+		if tx != nil {
+			// GORM's own one-statement transaction commits right after the
+			// statement: its keys known now become pending while the
+			// statement runs (nothing is visible before COMMIT, which waits
+			// for them). A transaction of the caller's makes its keys
+			// pending just before its COMMIT instead (stageTx, PreCommit).
+			if _, implicit := db.InstanceGet("gorm:started_transaction"); implicit && len(targets) > 0 {
+				p.prepareAhead(db, spec, tx, ws, dedupe(append(append([]target(nil), targets...), ws.canon...)))
+			}
 			return
 		}
 		if inTx || len(targets) == 0 {
@@ -575,30 +574,27 @@ func (a *ahead) call(key string) *entry.Call {
 	return nil
 }
 
-// stagedRow is what a key staged with its prepare ahead installs at commit
-// ([txhook.Staged.Final]): the row is kept here, not in Redis.
+// stagedRow is what a key a transaction staged installs at commit
+// ([txhook.Staged.Final]): the row is kept here, not in Redis, and sent with
+// the finalize.
 type stagedRow struct {
 	spec   *modelSpec // the model that encoded row
 	intent entry.Flags
 	row    []byte
+	// deferred: the key is made pending just before COMMIT (PreCommit),
+	// not yet; prepared says PreCommit did.
+	deferred, prepared bool
 }
 
 // prepareAhead stages targets in tx and makes their keys pending (with
 // nothing to install yet) in the background, while the statement runs;
 // afterWrite waits for it (awaitAhead) before the transaction can commit,
 // and hands each key its row then (stageTx).
-func (p *Plugin) prepareAhead(db *gorm.DB, spec *modelSpec, tx *txhook.Tx, ws *writeState, targets []target, keep bool) {
+func (p *Plugin) prepareAhead(db *gorm.DB, spec *modelSpec, tx *txhook.Tx, ws *writeState, targets []target) {
 	a := &ahead{done: make(chan struct{}), calls: make([]*entry.Call, len(targets))}
 	for i, t := range targets {
 		tx.Stage(spec, t.key) // installs nothing unless stageTx gives it a row
-		// With keep, readers are served the committed row until Seal.
-		a.calls[i] = entry.Prepare(t.key, entry.PrepareArgs{
-			Token: tx.Token(), Fingerprint: spec.codec.Fingerprint(),
-			PendingTTL: p.cfg.PendingTTL, MaxWriters: maxWriters, KeepPrevious: keep,
-		})
-	}
-	if keep {
-		tx.NeedSeal()
+		a.calls[i] = p.prepareCall(spec, tx.Token(), t.key, 0, nil)
 	}
 	ws.ahead = a
 	parent := db.Statement.Context
@@ -659,6 +655,17 @@ func (p *Plugin) stageTx(db *gorm.DB, spec *modelSpec, kind writeKind, tx *txhoo
 		}
 	}
 	p.at("write:after-reread", targets[0].key)
+	if _, implicit := db.InstanceGet("gorm:started_transaction"); !implicit {
+		// A transaction of the caller's: nothing in Redis changes until
+		// just before its COMMIT, when PreCommit makes every key it staged
+		// pending in one round trip. Until then readers are served the
+		// committed rows, which are the newest committed ones.
+		for _, t := range targets {
+			tx.StageFinal(spec, t.key, &stagedRow{spec: spec, intent: looseIntent(spec, t.intent), row: t.row, deferred: true})
+		}
+		tx.NeedPreCommit()
+		return
+	}
 	var calls []*entry.Call
 	var failed []string
 	fail := func(key string, err error) {
@@ -831,18 +838,30 @@ func (o txOwner) Mark(t *txhook.Tx) (string, []any) {
 	return cdcMark, []any{[]byte(t.Token())}
 }
 
-// Seal implements txhook.Sealer: just before COMMIT, the keys the
-// transaction prepared ahead of its statements stop serving the row they
-// held before (entry.FlagPrevious), in one round trip. Until now the write
-// could not be visible; from COMMIT on it may be. When Redis misses a key,
-// Strict rolls the transaction back; Soft records the key in the outbox in
-// the same transaction (its invalidation stops the serving once Redis
-// answers; readers of this process read the database meanwhile).
-func (o txOwner) Seal(ctx context.Context, t *txhook.Tx, staged []txhook.Staged) error {
+// PreCommit implements txhook.PreCommitter: just before the COMMIT of a
+// transaction of the caller's, every key it staged becomes pending, in one
+// pipelined round trip.
+// Until then the write could not be visible and readers were served the
+// committed rows; from COMMIT on it may be. When Redis misses a key, Strict
+// rolls the transaction back; Soft records the key in the outbox in the
+// same transaction.
+func (o txOwner) PreCommit(ctx context.Context, t *txhook.Tx, staged []txhook.Staged) error {
 	p := o.p
-	calls := make([]*entry.Call, len(staged))
-	for i, s := range staged {
-		calls[i] = entry.Seal(s.Key, t.Token(), s.Model.(*modelSpec).codec.Fingerprint(), p.cfg.PendingTTL)
+	var calls []*entry.Call
+	var rows []*stagedRow
+	for _, s := range staged {
+		// Keys undone by a rollback to a savepoint are prepared too: an
+		// earlier statement of the transaction may have written them;
+		// their finalize deletes them.
+		f, ok := s.Final.(*stagedRow)
+		if !ok || !f.deferred || f.prepared {
+			continue
+		}
+		calls = append(calls, p.prepareCall(f.spec, t.Token(), s.Key, 0, nil))
+		rows = append(rows, f)
+	}
+	if len(calls) == 0 {
+		return nil
 	}
 	cctx, cancel := p.opCtx(ctx)
 	p.run(cctx, calls)
@@ -850,22 +869,26 @@ func (o txOwner) Seal(ctx context.Context, t *txhook.Tx, staged []txhook.Staged)
 	var failed []string
 	var err error
 	for i, c := range calls {
-		if c.Err == nil {
+		p.stats.prepares.Add(1)
+		p.flights.Forget(c.Key)
+		if perr := prepareErr(c); perr != nil {
+			p.stats.prepareErrors.Add(1)
+			err = unavailable("prepare before commit", perr)
+			if rows[i].spec.mode == Strict {
+				return err
+			}
+			if already := t.MarkFailed(c.Key); !already {
+				failed = append(failed, c.Key) // an earlier failure recorded it already
+			}
 			continue
 		}
-		p.stats.prepareErrors.Add(1)
-		err = unavailable("seal before commit", c.Err)
-		if staged[i].Model.(*modelSpec).mode == Strict {
-			return err
-		}
-		if already := t.MarkFailed(c.Key); !already {
-			failed = append(failed, c.Key) // an earlier failure recorded it already
-		}
+		rows[i].prepared = true
+		p.at("write:after-prepare", c.Key)
 	}
 	if len(failed) == 0 {
 		return nil
 	}
-	p.logf("writethrough: seal before commit failed; the keys go to the outbox", "keys", len(failed), "err", err)
+	p.logf("writethrough: prepare before commit failed; the keys go to the outbox", "keys", len(failed), "err", err)
 	if p.db == nil {
 		return nil
 	}
@@ -931,8 +954,8 @@ func failedKeys(staged []txhook.Staged) []string {
 	return keys
 }
 
-// finalize ends a transaction's part in each key it staged. committed is
-// true only when COMMIT returned success.
+// finalize ends a transaction's part in each key it staged; only a COMMIT
+// that returned success (txhook.Committed) installs.
 func (p *Plugin) finalize(parent context.Context, token string, staged []txhook.Staged, outcome txhook.Outcome) {
 	committed := outcome == txhook.Committed
 	for _, s := range staged {
@@ -941,36 +964,43 @@ func (p *Plugin) finalize(parent context.Context, token string, staged []txhook.
 	p.at("write:before-finalize", staged[0].Key)
 	ctx, cancel := p.opCtx(parent)
 	defer cancel()
-	calls := make([]*entry.Call, len(staged))
+	calls := make([]*entry.Call, 0, len(staged))
+	idx := make([]int, 0, len(staged)) // calls[i] is staged[idx[i]]'s
 	for i, s := range staged {
 		spec := s.Model.(*modelSpec)
 		install := committed && s.Valid && !s.Failed
-		if f, ok := s.Final.(*stagedRow); ok && install {
-			// Prepared ahead of its statement: the row is given here, with
-			// the fingerprint of the model that built it.
-			calls[i] = entry.FinalizeRow(s.Key, entry.FinalizeRowArgs{
+		f, ok := s.Final.(*stagedRow)
+		if ok && f.deferred && !f.prepared && !s.Failed {
+			// Never made pending (the transaction rolled back before its
+			// COMMIT): Redis was never touched.
+			continue
+		}
+		idx = append(idx, i)
+		if ok && install {
+			// The row is given here, with the fingerprint of the model
+			// that built it.
+			calls = append(calls, entry.FinalizeRow(s.Key, entry.FinalizeRowArgs{
 				Token: token, Intent: f.intent, Fingerprint: f.spec.codec.Fingerprint(), Row: f.row,
 				TTL: entryTTL(f.spec), NegativeTTL: p.cfg.NegativeTTL,
-			})
+			}))
 			continue
 		}
 		mode := entry.NeverInstall
-		switch {
-		case install:
+		if install {
 			mode = entry.InstallStaged
-		case outcome == txhook.RolledBack:
-			mode = entry.RolledBack // a row kept and never sealed goes back
 		}
-		calls[i] = entry.Finalize(s.Key, token, mode, entryTTL(spec), p.cfg.NegativeTTL)
+		calls = append(calls, entry.Finalize(s.Key, token, mode, entryTTL(spec), p.cfg.NegativeTTL))
 	}
-	p.run(ctx, calls)
+	if len(calls) > 0 {
+		p.run(ctx, calls)
+	}
 	var missed []string
 	for i, c := range calls {
 		p.stats.finalizes.Add(1)
 		if c.Err != nil {
 			p.stats.finalizeErrors.Add(1)
 			p.logf("writethrough: finalize failed", "key", c.Key, "err", c.Err)
-			if !staged[i].Failed {
+			if !staged[idx[i]].Failed {
 				missed = append(missed, c.Key) // failed ones are in the outbox already
 			}
 		}

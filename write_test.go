@@ -357,13 +357,19 @@ func TestEveryKeyHasATTL(t *testing.T) {
 	assert.Greater(t, ttl, time.Duration(0))
 	assert.LessOrEqual(t, ttl, time.Minute, "tombstone: NegativeTTL")
 
+	// Pending: PendingTTL, from the prepare just before COMMIT.
 	tx := e.db.Begin()
 	v := User{Email: "ttl2@x"}
 	require.NoError(t, tx.Create(&v).Error)
-	ttl = e.rdb.PTTL(ctx, e.key("users", v.ID)).Val()
-	assert.Greater(t, ttl, time.Duration(0))
-	assert.LessOrEqual(t, ttl, time.Minute, "pending: PendingTTL")
+	writethrough.SetHook(e.p, func(point, key string) {
+		if point == "tx:before-commit" && key == e.key("users", v.ID) {
+			ttl := e.rdb.PTTL(ctx, key).Val()
+			assert.Greater(t, ttl, time.Duration(0))
+			assert.LessOrEqual(t, ttl, time.Minute, "pending: PendingTTL")
+		}
+	})
 	require.NoError(t, tx.Commit().Error)
+	writethrough.SetHook(e.p, nil)
 
 	// Everything under the prefix has a TTL.
 	keys, err := e.rdb.Keys(ctx, e.prefix+":*").Result()

@@ -33,12 +33,6 @@ type PrepareArgs struct {
 	Row        []byte        // the row to install, with FlagHasRow
 	PendingTTL time.Duration // the lifetime of a new episode; writers that join do not extend it
 	MaxWriters int           // the writers one pending entry tracks; a writer beyond is refused
-	// KeepPrevious (with Intent 0 and no Row) keeps the committed row the
-	// key holds in the pending entry for readers to serve (FlagPrevious),
-	// until the writer calls Seal, which it must before its transaction
-	// can commit. A writer already registered keeps the previous row it
-	// kept.
-	KeepPrevious bool
 }
 
 // Prepare registers a writer on key and makes the key pending: no reader
@@ -49,46 +43,10 @@ func Prepare(key string, a PrepareArgs) *Call {
 	if row == nil {
 		row = []byte{}
 	}
-	keep := 0
-	if a.KeepPrevious {
-		keep = 1
-	}
-	c := &Call{sc: prepareScript, Key: key, args: []any{
-		a.Token, a.Fingerprint, int(a.Intent), row, a.PendingTTL.Milliseconds(), a.MaxWriters, keep,
+	return &Call{sc: prepareScript, Key: key, args: []any{
+		a.Token, a.Fingerprint, int(a.Intent), row, a.PendingTTL.Milliseconds(), a.MaxWriters,
 	}}
-	if a.KeepPrevious && (a.Intent != 0 || len(a.Row) > 0) {
-		c.invalid = fmt.Errorf("prepare %s: %w", key, errKeep)
-	}
-	return c
 }
-
-// errKeep is the error of a Prepare call that keeps the previous row and
-// also stages a row of its own.
-var errKeep = errors.New("entry: Prepare with KeepPrevious stages no intent and no row")
-
-// Seal ends the serving of the previous row on key (FlagPrevious) before
-// the writer of token commits. It clears the flag whoever's episode it is,
-// and marks an episode the writer is not registered in never to install.
-// Its result is [Call.Sealed]. It runs when Redis is out of memory.
-//
-// A key that is not pending at all (the writer's episode expired and
-// someone refilled it) is made pending again under token, never to
-// install, for pendingTTL, with fingerprint fp.
-func Seal(key, token, fp string, pendingTTL time.Duration) *Call {
-	return &Call{sc: sealScript, Key: key, args: []any{token, fp, pendingTTL.Milliseconds()}}
-}
-
-// SealResult is what Seal did.
-type SealResult int64
-
-// Seal's results.
-const (
-	SealNone   SealResult = 0 // no previous row was being served
-	SealSealed SealResult = 1 // the previous row is no longer served
-)
-
-// Sealed is a Seal call's result. It is meaningful only when Err is nil.
-func (c *Call) Sealed() SealResult { return SealResult(c.res) }
 
 // PrepareResult is what Prepare did.
 type PrepareResult int64
@@ -111,28 +69,23 @@ type FinalizeMode string
 const (
 	InstallStaged FinalizeMode = "i" // install what Prepare staged (its Intent and Row)
 	InstallGiven  FinalizeMode = "r" // install the row given to FinalizeRow
-	NeverInstall  FinalizeMode = "d" // install nothing: delete the key (failed, unknown outcome)
-	// RolledBack is NeverInstall for a writer whose transaction rolled
-	// back: a sole writer that kept the previous row (KeepPrevious) and
-	// never sealed puts it back, with the episode's remaining lifetime.
-	RolledBack FinalizeMode = "b"
+	NeverInstall  FinalizeMode = "d" // install nothing: delete the key (rolled back, failed)
 )
 
 // errMode is the error of a Finalize call given InstallGiven.
-var errMode = errors.New("entry: Finalize takes InstallStaged, NeverInstall or RolledBack; InstallGiven is FinalizeRow's")
+var errMode = errors.New("entry: Finalize takes InstallStaged or NeverInstall; InstallGiven is FinalizeRow's")
 
 // Finalize makes the writer of token leave key after its transaction ended,
 // with mode InstallStaged or NeverInstall. The last writer out installs (a
 // committed entry that lives ttl, a tombstone that lives negTTL) only when
 // it was the only writer of the episode; otherwise the key is deleted.
-// NeverInstall and RolledBack ignore ttl and negTTL. Its result is
-// [Call.Finalized].
+// NeverInstall ignores ttl and negTTL. Its result is [Call.Finalized].
 // Finalize only deletes or shrinks, so it runs when Redis is out of memory.
 func Finalize(key, token string, mode FinalizeMode, ttl, negTTL time.Duration) *Call {
 	c := &Call{sc: finalizeScript, Key: key, args: []any{
 		token, string(mode), ttl.Milliseconds(), negTTL.Milliseconds(),
 	}}
-	if mode != InstallStaged && mode != NeverInstall && mode != RolledBack {
+	if mode != InstallStaged && mode != NeverInstall {
 		c.invalid = fmt.Errorf("finalize %s: mode %q: %w", key, mode, errMode)
 	}
 	return c

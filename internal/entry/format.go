@@ -77,23 +77,7 @@ const (
 	FlagOverlap Flags = 1 // more than one writer took part, or an invalidation: never install, delete
 	FlagHasRow  Flags = 2 // the entry carries the row to install
 	FlagDelete  Flags = 4 // install a tombstone
-	// FlagPrevious says that the row after the tokens is the committed row
-	// the key held when the episode began, not a row to install: readers
-	// may serve it while the flag stands and FlagOverlap is not set. The
-	// writer clears it (Seal) before it sends COMMIT, so the previous row
-	// is never served once the write can be visible (docs/design.md,
-	// "Reads of a key being written").
-	FlagPrevious Flags = 8
 )
-
-// Previous returns the previous committed row a pending entry may serve
-// (FlagPrevious set, FlagOverlap not), or nil.
-func (e Entry) Previous() []byte {
-	if e.State != Pending || e.Flags&FlagPrevious == 0 || e.Flags&FlagOverlap != 0 {
-		return nil
-	}
-	return e.Row
-}
 
 var (
 	// ErrCorrupt is returned for bytes that are not an entry of any format

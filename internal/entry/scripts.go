@@ -30,8 +30,6 @@ var (
 	fillLua string
 	//go:embed lua/change.lua
 	changeLua string
-	//go:embed lua/seal.lua
-	sealLua string
 )
 
 // luaNames binds the names the scripts use to the constants of format.go and
@@ -60,9 +58,6 @@ func luaNames() string {
 		{"F_OVERLAP", int64(FlagOverlap)},
 		{"F_HAS_ROW", int64(FlagHasRow)},
 		{"F_DELETE", int64(FlagDelete)},
-		{"F_PREVIOUS", int64(FlagPrevious)},
-		{"SEAL_NONE", int64(SealNone)},
-		{"SEAL_SEALED", int64(SealSealed)},
 		{"PREPARE_REFUSED", int64(PrepareRefused)},
 		{"PREPARE_SOLE", int64(PrepareSole)},
 		{"PREPARE_OVERLAP", int64(PrepareOverlap)},
@@ -88,7 +83,6 @@ func luaNames() string {
 		{"MODE_INSTALL_STAGED", InstallStaged},
 		{"MODE_INSTALL_GIVEN", InstallGiven},
 		{"MODE_NEVER_INSTALL", NeverInstall},
-		{"MODE_ROLLED_BACK", RolledBack},
 	} {
 		fmt.Fprintf(&b, "local %s = %q\n", m.name, string(m.v))
 	}
@@ -120,7 +114,6 @@ var (
 	invalidateScript  = newScript("invalidate", "allow-oom", invalidateLua)
 	changeScript      = newScript("change", "allow-oom", changeLua)
 	fillScript        = newScript("fill", "", fillLua)
-	sealScript        = newScript("seal", "allow-oom", sealLua)
 )
 
 // Scripts runs script calls on one server (or cluster). It remembers whether

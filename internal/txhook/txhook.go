@@ -52,12 +52,12 @@ type Marker interface {
 	Mark(t *Tx) (query string, args []any)
 }
 
-// Sealer is implemented by an Owner that must act on the keys a
-// transaction staged before its COMMIT is sent, when [Tx.NeedSeal] asked
-// for it. An error from Seal rolls the transaction back instead: Commit
-// returns it.
-type Sealer interface {
-	Seal(ctx context.Context, t *Tx, staged []Staged) error
+// PreCommitter is implemented by an Owner that acts on the keys a
+// transaction staged just before its COMMIT is sent, when
+// [Tx.NeedPreCommit] asked for it. An error from PreCommit rolls the
+// transaction back instead: Commit returns it.
+type PreCommitter interface {
+	PreCommit(ctx context.Context, t *Tx, staged []Staged) error
 }
 
 // Outcome is how a transaction ended.
@@ -247,13 +247,13 @@ type Tx struct {
 	failErr    error // set by Fail: Commit must not commit
 	done       bool  // End was called, or is not to be
 	tainted    bool  // Taint: it ran SQL whose writes the plugin did not follow
-	seal       bool  // NeedSeal: the owner's Sealer runs before COMMIT
+	preCommit  bool  // NeedPreCommit: the owner's PreCommitter runs before COMMIT
 }
 
-// NeedSeal asks for the owner's [Sealer] to run before COMMIT.
-func (t *Tx) NeedSeal() {
+// NeedPreCommit asks for the owner's [PreCommitter] to run before COMMIT.
+func (t *Tx) NeedPreCommit() {
 	t.mu.Lock()
-	t.seal = true
+	t.preCommit = true
 	t.mu.Unlock()
 }
 
@@ -311,10 +311,10 @@ func (t *Tx) Commit() error {
 		t.end(RolledBack)
 		return errors.Join(fmt.Errorf("writethrough: transaction rolled back instead of committed: %w", failErr), rbErr)
 	}
-	if s, ok := t.owner.(Sealer); ok {
+	if s, ok := t.owner.(PreCommitter); ok {
 		t.mu.Lock()
 		var staged []Staged
-		if t.seal {
+		if t.preCommit {
 			staged = make([]Staged, len(t.entries))
 			for i, e := range t.entries {
 				staged[i] = *e
@@ -322,7 +322,7 @@ func (t *Tx) Commit() error {
 		}
 		t.mu.Unlock()
 		if len(staged) > 0 {
-			if err := s.Seal(t.ctx, t, staged); err != nil {
+			if err := s.PreCommit(t.ctx, t, staged); err != nil {
 				rbErr := t.Tx.Rollback()
 				t.end(RolledBack)
 				return errors.Join(fmt.Errorf("writethrough: transaction rolled back instead of committed: %w", err), rbErr)

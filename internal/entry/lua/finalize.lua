@@ -14,19 +14,12 @@ if idx < 0 then
   spoil(KEYS[1], f)
   return FINALIZE_NOT_REGISTERED
 end
-if n == 1 and mode == MODE_ROLLED_BACK and bit(f, F_PREVIOUS) and not bit(f, F_OVERLAP) then
-  -- The only writer rolled back before its seal: the row it kept is still
-  -- the committed row. It keeps the episode's deadline, which the kept
-  -- row's own outlived (prepare).
-  redis.call('SET', KEYS[1], HC .. tok .. string.sub(v, FP_AT, HEADER_LEN) .. string.sub(v, TOKENS_AT + TOKEN_LEN), 'KEEPTTL')
-  return FINALIZE_INSTALLED
-end
 if n > 1 then
   local rest = string.sub(ot, 1, TOKEN_LEN * idx) .. string.sub(ot, TOKEN_LEN * (idx + 1) + 1)
   redis.call('SET', KEYS[1], string.sub(v, 1, HEADER_LEN) .. string.char(f, n - 1) .. rest .. string.sub(v, TOKENS_AT + TOKEN_LEN * n), 'KEEPTTL')
   return FINALIZE_LEFT_PENDING
 end
-if (mode == MODE_INSTALL_STAGED or mode == MODE_INSTALL_GIVEN) and not bit(f, F_OVERLAP) and string.sub(v, TOKEN_AT, FP_AT - 1) == tok then
+if mode ~= MODE_NEVER_INSTALL and not bit(f, F_OVERLAP) and string.sub(v, TOKEN_AT, FP_AT - 1) == tok then
   -- The sole writer of the episode: n is 1, the staged row follows its token.
   local intent, fp, row = f, string.sub(v, FP_AT, HEADER_LEN), string.sub(v, TOKENS_AT + TOKEN_LEN)
   if mode == MODE_INSTALL_GIVEN then intent, fp, row = tonumber(ARGV[5]), ARGV[6], ARGV[7] end

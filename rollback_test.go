@@ -11,11 +11,11 @@ import (
 	"github.com/gorm-writethrough/writethrough"
 )
 
-// A transaction of the caller's that writes a key and rolls back leaves the
-// row the key held: the next read is a hit on the committed row, not a
-// miss. After a commit the new row is installed as before; after a
-// rollback to a savepoint inside a committed transaction the key is deleted
-// (sealed at the COMMIT, then released), never the undone row.
+// A transaction of the caller's that writes a key and rolls back leaves
+// Redis as it was: the next read is a hit on the committed row, not a miss.
+// After a commit the new row is installed as before; after a rollback to a
+// savepoint inside a committed transaction the key is deleted (made pending
+// at the COMMIT, then released), never the undone row.
 func TestRollbackKeepsTheCommittedRowCached(t *testing.T) {
 	t.Parallel()
 	e, _ := setupAccounts(t, nil)
@@ -29,7 +29,7 @@ func TestRollbackKeepsTheCommittedRowCached(t *testing.T) {
 		return errBack
 	})
 	require.ErrorIs(t, err, errBack)
-	require.Equal(t, byte(writethrough.StateCommitted), e.entry(t, key).state, "the kept row is put back")
+	require.Equal(t, byte(writethrough.StateCommitted), e.entry(t, key).state, "Redis untouched")
 	e.assertHit(t, a.ID, before)
 
 	require.NoError(t, e.db.Transaction(func(tx *gorm.DB) error {

@@ -225,8 +225,8 @@ func (g *gate) isClosed() bool { return g.closed.Load() }
 
 // Stats counts what the plugin did since it was created.
 type Stats struct {
-	Hits           uint64 // reads served from Redis, including "not found"
-	Misses         uint64 // cacheable reads that went to the database
+	Hits           uint64 // keys served from Redis, including "not found"
+	Misses         uint64 // keys of cacheable reads that went to the database (a Find of several keys with one miss reads them all)
 	PendingMisses  uint64 // of the misses, keys found with a write in flight (pending)
 	Bypasses       uint64 // reads of a cached model (or marked Cached) in a shape the cache does not serve
 	Fills          uint64 // rows (or tombstones) written by readers after a miss

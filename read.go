@@ -478,7 +478,7 @@ func (p *Plugin) serveMany(db *gorm.DB, plan readPlan, orig func(*gorm.DB), kn k
 	spec := plan.spec
 	for _, k := range plan.keys {
 		if p.suspects.is(k) {
-			p.stats.misses.Add(1)
+			p.stats.misses.Add(uint64(len(plan.keys)))
 			orig(db)
 			return
 		}
@@ -497,7 +497,7 @@ func (p *Plugin) serveMany(db *gorm.DB, plan readPlan, orig func(*gorm.DB), kn k
 	for i, o := range outs {
 		switch o {
 		case outFailed:
-			p.stats.misses.Add(1)
+			p.stats.misses.Add(uint64(len(plan.keys)))
 			orig(db) // Redis failed: read the database
 			return
 		case outHit:
@@ -516,7 +516,8 @@ func (p *Plugin) serveMany(db *gorm.DB, plan readPlan, orig func(*gorm.DB), kn k
 		deliver(db, plan, rows)
 		return
 	}
-	p.stats.misses.Add(1)
+	// Every key is read from the database: each counts as a miss.
+	p.stats.misses.Add(uint64(len(plan.keys)))
 	// Lease the empty keys, read everything in SQL, fill what we leased.
 	token := entry.NewToken()
 	leased := map[string]bool{}

@@ -180,13 +180,15 @@ func run(w io.Writer, db *gorm.DB, rdb redis.UniversalClient, backend string) er
 		return err
 	}
 
-	// 4. A transaction that rolls back: its value never reaches readers.
+	// 4. A transaction that rolls back: its value never reaches readers. The
+	// plugin leaves Redis alone until just before a transaction's COMMIT,
+	// so readers meanwhile get the committed row, from the cache.
 	errAbort := errors.New("abort")
 	err := db.Transaction(func(tx *gorm.DB) error {
 		if err := tx.Model(&User{ID: u.ID}).Update("balance", 0).Error; err != nil {
 			return err
 		}
-		if err := show("4a. inside a transaction, before COMMIT (readers go to the database)", u.ID); err != nil {
+		if err := show("4a. inside a transaction, before COMMIT (Redis untouched: readers get the committed row)", u.ID); err != nil {
 			return err
 		}
 		return errAbort
@@ -194,13 +196,13 @@ func run(w io.Writer, db *gorm.DB, rdb redis.UniversalClient, backend string) er
 	if !errors.Is(err, errAbort) {
 		return fmt.Errorf("expected the rollback, got %v", err)
 	}
-	if err := show("4b. after ROLLBACK (the staged value is gone)", u.ID); err != nil {
+	if err := show("4b. after ROLLBACK (nothing to undo)", u.ID); err != nil {
 		return err
 	}
 	if err := db.Scopes(writethrough.Cached).First(&got, u.ID).Error; err != nil {
 		return err
 	}
-	if err := show(fmt.Sprintf("4c. next cached read refills it: balance %d", got.Balance), u.ID); err != nil {
+	if err := show(fmt.Sprintf("4c. next cached read, a hit: balance %d", got.Balance), u.ID); err != nil {
 		return err
 	}
 

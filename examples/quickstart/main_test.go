@@ -25,9 +25,9 @@ func TestQuickstartOnTheEmbeddedDefault(t *testing.T) {
 		"1. create\n  redis demo:quickstart_users:1: committed {ID:1 Email:ada@example.com Name:Ada Balance:100 Status:active}",
 		"got {Name:Ada Balance:100}; SQL statements run: 0",
 		"balance + 50\n  redis demo:quickstart_users:1: committed {ID:1 Email:ada@example.com Name:Ada Balance:150 Status:active}",
-		"before COMMIT (readers go to the database)\n  redis demo:quickstart_users:1: pending",
-		"after ROLLBACK (the staged value is gone)\n  redis demo:quickstart_users:1: absent",
-		"refills it: balance 150\n  redis demo:quickstart_users:1: committed",
+		"before COMMIT (Redis untouched: readers get the committed row)\n  redis demo:quickstart_users:1: committed {ID:1 Email:ada@example.com Name:Ada Balance:150 Status:active}",
+		"after ROLLBACK (nothing to undo)\n  redis demo:quickstart_users:1: committed {ID:1 Email:ada@example.com Name:Ada Balance:150 Status:active}",
+		"a hit: balance 150\n  redis demo:quickstart_users:1: committed",
 		"5. delete\n  redis demo:quickstart_users:1: tombstone",
 		"cached read after delete: record not found; SQL statements run: 0",
 	} {

@@ -86,7 +86,8 @@ type Config struct {
 	// from the statement itself (RETURNING, added below GORM), one
 	// statement fewer per write; tables where RETURNING may not show the
 	// stored row (triggers that run after the row is written, rules,
-	// partitions, self-referencing foreign keys with actions) are re-read
+	// partitions, self-referencing foreign keys with actions), and writes
+	// that GORM follows with association saves or After hooks, are re-read
 	// anyway. Default false.
 	RereadWrites bool
 	// AsyncFinalize lets Commit return before the staged rows are installed

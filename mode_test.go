@@ -11,6 +11,7 @@ import (
 	"gorm.io/gorm"
 
 	"github.com/gorm-writethrough/writethrough"
+	wtentry "github.com/gorm-writethrough/writethrough/internal/entry"
 	"github.com/gorm-writethrough/writethrough/internal/testenv"
 	"github.com/gorm-writethrough/writethrough/internal/testrig"
 )
@@ -243,4 +244,42 @@ func TestRolledBackOutboxRecordsDoNotKeepKeysUncached(t *testing.T) {
 	assert.Equal(t, int64(1), got.Balance)
 	assert.Equal(t, byte(writethrough.StateCommitted), e.state(t, e.key("users", u.ID)),
 		"the rolled-back write left the key cacheable: the read filled it")
+}
+
+// A Strict transaction whose prepare before COMMIT fails on one key rolls
+// back, and releases the keys that did become pending in the same round
+// trip: they must not stay pending (a miss for every reader) until
+// PendingTTL. The failing key is refused because PendingTTL-bound writers
+// that never finalized fill its entry.
+func TestStrictCommitThatFailsReleasesTheKeysItMadePending(t *testing.T) {
+	ctx := context.Background()
+	e := setup(t, nil, writethrough.Config{Mode: writethrough.Strict})
+	a := User{Email: "pa@x", Balance: 1}
+	b := User{Email: "pb@x", Balance: 1}
+	require.NoError(t, e.db.Create(&a).Error)
+	require.NoError(t, e.db.Create(&b).Error)
+	keyA, keyB := e.key("users", a.ID), e.key("users", b.ID)
+	crashed := make([]*wtentry.Call, 64) // the plugin's limit of writers per entry
+	for i := range crashed {
+		crashed[i] = wtentry.Prepare(keyB, wtentry.PrepareArgs{Token: wtentry.NewToken(), Fingerprint: "crashed!",
+			PendingTTL: time.Minute, MaxWriters: len(crashed)})
+	}
+	(&wtentry.Scripts{}).Run(ctx, e.rdb, crashed)
+	for _, c := range crashed {
+		require.NoError(t, c.Err)
+	}
+
+	// b is staged first, so its refusal comes before a's success.
+	err := e.db.Transaction(func(tx *gorm.DB) error {
+		if err := tx.Model(&User{ID: b.ID}).Update("balance", 2).Error; err != nil {
+			return err
+		}
+		return tx.Model(&User{ID: a.ID}).Update("balance", 2).Error
+	})
+	require.ErrorIs(t, err, writethrough.ErrCacheUnavailable)
+	assert.Equal(t, int64(1), e.dbUser(t, a.ID).Balance, "rolled back")
+	assert.NotEqual(t, byte(writethrough.StatePending), e.state(t, keyA), "released by its finalize")
+	got, err := writethrough.Get[User](ctx, e.db, a.ID)
+	require.NoError(t, err)
+	assert.Equal(t, int64(1), got.Balance)
 }

@@ -8,6 +8,7 @@ import (
 	"reflect"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"gorm.io/gorm"
@@ -414,28 +415,35 @@ func containsString(list []string, s string) bool {
 // triggers included, but not what runs after it (AFTER triggers, deferred
 // constraint triggers, rules, foreign-key actions of the table on itself)
 // nor what a partition's own triggers do. The plugin takes the row from
-// RETURNING only where the catalog shows none of those, and reads the
-// catalog again after returnCheckAge, so that a trigger created while the
-// application runs is seen within that time (docs/design.md, "The row a
-// write caches").
+// RETURNING only where the catalog shows none of those (read at most once
+// per returnCheckAge per model), and every such statement also returns the
+// same check at its own snapshot (the guard column), so that a trigger
+// created since is caught by the first write it affects (docs/design.md,
+// "The row a write caches").
 
 // returnCheckAge is how long a table's catalog check is trusted.
 const returnCheckAge = time.Minute
 
 // returnCheck caches, per model, whether its table's RETURNING rows are
-// the stored rows.
+// the stored rows. Writes read it without a lock; mu serialises the
+// catalog reads.
 type returnCheck struct {
+	ok atomic.Bool
+	at atomic.Int64 // UnixNano of the last catalog read; 0: never, or forgotten
 	mu sync.Mutex
-	ok bool
-	at time.Time // zero: never checked
+}
+
+// fresh reports the cached answer if it is younger than returnCheckAge.
+func (c *returnCheck) fresh() (ok, fresh bool) {
+	at := c.at.Load()
+	if at == 0 || time.Since(time.Unix(0, at)) >= returnCheckAge {
+		return false, false
+	}
+	return c.ok.Load(), true
 }
 
 // forget makes the next write read the catalog again.
-func (c *returnCheck) forget() {
-	c.mu.Lock()
-	c.at = time.Time{}
-	c.mu.Unlock()
-}
+func (c *returnCheck) forget() { c.at.Store(0) }
 
 // hiddenWritersSQL is true when something may change a row of table $1
 // after an UPDATE or INSERT wrote it, or when the table cannot be found.
@@ -474,10 +482,13 @@ func (p *Plugin) returnsRows(db *gorm.DB, spec *modelSpec, kind writeKind) bool 
 		return false
 	}
 	c := &spec.returning
+	if ok, fresh := c.fresh(); fresh {
+		return ok
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if !c.at.IsZero() && time.Since(c.at) < returnCheckAge {
-		return c.ok
+	if ok, fresh := c.fresh(); fresh {
+		return ok // another write read the catalog meanwhile
 	}
 	var hidden bool
 	err := ownQuery(db).Raw(hiddenWritersSQL, db.Statement.Quote(spec.sch.Table)).Row().Scan(&hidden)
@@ -485,8 +496,9 @@ func (p *Plugin) returnsRows(db *gorm.DB, spec *modelSpec, kind writeKind) bool 
 		p.logf("writethrough: reading the table's triggers failed; its writes re-read their rows", "table", spec.sch.Table, "err", err)
 		return false
 	}
-	c.ok, c.at = !hidden, time.Now()
-	return c.ok
+	c.ok.Store(!hidden)
+	c.at.Store(time.Now().UnixNano())
+	return !hidden
 }
 
 // savesAfter reports whether GORM may save has-one, has-many or

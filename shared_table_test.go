@@ -17,25 +17,25 @@ import (
 	"github.com/gorm-writethrough/writethrough"
 )
 
-// sealSwapped is a second cached model on table accounts, as GORM's own
+// swappedAccount is a second cached model on table accounts, as GORM's own
 // tests declare a local struct beside the exported one: the same default
 // key as Account, the two string columns declared in the other order (so
 // another fingerprint, and a row encoding in which Owner and Email trade
 // places).
-type sealSwapped struct {
+type swappedAccount struct {
 	ID      uint `gorm:"primaryKey" cache:"ttl:10m"`
 	Email   string
 	Owner   string
 	Balance int64
 }
 
-func (sealSwapped) TableName() string { return "accounts" }
+func (swappedAccount) TableName() string { return "accounts" }
 
 func setupShared(t *testing.T) (*env, Account, string) {
 	t.Helper()
-	e := setup(t, nil, writethrough.Config{Timeout: 2 * time.Second, Models: []any{&Account{}, &sealSwapped{}}}, &Account{})
+	e := setup(t, nil, writethrough.Config{Timeout: 2 * time.Second, Models: []any{&Account{}, &swappedAccount{}}}, &Account{})
 	a, key := e.account(t, "ann", 100)
-	require.Equal(t, key, e.keyOf(t, &sealSwapped{}, a.ID), "both models use the same key string")
+	require.Equal(t, key, e.keyOf(t, &swappedAccount{}, a.ID), "both models use the same key string")
 	if e.entry(t, key).state != writethrough.StateCommitted {
 		_, err := e.cachedAccount(a.ID) // fill
 		require.NoError(t, err)
@@ -44,21 +44,21 @@ func setupShared(t *testing.T) (*env, Account, string) {
 	return e, a, key
 }
 
-// One transaction writes the key through Account, then through sealSwapped
+// One transaction writes the key through Account, then through swappedAccount
 // (another model on the same table, with another fingerprint), and a reader
-// of sealSwapped reads the key before the COMMIT: it must get the committed
+// of swappedAccount reads the key before the COMMIT: it must get the committed
 // row as the database holds it, never Account's bytes decoded by
-// sealSwapped's codec (Owner and Email swapped).
+// swappedAccount's codec (Owner and Email swapped).
 func TestSharedTableReadDuringAWriteThroughTwoModels(t *testing.T) {
 	t.Parallel()
 	e, a, _ := setupShared(t)
-	var served sealSwapped
+	var served swappedAccount
 	var fromCache bool
 	require.NoError(t, e.db.Transaction(func(tx *gorm.DB) error {
 		if err := tx.Model(&Account{ID: a.ID}).Update("balance", 150).Error; err != nil {
 			return err
 		}
-		if err := tx.Model(&sealSwapped{ID: a.ID}).Update("balance", 150).Error; err != nil {
+		if err := tx.Model(&swappedAccount{ID: a.ID}).Update("balance", 150).Error; err != nil {
 			return err
 		}
 		before := e.sqls.Load()
@@ -70,15 +70,15 @@ func TestSharedTableReadDuringAWriteThroughTwoModels(t *testing.T) {
 	}))
 	// The write had not committed: the only row a reader may get is the
 	// committed one, as the database holds it.
-	want := sealSwapped{ID: a.ID, Email: "ann@example.com", Owner: "ann", Balance: 100}
+	want := swappedAccount{ID: a.ID, Email: "ann@example.com", Owner: "ann", Balance: 100}
 	assert.Equal(t, want, served, "served from the cache: %v", fromCache)
 }
 
 // The same two statements, then COMMIT. The key was first staged through
 // Account (Staged.Model), and the row that travels with the finalize
-// (stagedRow) was encoded by sealSwapped's statement: it must be installed
-// under sealSwapped's fingerprint (stagedRow.spec), or readers of Account
-// would decode sealSwapped's bytes (Owner and Email swapped) until the TTL.
+// (stagedRow) was encoded by swappedAccount's statement: it must be installed
+// under swappedAccount's fingerprint (stagedRow.spec), or readers of Account
+// would decode swappedAccount's bytes (Owner and Email swapped) until the TTL.
 func TestSharedTableRowInstalledUnderItsOwnModelsFingerprint(t *testing.T) {
 	t.Parallel()
 	e, a, _ := setupShared(t)
@@ -86,7 +86,7 @@ func TestSharedTableRowInstalledUnderItsOwnModelsFingerprint(t *testing.T) {
 		if err := tx.Model(&Account{ID: a.ID}).Update("balance", 150).Error; err != nil {
 			return err
 		}
-		return tx.Model(&sealSwapped{ID: a.ID}).Update("balance", 175).Error
+		return tx.Model(&swappedAccount{ID: a.ID}).Update("balance", 175).Error
 	}))
 	want := e.dbAccount(t, a.ID)
 	require.Equal(t, Account{ID: a.ID, Owner: "ann", Email: "ann@example.com", Balance: 175}, want)
@@ -95,8 +95,8 @@ func TestSharedTableRowInstalledUnderItsOwnModelsFingerprint(t *testing.T) {
 	assert.Equal(t, want, got, "a committed read must return the database's row")
 }
 
-// sealShortTTL is a cached model with a short TTL and no jitter.
-type sealShortTTL struct {
+// shortTTLAccount is a cached model with a short TTL and no jitter.
+type shortTTLAccount struct {
 	ID      uint `gorm:"primaryKey" cache:"ttl:2s;jitter:0"`
 	Owner   string
 	Balance int64
@@ -106,18 +106,18 @@ type sealShortTTL struct {
 // while a transaction of the caller's that writes the key stays open.
 func TestReadDuringATransactionNeverOutlivesTheTTL(t *testing.T) {
 	t.Parallel()
-	e := setup(t, nil, writethrough.Config{Timeout: 2 * time.Second}, &sealShortTTL{})
+	e := setup(t, nil, writethrough.Config{Timeout: 2 * time.Second}, &shortTTLAccount{})
 	start := time.Now()
-	r := sealShortTTL{Owner: "ann", Balance: 100}
+	r := shortTTLAccount{Owner: "ann", Balance: 100}
 	require.NoError(t, e.db.Create(&r).Error)
-	key := e.keyOf(t, &sealShortTTL{}, r.ID)
+	key := e.keyOf(t, &shortTTLAccount{}, r.ID)
 	require.Equal(t, writethrough.StateCommitted, e.state(t, key), "the create installed the row, TTL 2s")
 	// A write around GORM: the entry is stale, for at most its TTL.
-	require.NoError(t, e.db.Exec("UPDATE seal_short_ttls SET balance = 999 WHERE id = ?", r.ID).Error)
+	require.NoError(t, e.db.Exec("UPDATE short_ttl_accounts SET balance = 999 WHERE id = ?", r.ID).Error)
 
-	var served sealShortTTL
+	var served shortTTLAccount
 	require.NoError(t, e.db.Transaction(func(tx *gorm.DB) error {
-		if err := tx.Model(&sealShortTTL{ID: r.ID}).Update("owner", "bob").Error; err != nil {
+		if err := tx.Model(&shortTTLAccount{ID: r.ID}).Update("owner", "bob").Error; err != nil {
 			return err
 		}
 		// Well past the TTL of the entry the create installed.
@@ -138,15 +138,15 @@ func TestSharedTableRollbackThroughTwoModels(t *testing.T) {
 		if err := tx.Model(&Account{ID: a.ID}).Update("balance", 150).Error; err != nil {
 			return err
 		}
-		if err := tx.Model(&sealSwapped{ID: a.ID}).Update("balance", 150).Error; err != nil {
+		if err := tx.Model(&swappedAccount{ID: a.ID}).Update("balance", 150).Error; err != nil {
 			return err
 		}
 		return errBack
 	})
 	require.ErrorIs(t, err, errBack)
-	var got sealSwapped
+	var got swappedAccount
 	require.NoError(t, e.db.Scopes(writethrough.Cached).First(&got, a.ID).Error)
-	var want sealSwapped
+	var want swappedAccount
 	require.NoError(t, e.db.Take(&want, a.ID).Error)
 	assert.Equal(t, want, got, "a read after the rollback must return the database's row")
 }
@@ -156,17 +156,17 @@ func TestSharedTableRollbackThroughTwoModels(t *testing.T) {
 // caller's wrote the key and rolled back.
 func TestRollbackNeverRenewsTheTTLOfAStaleRow(t *testing.T) {
 	t.Parallel()
-	e := setup(t, nil, writethrough.Config{Timeout: 2 * time.Second}, &sealShortTTL{})
+	e := setup(t, nil, writethrough.Config{Timeout: 2 * time.Second}, &shortTTLAccount{})
 	start := time.Now()
-	r := sealShortTTL{Owner: "ann", Balance: 100}
+	r := shortTTLAccount{Owner: "ann", Balance: 100}
 	require.NoError(t, e.db.Create(&r).Error)
-	key := e.keyOf(t, &sealShortTTL{}, r.ID)
+	key := e.keyOf(t, &shortTTLAccount{}, r.ID)
 	require.Equal(t, writethrough.StateCommitted, e.state(t, key))
-	require.NoError(t, e.db.Exec("UPDATE seal_short_ttls SET balance = 999 WHERE id = ?", r.ID).Error)
+	require.NoError(t, e.db.Exec("UPDATE short_ttl_accounts SET balance = 999 WHERE id = ?", r.ID).Error)
 
 	errBack := errors.New("back")
 	err := e.db.Transaction(func(tx *gorm.DB) error {
-		if err := tx.Model(&sealShortTTL{ID: r.ID}).Update("owner", "bob").Error; err != nil {
+		if err := tx.Model(&shortTTLAccount{ID: r.ID}).Update("owner", "bob").Error; err != nil {
 			return err
 		}
 		time.Sleep(time.Until(start.Add(1800 * time.Millisecond)))
@@ -176,7 +176,7 @@ func TestRollbackNeverRenewsTheTTLOfAStaleRow(t *testing.T) {
 	// No transaction is open; the create's entry would have expired at
 	// start+2s at the latest.
 	time.Sleep(time.Until(start.Add(3 * time.Second)))
-	var got sealShortTTL
+	var got shortTTLAccount
 	require.NoError(t, e.db.Scopes(writethrough.Cached).First(&got, r.ID).Error)
 	assert.Equal(t, int64(999), got.Balance,
 		"the raw write committed more than the model's TTL before the read began")

@@ -42,14 +42,17 @@ const stateKey = "writethrough:write"
 // writeState carries one statement's bookkeeping from the before to the
 // after callback.
 type writeState struct {
-	spec   *modelSpec      // the cached model whose table the statement writes (nil: none)
-	ret    *returningPool  // the statement's RETURNING capture (nil: none)
-	bulk   bool            // ret names rows the statement's values do not: it must have run
-	ahead  *ahead          // in a transaction: keys made pending while the statement runs
-	canon  []target        // canonical keys: other spellings of the rows named (loose keys)
-	token  string          // writer token without a transaction
-	early  map[string]bool // keys made pending before the statement (no transaction)
-	failed []string        // keys whose early prepare failed (Soft): outbox after the write
+	spec  *modelSpec     // the cached model whose table the statement writes (nil: none)
+	ret   *returningPool // the statement's RETURNING capture (nil: none)
+	bulk  bool           // ret names rows the statement's values do not: it must have run
+	ahead *ahead         // in GORM's own transaction: keys made pending while the statement runs
+	// implicit: the statement runs in the transaction GORM began for it
+	// alone (not one of the caller's); see "When keys become pending".
+	implicit bool
+	canon    []target        // canonical keys: other spellings of the rows named (loose keys)
+	token    string          // writer token without a transaction
+	early    map[string]bool // keys made pending before the statement (no transaction)
+	failed   []string        // keys whose early prepare failed (Soft): outbox after the write
 
 	moved   []target // keys the rows had before an update that assigns their primary key
 	renamed []target // keys those rows have after it (keychange.go)
@@ -162,7 +165,8 @@ func (p *Plugin) beforeWrite(kind writeKind) func(*gorm.DB) {
 			// statement runs (nothing is visible before COMMIT, which waits
 			// for them). A transaction of the caller's makes its keys
 			// pending just before its COMMIT instead (stageTx, PreCommit).
-			if _, implicit := db.InstanceGet("gorm:started_transaction"); implicit && len(targets) > 0 {
+			_, ws.implicit = db.InstanceGet("gorm:started_transaction")
+			if ws.implicit && len(targets) > 0 {
 				p.prepareAhead(db, spec, tx, ws, dedupe(append(append([]target(nil), targets...), ws.canon...)))
 			}
 			return
@@ -461,7 +465,12 @@ func dedupe(ts []target) []target {
 // rowsOf fills in each target's intent and row, as the database has the
 // rows now: from the rows the statement's RETURNING gave, or re-read.
 func (p *Plugin) rowsOf(db *gorm.DB, spec *modelSpec, ws *writeState, targets []target) error {
-	if r := ws.ret; r != nil && r.full && r.ran && r.fullErr != nil {
+	r := ws.ret
+	if r == nil || !r.full || !r.ran {
+		return p.reread(db, spec, targets)
+	}
+	switch {
+	case r.fullErr != nil:
 		// The returned rows do not scan into the model (a Scan method
 		// refused a value): a re-read would fail the same way, and no
 		// entry can hold them. Invalidate, as plain GORM's write succeeds.
@@ -470,23 +479,19 @@ func (p *Plugin) rowsOf(db *gorm.DB, spec *modelSpec, ws *writeState, targets []
 			targets[i].intent, targets[i].row = 0, nil
 		}
 		return nil
-	}
-	if r := ws.ret; r != nil && r.full && r.ran && r.hidden {
+	case r.hidden:
 		// A trigger, rule or partition appeared since the catalog was
 		// read: these rows may not be the stored ones. Re-read them, and
 		// read the catalog again at the next write.
 		spec.returning.forget()
 		return p.reread(db, spec, targets)
 	}
-	if r := ws.ret; r != nil && r.full && r.ran && r.fullErr == nil {
-		// A target the statement did not return was not written by it (a
-		// condition that did not match, ON CONFLICT DO NOTHING, the old key
-		// of a moved row): invalidated, since nothing here says what the
-		// database holds there.
-		p.fillTargets(db.Statement.Context, spec, targets, r.rows, 0)
-		return nil
-	}
-	return p.reread(db, spec, targets)
+	// A target the statement did not return was not written by it (a
+	// condition that did not match, ON CONFLICT DO NOTHING, the old key of
+	// a moved row): invalidated, since nothing here says what the database
+	// holds there.
+	p.fillTargets(db.Statement.Context, spec, targets, r.rows, 0)
+	return nil
 }
 
 // reread loads the rows of targets as the database has them now, on the
@@ -561,18 +566,12 @@ func (p *Plugin) fillTargets(ctx context.Context, spec *modelSpec, targets []tar
 type ahead struct {
 	done   chan struct{} // closed when calls have run
 	calls  []*entry.Call
+	byKey  map[string]*entry.Call // built by awaitAhead
 	waited bool
 }
 
 // call returns the prepare of key, or nil.
-func (a *ahead) call(key string) *entry.Call {
-	for _, c := range a.calls {
-		if c.Key == key {
-			return c
-		}
-	}
-	return nil
-}
+func (a *ahead) call(key string) *entry.Call { return a.byKey[key] }
 
 // stagedRow is what a key a transaction staged installs at commit
 // ([txhook.Staged.Final]): the row is kept here, not in Redis, and sent with
@@ -615,7 +614,9 @@ func (p *Plugin) awaitAhead(ws *writeState) {
 	}
 	<-a.done
 	a.waited = true
+	a.byKey = make(map[string]*entry.Call, len(a.calls))
 	for _, c := range a.calls {
+		a.byKey[c.Key] = c
 		p.stats.prepares.Add(1)
 		p.flights.Forget(c.Key)
 	}
@@ -655,7 +656,7 @@ func (p *Plugin) stageTx(db *gorm.DB, spec *modelSpec, kind writeKind, tx *txhoo
 		}
 	}
 	p.at("write:after-reread", targets[0].key)
-	if _, implicit := db.InstanceGet("gorm:started_transaction"); !implicit {
+	if !ws.implicit {
 		// A transaction of the caller's: nothing in Redis changes until
 		// just before its COMMIT, when PreCommit makes every key it staged
 		// pending in one round trip. Until then readers are served the
@@ -866,24 +867,31 @@ func (o txOwner) PreCommit(ctx context.Context, t *txhook.Tx, staged []txhook.St
 	cctx, cancel := p.opCtx(ctx)
 	p.run(cctx, calls)
 	cancel()
+	// Every key that became pending is marked first, so that the finalize
+	// releases it even when a failure below rolls the transaction back.
 	var failed []string
 	var err error
+	strict := false
 	for i, c := range calls {
 		p.stats.prepares.Add(1)
 		p.flights.Forget(c.Key)
-		if perr := prepareErr(c); perr != nil {
-			p.stats.prepareErrors.Add(1)
-			err = unavailable("prepare before commit", perr)
-			if rows[i].spec.mode == Strict {
-				return err
-			}
-			if already := t.MarkFailed(c.Key); !already {
-				failed = append(failed, c.Key) // an earlier failure recorded it already
-			}
+		perr := prepareErr(c)
+		if perr == nil {
+			rows[i].prepared = true
+			p.at("write:after-prepare", c.Key)
 			continue
 		}
-		rows[i].prepared = true
-		p.at("write:after-prepare", c.Key)
+		p.stats.prepareErrors.Add(1)
+		err = unavailable("prepare before commit", perr)
+		strict = strict || rows[i].spec.mode == Strict
+		// Marked failed, the key is released by its finalize (its prepare
+		// may have reached Redis before the error).
+		if already := t.MarkFailed(c.Key); !already {
+			failed = append(failed, c.Key) // an earlier failure recorded it already
+		}
+	}
+	if strict {
+		return err
 	}
 	if len(failed) == 0 {
 		return nil

@@ -35,9 +35,10 @@ func (c *Consumer) apply(ctx context.Context, txns []*txn, alive func()) error {
 			}
 		}
 		for k, n := range tx.keys {
-			// The plugin's own transaction may also have changed a row it
-			// staged after its statement re-read it: a trigger fired by a
-			// later statement, a second statement that named it otherwise.
+			// The plugin's own transaction may also have changed a row
+			// after the statement that staged it read it back: a trigger
+			// fired by a later statement, a second statement that named it
+			// otherwise.
 			// Its entry is then the plugin's yet stale. Only a row the
 			// transaction changed once is left to the plugin.
 			token := tx.token

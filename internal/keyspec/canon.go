@@ -124,13 +124,10 @@ func (s *Spec) WantsResolve() bool {
 // it has learned it. On an error (the table may not exist yet) the columns
 // stay loose, which is safe, and Resolve asks again after a minute.
 func (s *Spec) Resolve(db *gorm.DB) error {
-	if !s.WantsResolve() {
+	if !s.WantsResolve() || !s.resolving.CompareAndSwap(false, true) {
 		return nil
 	}
 	c := s.classes()
-	if c.resolved || time.Now().Before(c.retryAt) || !s.resolving.CompareAndSwap(false, true) {
-		return nil
-	}
 	defer s.resolving.Store(false)
 	next := &canon{classes: append([]class(nil), c.classes...), resolved: true}
 	if db.Dialector == nil || db.Dialector.Name() != "postgres" {

@@ -40,6 +40,7 @@ const pollInterval = 10 * time.Millisecond
 type Server struct {
 	t    testing.TB
 	bin  string
+	conf string // a configuration file, first on the command line; "" for none
 	port int
 	dir  string
 	args []string
@@ -59,6 +60,13 @@ type Server struct {
 // ([testenv.SkipShort]).
 func Start(t testing.TB, args ...string) *Server {
 	t.Helper()
+	return startWith(t, "", args...)
+}
+
+// startWith is [Start] with a configuration file, which redis-server reads
+// before the arguments (a sentinel needs one it can rewrite); "" means none.
+func startWith(t testing.TB, conf string, args ...string) *Server {
+	t.Helper()
 	testenv.SkipShort(t)
 	bin, err := exec.LookPath("redis-server")
 	if err != nil {
@@ -67,6 +75,7 @@ func Start(t testing.TB, args ...string) *Server {
 	s := &Server{
 		t:    t,
 		bin:  bin,
+		conf: conf,
 		dir:  t.TempDir(),
 		args: args,
 	}
@@ -85,14 +94,18 @@ func Start(t testing.TB, args ...string) *Server {
 func (s *Server) start() error {
 	logfile := filepath.Join(s.dir, "redis.log")
 	_ = os.Remove(logfile)
-	args := append([]string{
+	var args []string
+	if s.conf != "" {
+		args = append(args, s.conf)
+	}
+	args = append(append(args,
 		"--port", strconv.Itoa(s.port),
 		"--bind", "127.0.0.1",
 		"--save", "",
 		"--appendonly", "no",
 		"--dir", s.dir,
 		"--logfile", logfile,
-	}, s.args...)
+	), s.args...)
 	cmd := exec.Command(s.bin, args...)
 	cmd.SysProcAttr = sysProcAttr()
 	exited, err := procrun.Start(cmd)
@@ -182,6 +195,13 @@ func (s *Server) Kill() {
 	}
 	_ = proc.Kill()
 	<-exited
+}
+
+// running reports whether the server's process runs (it may be paused).
+func (s *Server) running() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.proc != nil
 }
 
 // Restart kills the server if it runs and starts a new one on the same port

@@ -2,7 +2,8 @@
 // tests that kill, pause or fill Redis and must never touch the shared one.
 //
 // The server listens on a free loopback port, keeps nothing on disk, and is
-// killed when the test ends.
+// killed when the test ends. [StartCluster] and [StartSentinel] build a Redis
+// Cluster and a master with a replica and three sentinels from such servers.
 package redisproc
 
 import (

@@ -174,6 +174,24 @@ func (s *Sentinel) MasterAddr(ctx context.Context) (string, error) {
 	return "", fmt.Errorf("no sentinel answered: %w", errors.Join(errs...))
 }
 
+// MasterAddrs returns the master's host:port as each running sentinel
+// gives it. The sentinels learn of a failover one after the other, so the
+// answers differ for a moment.
+func (s *Sentinel) MasterAddrs(ctx context.Context) ([]string, error) {
+	var addrs []string
+	for _, sn := range s.Sentinels {
+		if !sn.running() {
+			continue
+		}
+		addr, err := sn.masterAddr(ctx, s.Name)
+		if err != nil {
+			return nil, err
+		}
+		addrs = append(addrs, addr)
+	}
+	return addrs, nil
+}
+
 func (sn *Server) masterAddr(ctx context.Context, name string) (string, error) {
 	hp, err := sn.Do(ctx, "SENTINEL", "GET-MASTER-ADDR-BY-NAME", name).StringSlice()
 	if err != nil {

@@ -146,15 +146,22 @@ type sentinelRun struct {
 // plugin in mode on a database of the test's own.
 func newSentinelRun(t *testing.T, mode writethrough.Mode, args ...string) *sentinelRun {
 	t.Helper()
+	return newSentinelRunWith(t, writethrough.Config{Mode: mode}, args...)
+}
+
+// newSentinelRunWith is newSentinelRun with more of the plugin's Config.
+func newSentinelRunWith(t *testing.T, cfg writethrough.Config, args ...string) *sentinelRun {
+	t.Helper()
 	s := redisproc.StartSentinel(t, args...)
 	rdb := s.Client(t)
 	db, sqls := openDB(t, nil)
 	// Timeout 500ms: long enough for a loaded machine, short enough that
 	// writes fail within the failover's window. No background
 	// drainer: the test drains, and counts only its own statements.
-	p := install(t, db, rdb, writethrough.Config{Prefix: "sn", Mode: mode, DrainInterval: -1, Timeout: 500 * time.Millisecond})
+	cfg.Prefix, cfg.DrainInterval, cfg.Timeout = "sn", -1, 500*time.Millisecond
+	p := install(t, db, rdb, cfg)
 	require.NoError(t, db.AutoMigrate(&User{}))
-	return &sentinelRun{s: s, rdb: rdb, db: db, sqls: sqls, p: p, mode: mode}
+	return &sentinelRun{s: s, rdb: rdb, db: db, sqls: sqls, p: p, mode: cfg.Mode}
 }
 
 func (sn *sentinelRun) create(t *testing.T, n int) []User {
@@ -338,8 +345,8 @@ func waitSwitch(t *testing.T, s *redisproc.Sentinel, from string) (time.Duration
 // the new one: the test then counts the rows Redis lost (async
 // replication), instead of asserting that every key converged.
 // With it the test also runs on data nodes with min-replicas-to-write 1,
-// where a master without its replica refuses writes, and asserts that no
-// row is lost there.
+// where a master without its replica refuses writes, and with
+// Config.WaitReplicas 1, and asserts that no row is lost there.
 var sentinelLoss = flag.Bool("sentinel.loss", false, "TestSentinelGracefulFailoverUnderWrites: stop writing at the switch and count the rows the failover lost")
 
 // A graceful failover (SENTINEL FAILOVER) while a writer runs, in GORM's
@@ -352,18 +359,21 @@ func TestSentinelGracefulFailoverUnderWrites(t *testing.T) {
 	type run struct {
 		name string
 		mode writethrough.Mode
-		args []string
+		args []string // for the data nodes
+		wait int      // Config.WaitReplicas
 	}
-	runs := []run{{"strict", writethrough.Strict, nil}, {"soft", writethrough.Soft, nil}}
+	runs := []run{{"strict", writethrough.Strict, nil, 0}, {"soft", writethrough.Soft, nil, 0}}
 	minReplicas := []string{"--min-replicas-to-write", "1", "--min-replicas-max-lag", "10"}
 	if *sentinelLoss {
-		runs = append(runs, run{"strict/min-replicas", writethrough.Strict, minReplicas}, run{"soft/min-replicas", writethrough.Soft, minReplicas})
+		runs = append(runs,
+			run{"strict/min-replicas", writethrough.Strict, minReplicas, 0}, run{"soft/min-replicas", writethrough.Soft, minReplicas, 0},
+			run{"strict/wait-replicas", writethrough.Strict, nil, 1}, run{"soft/wait-replicas", writethrough.Soft, nil, 1})
 	}
 	for _, r := range runs {
 		mode := r.mode
 		t.Run(r.name, func(t *testing.T) {
 			t.Parallel()
-			sn := newSentinelRun(t, mode, r.args...)
+			sn := newSentinelRunWith(t, writethrough.Config{Mode: mode, WaitReplicas: r.wait}, r.args...)
 			ctx := context.Background()
 			sn.create(t, 10)
 			users := sn.users(t)
@@ -447,8 +457,8 @@ func TestSentinelGracefulFailoverUnderWrites(t *testing.T) {
 				}
 			}
 			t.Logf("%s: %d of %d keys hold a row older than the database's, %d are pending", r.name, stale, len(users), pending)
-			if r.args != nil {
-				assert.Zero(t, stale, "with min-replicas-to-write the old master refused the writes its replica could not take")
+			if r.args != nil || r.wait > 0 {
+				assert.Zero(t, stale, "with min-replicas-to-write or WaitReplicas no write the replica lacked was taken as done")
 			}
 		})
 	}

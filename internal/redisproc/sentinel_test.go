@@ -88,7 +88,14 @@ func TestSentinelFailoverDemotesTheOldMaster(t *testing.T) {
 	if got, err := master.Do(ctx, "GET", "k2").Text(); err != nil || got != "v2" {
 		t.Fatalf("GET k2 on %s = %q, %v; want v2", master.Addr(), got, err)
 	}
-	// And back: the old master, now a replica, can be promoted again.
+	// And back: the old master, now a replica, can be promoted again. A
+	// graceful failover does not wait for the replica to catch up (a run on
+	// a loaded machine lost k2, written just before it): wait for it first.
+	wctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	if err := s.WaitReplicated(wctx); err != nil {
+		t.Fatal(err)
+	}
 	start = time.Now()
 	back, again := s.Failover(t)
 	t.Logf("second failover: %s", time.Since(start))

@@ -18,9 +18,11 @@ var ErrNotReplicated = errors.New("not acknowledged by enough replicas")
 
 // Durable reports a call whose loss in a failover would let a reader see a
 // row older than the database's: Prepare (a key made pending before its
-// write commits) and Invalidate. Losing a Finalize, a Fill or a lease only
-// costs misses.
-func (c *Call) Durable() bool { return c.sc == prepareScript || c.sc == invalidateScript }
+// write commits), Invalidate and Change. Losing a Finalize, a Fill or a
+// lease only costs misses.
+func (c *Call) Durable() bool {
+	return c.sc == prepareScript || c.sc == invalidateScript || c.sc == changeScript
+}
 
 // Replication asks [Scripts.RunReplicated] to wait for replicas.
 type Replication struct {

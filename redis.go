@@ -110,7 +110,10 @@ func (p *Plugin) run(ctx context.Context, calls []*entry.Call) {
 	}
 	var failed error
 	for _, c := range calls {
-		if connectionError(c.Err) {
+		// A call that too few replicas acknowledged ran on a master that
+		// answered: it fails its write, but reads of that master are
+		// sound, and of the other masters too, so it is no breaker failure.
+		if connectionError(c.Err) && !errors.Is(c.Err, entry.ErrNotReplicated) {
 			failed = c.Err
 			break
 		}

@@ -213,3 +213,36 @@ func TestRunReplicatedFollowsSlotMigration(t *testing.T) {
 		t.Fatalf("the invalidation did not find the pending entry on the new owner (result %d)", call.Invalidated())
 	}
 }
+
+// TestRunReplicatedUnknownScriptsWaitOnce checks a server that does not
+// know the scripts (a promoted replica, a restart, SCRIPT FLUSH), whose
+// replica does not acknowledge: the calls are sent again with EVAL, but
+// the batch still ends within one WaitTimeout and its durable calls fail
+// with ErrNotReplicated, not with the deadline of a second wait.
+func TestRunReplicatedUnknownScriptsWaitOnce(t *testing.T) {
+	master := redisproc.Start(t, "--repl-diskless-sync-delay", "0")
+	replica := replicaOf(t, master)
+	rdb := master.Client(t)
+	s := &entry.Scripts{}
+	r := entry.Replication{Replicas: 1, Timeout: time.Second}
+
+	replica.Pause()
+	defer replica.Resume()
+	if err := rdb.ScriptFlush(context.Background()).Err(); err != nil {
+		t.Fatal(err)
+	}
+	// Room for one wait, not for two.
+	ctx, cancel := context.WithTimeout(context.Background(), 1800*time.Millisecond)
+	defer cancel()
+	fill := entry.Fill("ns:f", "LLLLLLLLLLLLLLLL", []byte("x"), time.Minute)
+	calls := []*entry.Call{prepareOn("ns:a"), fill, entry.Invalidate("ns:b")}
+	s.RunReplicated(ctx, rdb, calls, r)
+	for _, c := range []*entry.Call{calls[0], calls[2]} {
+		if !errors.Is(c.Err, entry.ErrNotReplicated) {
+			t.Errorf("%s: got %v, want ErrNotReplicated", c.Key, c.Err)
+		}
+	}
+	if fill.Err != nil {
+		t.Errorf("a fill needs no replica: %v", fill.Err)
+	}
+}

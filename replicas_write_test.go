@@ -199,3 +199,60 @@ func TestNotReplicatedDoesNotOpenTheBreaker(t *testing.T) {
 	assert.Equal(t, users[1].ID, got.ID)
 	assert.Equal(t, hits+1, p.Stats().Hits, "an unrelated cached row is still served from Redis")
 }
+
+// TestStrictWithoutTransactionReleasesEveryKeyWhenOnePrepareFails checks
+// a Strict write without a transaction on keys of two masters of a
+// cluster, one of whose replica does not acknowledge: the write fails
+// before the statement, and every key it made pending is released, the
+// one whose prepare ran on its master but was not acknowledged included.
+// They stayed pending (read from the database) until PendingTTL.
+func TestStrictWithoutTransactionReleasesEveryKeyWhenOnePrepareFails(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	c := redisproc.StartCluster(t, 3, 1)
+	rdb := c.Client(t)
+	db, _ := openDB(t, &gorm.Config{SkipDefaultTransaction: true})
+	install(t, db, rdb, writethrough.Config{
+		Mode: writethrough.Strict, Prefix: "rel", DrainInterval: -1,
+		Timeout: 2 * time.Second, WaitTimeout: 200 * time.Millisecond, WaitReplicas: 1, PendingTTL: time.Hour,
+	})
+	require.NoError(t, db.AutoMigrate(&User{}))
+
+	masterOf := map[uint]string{}
+	var ids []uint
+	for i := 0; len(ids) < 2; i++ {
+		require.Less(t, i, 50, "keys on two masters")
+		u := User{Email: "rel" + strings.Repeat("x", i) + "@x", Name: "before", Balance: 1}
+		require.NoError(t, db.Create(&u).Error)
+		en, err := writethrough.Inspect(ctx, db, &User{}, u.ID)
+		require.NoError(t, err)
+		node, err := rdb.MasterForKey(ctx, en.Key)
+		require.NoError(t, err)
+		masterOf[u.ID] = node.Options().Addr
+		if len(ids) == 0 || masterOf[ids[0]] != masterOf[u.ID] {
+			ids = append(ids, u.ID)
+		}
+	}
+	for _, victim := range ids {
+		t.Run("replica of the master of user "+strings.Repeat("I", int(victim)), func(t *testing.T) {
+			for _, id := range ids { // what an earlier case left
+				en, err := writethrough.Inspect(ctx, db, &User{}, id)
+				require.NoError(t, err)
+				require.NoError(t, rdb.Del(ctx, en.Key).Err())
+			}
+			replica := c.ReplicaOf(ctx, masterOf[victim])
+			require.NotNil(t, replica)
+			replica.Pause()
+			// Rows named by the model: their keys are made pending before
+			// the statement.
+			err := db.Delete(&[]User{{ID: ids[0]}, {ID: ids[1]}}).Error
+			replica.Resume()
+			require.ErrorIs(t, err, writethrough.ErrNotReplicated)
+			for _, id := range ids {
+				en, err := writethrough.Inspect(ctx, db, &User{}, id)
+				require.NoError(t, err)
+				assert.NotEqual(t, writethrough.EntryPending, en.State, "user %d (victim %d) left pending by a write that never ran", id, victim)
+			}
+		})
+	}
+}

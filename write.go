@@ -187,20 +187,32 @@ func (p *Plugin) beforeWrite(kind writeKind) func(*gorm.DB) {
 		ctx, cancel := p.opCtx(db.Statement.Context)
 		defer cancel()
 		p.run(ctx, calls)
+		var strictErr error
 		for i, c := range calls {
 			p.stats.prepares.Add(1)
 			p.flights.Forget(targets[i].key)
 			if err := prepareErr(c); err != nil {
 				p.stats.prepareErrors.Add(1)
 				if spec.mode == Strict {
-					_ = db.AddError(unavailable("prepare "+kind.String(), err))
-					return
+					// The statement will not run, and every key is
+					// released after it (releaseEarly): this one too,
+					// since its prepare may have run (on a master whose
+					// replicas did not acknowledge it), and the keys after
+					// it, which other masters made pending.
+					ws.early[targets[i].key] = true
+					if strictErr == nil {
+						strictErr = unavailable("prepare "+kind.String(), err)
+					}
+					continue
 				}
 				p.logf("writethrough: prepare failed; the key goes to the outbox", "key", c.Key, "err", err)
 				ws.failed = append(ws.failed, c.Key)
 				continue
 			}
 			ws.early[targets[i].key] = true
+		}
+		if strictErr != nil {
+			_ = db.AddError(strictErr)
 		}
 	}
 }

@@ -172,6 +172,10 @@ func (c Config) withDefaults() (Config, error) {
 	if err := def(&c.WaitTimeout, c.Timeout/2, "WaitTimeout"); err != nil {
 		return c, err
 	}
+	if c.WaitReplicas > 0 && c.WaitTimeout < time.Millisecond {
+		// Redis's WAIT counts milliseconds, and 0 means forever.
+		return bad("WaitTimeout", fmt.Sprintf("%s is below Redis's 1ms resolution", c.WaitTimeout))
+	}
 	if c.WaitReplicas > 0 && c.WaitTimeout >= c.Timeout {
 		return bad("WaitTimeout", "not shorter than Timeout")
 	}

@@ -8,6 +8,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
+	"github.com/gorm-writethrough/writethrough/cdc"
 	"github.com/gorm-writethrough/writethrough/internal/redisproc"
 )
 
@@ -51,5 +54,31 @@ func TestWaitReplicasHoldsBackUntilAReplicaHasTheChange(t *testing.T) {
 	}
 	if s := r.state(&Account{}, int64(1)); s != "absent" {
 		t.Fatalf("key 1 after Sync: %s", s)
+	}
+}
+
+// TestWaitTimeoutBelowAMillisecondIsRefused: Redis's WAIT counts
+// milliseconds and takes 0 for "forever", so a shorter WaitTimeout (or a
+// Timeout under 2ms, whose half is the default) is a configuration error,
+// as for the plugin.
+func TestWaitTimeoutBelowAMillisecondIsRefused(t *testing.T) {
+	rdb := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1"})
+	t.Cleanup(func() { _ = rdb.Close() })
+	for _, tc := range []struct {
+		name             string
+		timeout, waitFor time.Duration
+	}{
+		{"WaitTimeout", time.Second, 500 * time.Microsecond},
+		{"Timeout's half", 1500 * time.Microsecond, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := cdc.New(nil, cdc.Config{
+				Redis: rdb, Models: []any{&Account{}}, ConnString: "host=127.0.0.1",
+				WaitReplicas: 1, Timeout: tc.timeout, WaitTimeout: tc.waitFor,
+			})
+			if !errors.Is(err, cdc.ErrInvalidConfig) || !strings.Contains(err.Error(), "WaitTimeout") {
+				t.Fatalf("got %v, want an ErrInvalidConfig naming WaitTimeout", err)
+			}
+		})
 	}
 }

@@ -172,7 +172,8 @@ func (s *Scripts) runAcked(ctx context.Context, node *redis.Client, calls []*Cal
 				}
 			}
 			if wait {
-				w = pipe.Do(ctx, "wait", r.Replicas, r.Timeout.Milliseconds())
+				// WAIT 0 waits forever: never ask for less than 1ms.
+				w = pipe.Do(ctx, "wait", r.Replicas, max(r.Timeout.Milliseconds(), 1))
 			}
 			return nil
 		})

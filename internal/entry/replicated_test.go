@@ -246,3 +246,23 @@ func TestRunReplicatedUnknownScriptsWaitOnce(t *testing.T) {
 		t.Errorf("a fill needs no replica: %v", fill.Err)
 	}
 }
+
+// TestRunReplicatedNeverWaitsForever checks a timeout below Redis's 1ms
+// resolution: WAIT with 0 blocks until the replicas acknowledge, forever
+// when they cannot, so the wait must be of 1ms at least.
+func TestRunReplicatedNeverWaitsForever(t *testing.T) {
+	master := redisproc.Start(t, "--repl-diskless-sync-delay", "0")
+	replica := replicaOf(t, master)
+	rdb := master.Client(t)
+	s := &entry.Scripts{}
+	replica.Pause()
+	defer replica.Resume()
+
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	call := prepareOn("sub:a")
+	s.RunReplicated(ctx, rdb, []*entry.Call{call}, entry.Replication{Replicas: 1, Timeout: 500 * time.Microsecond})
+	if !errors.Is(call.Err, entry.ErrNotReplicated) {
+		t.Fatalf("got %v, want ErrNotReplicated", call.Err)
+	}
+}

@@ -114,7 +114,8 @@ type Config struct {
 	// Default 0: no waiting.
 	WaitReplicas int
 	// WaitTimeout is how long WaitReplicas waits for the replicas. It must
-	// be shorter than Timeout. Default Timeout/2.
+	// be shorter than Timeout and than the Redis client's ReadTimeout
+	// (which would cut the wait short). Default Timeout/2.
 	WaitTimeout time.Duration
 
 	// CDC says that a change-data-capture consumer (package cdc) follows

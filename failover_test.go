@@ -164,3 +164,26 @@ func TestWaitReplicasNeedsAClientThatCanWait(t *testing.T) {
 	require.ErrorIs(t, err, writethrough.ErrInvalidConfig)
 	assert.ErrorContains(t, err, "*redis.Ring")
 }
+
+// TestWaitTimeoutMustBeShorterThanTheClientsReadTimeout checks that db.Use
+// refuses a WaitTimeout the Redis client would cut short: go-redis stops
+// reading a reply after its ReadTimeout, so a WAIT that takes its whole
+// timeout failed as an i/o timeout (counted by the breaker, not
+// ErrNotReplicated) after the batch was resent MaxRetries times.
+func TestWaitTimeoutMustBeShorterThanTheClientsReadTimeout(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		rdb  redis.UniversalClient
+	}{
+		{"client", redis.NewClient(&redis.Options{Addr: "127.0.0.1:1", ReadTimeout: 300 * time.Millisecond})},
+		{"cluster client", redis.NewClusterClient(&redis.ClusterOptions{Addrs: []string{"127.0.0.1:1"}, ReadTimeout: 300 * time.Millisecond})},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Cleanup(func() { _ = tc.rdb.Close() })
+			db, _ := openDB(t, nil)
+			err := db.Use(writethrough.New(tc.rdb, writethrough.Config{WaitReplicas: 1, Timeout: 2 * time.Second, WaitTimeout: 600 * time.Millisecond}))
+			require.ErrorIs(t, err, writethrough.ErrInvalidConfig)
+			assert.ErrorContains(t, err, "ReadTimeout")
+		})
+	}
+}

@@ -66,7 +66,8 @@ type Config struct {
 	// *redis.Client or *redis.ClusterClient. Default 0: no waiting.
 	WaitReplicas int
 	// WaitTimeout is how long WaitReplicas waits. It must be shorter than
-	// Timeout. Default Timeout/2.
+	// Timeout and than the Redis client's ReadTimeout, and at least 1ms.
+	// Default Timeout/2.
 	WaitTimeout time.Duration
 
 	// PurgeBatch is how many keys one SCAN step asks for when the consumer
@@ -178,6 +179,18 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.WaitReplicas > 0 && c.WaitTimeout >= c.Timeout {
 		return bad("WaitTimeout", "not shorter than Timeout")
+	}
+	// The client stops reading a reply after its ReadTimeout: a longer WAIT
+	// fails as an i/o timeout, after go-redis resent the batch.
+	var rt time.Duration
+	switch r := c.Redis.(type) {
+	case *redis.Client:
+		rt = r.Options().ReadTimeout
+	case *redis.ClusterClient:
+		rt = r.Options().ReadTimeout
+	}
+	if c.WaitReplicas > 0 && rt > 0 && c.WaitTimeout >= rt {
+		return bad("WaitTimeout", fmt.Sprintf("%s is not shorter than the Redis client's ReadTimeout %s", c.WaitTimeout, rt))
 	}
 	if c.PurgeBatch < 0 {
 		return bad("PurgeBatch", "negative")

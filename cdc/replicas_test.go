@@ -60,9 +60,10 @@ func TestWaitReplicasHoldsBackUntilAReplicaHasTheChange(t *testing.T) {
 // TestWaitTimeoutBelowAMillisecondIsRefused: Redis's WAIT counts
 // milliseconds and takes 0 for "forever", so a shorter WaitTimeout (or a
 // Timeout under 2ms, whose half is the default) is a configuration error,
-// as for the plugin.
+// as for the plugin; so is one that the client's ReadTimeout would cut
+// short.
 func TestWaitTimeoutBelowAMillisecondIsRefused(t *testing.T) {
-	rdb := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1"})
+	rdb := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1", ReadTimeout: 300 * time.Millisecond})
 	t.Cleanup(func() { _ = rdb.Close() })
 	for _, tc := range []struct {
 		name             string
@@ -70,6 +71,8 @@ func TestWaitTimeoutBelowAMillisecondIsRefused(t *testing.T) {
 	}{
 		{"WaitTimeout", time.Second, 500 * time.Microsecond},
 		{"Timeout's half", 1500 * time.Microsecond, 0},
+		// The client would cut the WAIT short.
+		{"WaitTimeout not below the client's ReadTimeout", time.Second, 300 * time.Millisecond},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := cdc.New(nil, cdc.Config{

@@ -1,18 +1,19 @@
 package bench_test
 
-// Redis Cluster against a single Redis, in one run (issue 13):
+// Redis Cluster against a single Redis, in one run (issue 13). The
+// measured run (docs/benchmarks.md, "Redis Cluster"):
 //
-//	go test -run XXX -bench '^BenchmarkCluster$' -benchtime 3000x -count 5 .
+//	go run ./cmd/benchtable -count 5 -bench '^BenchmarkCluster$' -benchtime 1s -raw results/YYYY-MM-DD-cluster.txt
 //
 // The benchmark starts a cluster of its own (three masters, one replica
 // each, on free loopback ports, through internal/redisproc: redis-server
 // and redis-cli must be installed) and measures on it the plugin's hit
-// (Get), batch of 100 (GetMany) and 95/5 mix, and the floor's, each
-// with the same path on the single Redis of the other benchmarks measured
-// inside it as its references: floor-p50-us / floor-ops/s is the single
-// Redis's floor, base-p50-us / base-ops/s the plugin on the single Redis
-// (for the floor's cluster row, the floor's own single-Redis row is its
-// reference). The cluster and its keys go away when the benchmark ends.
+// (Get), batch of 100 (GetMany) and 95/5 mix, and the floor's. Each row
+// measures inside itself, as references, the same paths on the single
+// Redis of the other benchmarks: floor-p50-us / floor-ops/s is the single
+// Redis's floor (both rows), base-p50-us / base-ops/s the plugin on it
+// (the plugin's row). The cluster and its keys go away when the benchmark
+// ends.
 
 import (
 	"context"

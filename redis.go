@@ -193,11 +193,13 @@ func (p *Plugin) lookupMany(ctx context.Context, spec *modelSpec, keys []string,
 	return outs
 }
 
-// getMany reads keys in one round trip: MGET on a single node, a pipeline of
-// GETs on a cluster (whose keys live on different slots). Absent keys are nil.
+// getMany reads keys in one round trip: MGET on a single node (a plain or
+// Sentinel client), a pipeline of GETs on a cluster or a ring, whose keys
+// live on different nodes (go-redis sends each node its share at once).
+// Absent keys are nil.
 func (p *Plugin) getMany(ctx context.Context, keys []string) ([][]byte, error) {
 	out := make([][]byte, len(keys))
-	if _, cluster := p.rdb.(*redis.ClusterClient); !cluster {
+	if _, single := p.rdb.(*redis.Client); single {
 		vals, err := p.rdb.MGet(ctx, keys...).Result()
 		if err != nil {
 			return nil, err

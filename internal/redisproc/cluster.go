@@ -62,8 +62,8 @@ func StartCluster(t testing.TB, masters, replicas int) *Cluster {
 	return c
 }
 
-// waitHealthy waits until every node says cluster_state:ok and knows all
-// the nodes.
+// waitHealthy waits until every node says cluster_state:ok, knows all the
+// nodes and knows which of them are replicas of which master.
 func (c *Cluster) waitHealthy(ctx context.Context) error {
 	want := "cluster_known_nodes:" + strconv.Itoa(len(c.Nodes))
 	for {
@@ -76,6 +76,23 @@ func (c *Cluster) waitHealthy(ctx context.Context) error {
 			}
 			if !strings.Contains(info, "cluster_state:ok") || !strings.Contains(info, want) {
 				bad = s.Addr() + ": " + strings.Join(strings.Fields(info)[:2], " ")
+				break
+			}
+			// Gossip tells each node who replicates whom a little later
+			// than it learns the nodes: fault helpers need to know.
+			ns, err := s.nodes(ctx)
+			if err != nil {
+				bad = err.Error()
+				break
+			}
+			replicas := 0
+			for _, n := range ns {
+				if n.is("slave") && n.masterID != "-" {
+					replicas++
+				}
+			}
+			if replicas != len(c.Nodes)-c.masters {
+				bad = fmt.Sprintf("%s: sees %d replicas", s.Addr(), replicas)
 				break
 			}
 		}

@@ -95,6 +95,17 @@ func (c *Cluster) waitHealthy(ctx context.Context) error {
 				bad = fmt.Sprintf("%s: sees %d replicas", s.Addr(), replicas)
 				break
 			}
+			// A replica that never finished its first sync refuses to
+			// take over from a failed master: its data is too old.
+			repl, err := s.Do(ctx, "INFO", "replication").Text()
+			if err != nil {
+				bad = err.Error()
+				break
+			}
+			if strings.Contains(repl, "role:slave") && !strings.Contains(repl, "master_link_status:up") {
+				bad = s.Addr() + ": replica link not up"
+				break
+			}
 		}
 		if bad == "" {
 			return nil

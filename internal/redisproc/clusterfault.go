@@ -296,22 +296,39 @@ func (c *Cluster) Failover(t testing.TB, slot int) (old, promoted *Server) {
 
 // KillMaster kills slot's master with SIGKILL and waits until one of its
 // replicas was elected in its place and every running node says
-// cluster_state:ok. Writes the master acknowledged but had not yet sent to
-// the replica are lost (replication is asynchronous). It returns the killed
-// node, which [Cluster.Rejoin] brings back as a replica, and the promoted
-// one.
+// cluster_state:ok ([Cluster.Kill], then [Cluster.WaitPromotion]). Writes
+// the master acknowledged but had not yet sent to the replica are lost
+// (replication is asynchronous). It returns the killed node, which
+// [Cluster.Rejoin] brings back as a replica, and the promoted one.
 func (c *Cluster) KillMaster(t testing.TB, slot int) (killed, promoted *Server) {
+	t.Helper()
+	killed = c.Kill(t, slot)
+	return killed, c.WaitPromotion(t, slot, killed)
+}
+
+// Kill kills slot's master with SIGKILL and returns it at once, while the
+// cluster still routes the slot to it.
+func (c *Cluster) Kill(t testing.TB, slot int) *Server {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), faultTimeout)
 	defer cancel()
-	killed, replicas, err := c.Owner(ctx, slot)
+	master, replicas, err := c.Owner(ctx, slot)
 	if err != nil {
 		t.Fatalf("redisproc: kill master: %v", err)
 	}
 	if len(replicas) == 0 {
 		t.Fatalf("redisproc: kill master: the master of slot %d has no replica", slot)
 	}
-	killed.Kill()
+	master.Kill()
+	return master
+}
+
+// WaitPromotion waits until a node other than killed serves slot and every
+// running node agrees and says cluster_state:ok, and returns that node.
+func (c *Cluster) WaitPromotion(t testing.TB, slot int, killed *Server) (promoted *Server) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), faultTimeout)
+	defer cancel()
 	var last string
 	if err := waitFor(ctx, func() (bool, error) {
 		m, _, err := c.Owner(ctx, slot)
@@ -328,7 +345,7 @@ func (c *Cluster) KillMaster(t testing.TB, slot int) (killed, promoted *Server) 
 	}); err != nil {
 		t.Fatalf("redisproc: no replica took over slot %d from %s: %v (last: %s)", slot, killed.Addr(), err, last)
 	}
-	return killed, promoted
+	return promoted
 }
 
 // Rejoin restarts a killed node on its port with its cluster

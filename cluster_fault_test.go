@@ -41,9 +41,13 @@ import (
 	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"gorm.io/gorm"
+	"gorm.io/gorm/logger"
 
 	"github.com/gorm-writethrough/writethrough"
+	"github.com/gorm-writethrough/writethrough/internal/pgproc"
 	"github.com/gorm-writethrough/writethrough/internal/redisproc"
+	"github.com/gorm-writethrough/writethrough/internal/testrig"
 )
 
 // clusterClient returns the cluster client the README recommends: context
@@ -682,4 +686,187 @@ func printClusterTable(out *os.File, rows []clusterRow) {
 			r.rep.diverged, r.rep.leftPending, app, redisErrs, strings.Join(r.notes, "; "))
 	}
 	fmt.Fprint(out, b.String())
+}
+
+// The plugin's operations that reach every master, or a key whose master
+// changed, after failovers (issue 13): the outbox drain (Soft writes made
+// while a master was dead, drained once its replica was promoted),
+// Invalidate and Inspect on every key after a SIGKILL and after a graceful
+// failover. The CDC purge is TestClusterCDCPurgeReachesPromotedMasters.
+func TestClusterWholeClusterOperationsAcrossFailovers(t *testing.T) {
+	const rows = 24
+	c := redisproc.StartCluster(t, 3, 1)
+	rdb := clusterClient(t, c, false, nil)
+	it := openItems(t, nil, 4)
+	db := it.db
+	p := install(t, db, rdb, writethrough.Config{
+		Prefix: it.prefix, Mode: writethrough.Soft, Timeout: 200 * time.Millisecond,
+		PendingTTL: 2 * time.Second, DrainInterval: -1,
+	})
+	seedItems(t, db, rows) // creates through the plugin: every row cached
+	ctx := context.Background()
+	keys := make([]string, rows+1)
+	for id := int64(1); id <= rows; id++ {
+		k, err := writethrough.KeyOf(db, p, &Item{}, id)
+		require.NoError(t, err)
+		keys[id] = k
+	}
+	inspect := func(id int64) writethrough.Entry {
+		t.Helper()
+		var en writethrough.Entry
+		require.NoError(t, testrig.Poll(30*time.Second, func() (bool, error) {
+			var err error
+			en, err = writethrough.Inspect(ctx, db, &Item{}, id)
+			return err == nil, nil
+		}), "Inspect of row %d never answered", id)
+		return en
+	}
+	outbox := func() int64 {
+		var n int64
+		require.NoError(t, db.Table("writethrough_outbox").Count(&n).Error)
+		return n
+	}
+
+	// 1. A master dies; Soft writes to its rows commit and are outboxed.
+	slot, err := c.Slot(ctx, keys[1])
+	require.NoError(t, err)
+	master, _, err := c.Owner(ctx, slot)
+	require.NoError(t, err)
+	var onIt []int64
+	for id := int64(1); id <= rows; id++ {
+		m, _, err := c.OwnerOfKey(ctx, keys[id])
+		require.NoError(t, err)
+		if m == master {
+			onIt = append(onIt, id)
+		}
+	}
+	require.Equal(t, writethrough.EntryCommitted, inspect(onIt[0]).State)
+	c.WaitReplicated(t, master) // the replica holds the cached rows
+	killed := c.Kill(t, slot)
+	for _, id := range onIt {
+		require.NoError(t, db.Model(&Item{ID: id}).Update("a", 1000+id).Error, "Soft writes commit with a master dead")
+	}
+	require.GreaterOrEqual(t, p.Stats().Outboxed, uint64(len(onIt)))
+	got, err := writethrough.Get[Item](ctx, db, onIt[0])
+	require.NoError(t, err)
+	assert.Equal(t, 1000+onIt[0], got.A, "the writing process reads its outboxed keys from the database")
+	_, err = p.Drain(ctx)
+	require.Error(t, err, "the drain cannot reach the dead master")
+	require.Positive(t, outbox(), "the records wait")
+
+	// 2. The replica is promoted holding the rows from before the writes:
+	// exactly what the drain must delete.
+	c.WaitPromotion(t, slot, killed)
+	en := inspect(onIt[0])
+	require.Equal(t, writethrough.EntryCommitted, en.State, "the promoted replica holds the old row")
+	assert.Equal(t, onIt[0], en.Row.(*Item).A, "the row from before the write")
+	require.NoError(t, testrig.Poll(30*time.Second, func() (bool, error) {
+		_, err := p.Drain(ctx)
+		return err == nil && outbox() == 0, nil
+	}), "the outbox drains once the replica is promoted")
+	for _, id := range onIt {
+		assert.Equal(t, writethrough.EntryAbsent, inspect(id).State, "row %d: the drain deleted the old row", id)
+		got, err := writethrough.Get[Item](ctx, db, id)
+		require.NoError(t, err)
+		assert.Equal(t, 1000+id, got.A)
+	}
+
+	// 3. Invalidate and Inspect on every key, on every master.
+	for id := int64(1); id <= rows; id++ {
+		require.NoError(t, writethrough.Invalidate(db, &Item{}, id))
+		assert.Equal(t, writethrough.EntryAbsent, inspect(id).State, "row %d", id)
+	}
+
+	// 4. A graceful failover of another master: Invalidate and Inspect
+	// follow the MOVED at once.
+	ids := make([]any, rows)
+	for i := range ids {
+		ids[i] = int64(i + 1)
+	}
+	_, err = writethrough.GetMany[Item](ctx, db, ids...) // fills every key
+	require.NoError(t, err)
+	var other int64
+	for id := int64(1); id <= rows && other == 0; id++ {
+		if !slices.Contains(onIt, id) {
+			other = id
+		}
+	}
+	otherSlot, err := c.Slot(ctx, keys[other])
+	require.NoError(t, err)
+	c.Failover(t, otherSlot)
+	en, err = writethrough.Inspect(ctx, db, &Item{}, other)
+	require.NoError(t, err, "Inspect right after a graceful failover")
+	assert.Equal(t, writethrough.EntryCommitted, en.State, "the graceful failover kept the filled row")
+	require.NoError(t, writethrough.Invalidate(db, &Item{}, other), "Invalidate right after a graceful failover")
+	en, err = writethrough.Inspect(ctx, db, &Item{}, other)
+	require.NoError(t, err)
+	assert.Equal(t, writethrough.EntryAbsent, en.State)
+
+}
+
+// A change-data-capture consumer on a new slot purges every key of the
+// followed table on every master (ForEachMaster), after one master was
+// killed and replaced by its replica and another handed over gracefully. It
+// runs on a PostgreSQL of its own, at wal_level = logical.
+func TestClusterCDCPurgeReachesPromotedMasters(t *testing.T) {
+	const rows = 24
+	c := redisproc.StartCluster(t, 3, 1)
+	rdb := clusterClient(t, c, false, nil)
+	srv := pgproc.Start(t)
+	dsn := srv.DSN("postgres")
+	db := testrig.Open(t, dsn, &gorm.Config{Logger: logger.Discard})
+	require.NoError(t, db.Exec(itemsDDL).Error)
+	it := items{db: db, dsn: dsn, prefix: "cdcl"}
+	p := install(t, db, rdb, writethrough.Config{Prefix: it.prefix, CDC: true, Timeout: 2 * time.Second, DrainInterval: -1})
+	seedItems(t, db, rows)
+	ctx := context.Background()
+	keys := make([]string, rows+1)
+	ids := make([]any, rows)
+	for id := int64(1); id <= rows; id++ {
+		k, err := writethrough.KeyOf(db, p, &Item{}, id)
+		require.NoError(t, err)
+		keys[id], ids[id-1] = k, id
+	}
+
+	slot, err := c.Slot(ctx, keys[1])
+	require.NoError(t, err)
+	killed, promoted := c.KillMaster(t, slot)
+	var other int
+	for id := int64(2); id <= rows; id++ {
+		m, _, err := c.OwnerOfKey(ctx, keys[id])
+		require.NoError(t, err)
+		if m != promoted {
+			other, err = c.Slot(ctx, keys[id])
+			require.NoError(t, err)
+			break
+		}
+	}
+	c.Failover(t, other)
+	t.Logf("%s killed, %s promoted; slot %d failed over gracefully", killed.Addr(), promoted.Addr(), other)
+
+	// Every key cached again, through the new masters.
+	committed := func() int {
+		n := 0
+		for id := int64(1); id <= rows; id++ {
+			if en, err := writethrough.Inspect(ctx, db, &Item{}, id); err == nil && en.State == writethrough.EntryCommitted {
+				n++
+			}
+		}
+		return n
+	}
+	require.NoError(t, testrig.Poll(30*time.Second, func() (bool, error) {
+		_, err := writethrough.GetMany[Item](ctx, db, ids...)
+		return err == nil && committed() == rows, nil
+	}), "every row cached after the failovers")
+
+	cons := startConsumer(t, db, it, rdb)
+	require.NoError(t, testrig.Poll(30*time.Second, func() (bool, error) {
+		return cons.Stats().Purges > 0, nil
+	}))
+	for id := int64(1); id <= rows; id++ {
+		en, err := writethrough.Inspect(ctx, db, &Item{}, id)
+		require.NoError(t, err)
+		assert.Equal(t, writethrough.EntryAbsent, en.State, "row %d: purged", id)
+	}
+	assert.GreaterOrEqual(t, cons.Stats().PurgedKeys, uint64(rows))
 }

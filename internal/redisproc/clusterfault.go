@@ -504,3 +504,41 @@ func (c *Cluster) MigrateSlot(t testing.TB, slot int, dst *Server) {
 	t.Helper()
 	c.BeginMigration(t, slot, dst).Finish(t)
 }
+
+// WaitReplicated waits until every replica of master has acknowledged
+// every write master accepted so far (their offsets in its INFO
+// replication equal its own).
+func (c *Cluster) WaitReplicated(t testing.TB, master *Server) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), faultTimeout)
+	defer cancel()
+	var last string
+	if err := waitFor(ctx, func() (bool, error) {
+		info, err := master.Do(ctx, "INFO", "replication").Text()
+		if err != nil {
+			return false, err
+		}
+		last = info
+		var offset string
+		var offsets []string
+		for _, line := range strings.Split(info, "\n") {
+			line = strings.TrimSpace(line)
+			if v, ok := strings.CutPrefix(line, "master_repl_offset:"); ok {
+				offset = v
+			}
+			if _, rest, ok := strings.Cut(line, ",offset="); ok && strings.HasPrefix(line, "slave") {
+				off, _, _ := strings.Cut(rest, ",")
+				offsets = append(offsets, off)
+			}
+		}
+		replicas, caught := len(offsets), 0
+		for _, off := range offsets {
+			if off == offset {
+				caught++
+			}
+		}
+		return replicas > 0 && caught == replicas, nil
+	}); err != nil {
+		t.Fatalf("redisproc: the replicas of %s did not catch up: %v (last: %s)", master.Addr(), err, last)
+	}
+}

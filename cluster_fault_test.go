@@ -173,8 +173,8 @@ var addrRE = regexp.MustCompile(`127\.0\.0\.1:\d+`)
 
 func (l *errLog) add(kind string, err error) {
 	msg := addrRE.ReplaceAllString(err.Error(), "ADDR")
-	if len(msg) > 90 {
-		msg = msg[:90] + "…"
+	if len(msg) > 200 {
+		msg = msg[:200] + "…"
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -514,6 +514,7 @@ type clusterRow struct {
 	rep            runReport
 	appErrs        string
 	appN           int
+	appBreaker     int           // of appN, failed by the open circuit breaker
 	appLast        time.Duration // from the last fault's start to the last error the application saw
 	redisN         int
 	recovered      time.Duration
@@ -595,6 +596,13 @@ func runClusterScenario(t *testing.T, sc *clusterScenario, mode writethrough.Mod
 		recovered: cr.recovered, stillBad: cr.stillBad}
 	var appLast time.Time
 	row.appN, _, appLast, row.appErrs = cr.appErrs.snapshot()
+	cr.appErrs.mu.Lock()
+	for k, n := range cr.appErrs.kinds {
+		if strings.Contains(k, "circuit breaker open") {
+			row.appBreaker += n
+		}
+	}
+	cr.appErrs.mu.Unlock()
 	if row.appN > 0 && len(cr.injected) > 0 {
 		row.appLast = appLast.Sub(cr.injected[len(cr.injected)-1])
 	}
@@ -671,7 +679,7 @@ func printClusterTable(out *os.File, rows []clusterRow) {
 		}
 		app := "0"
 		if r.appN > 0 {
-			app = fmt.Sprintf("%d, the last %s after the fault began: %s", r.appN, r.appLast.Round(time.Millisecond), r.appErrs)
+			app = fmt.Sprintf("%d ErrCacheUnavailable (%d with the breaker open), the last %s after the fault began", r.appN, r.appBreaker, r.appLast.Round(time.Millisecond))
 		}
 		redisErrs := "0"
 		if r.redisN > 0 {

@@ -25,6 +25,7 @@ package writethrough_test
 
 import (
 	"context"
+	"database/sql/driver"
 	"errors"
 	"fmt"
 	"os"
@@ -560,11 +561,10 @@ func runClusterScenario(t *testing.T, sc *clusterScenario, mode writethrough.Mod
 			if write {
 				op = "write"
 			}
-			var pe *pgconn.PgError
 			switch {
 			case errors.Is(err, writethrough.ErrCacheUnavailable):
 				cr.appErrs.add(op+" ErrCacheUnavailable", err)
-			case errors.As(err, &pe):
+			case databaseError(err):
 				cr.dbErrs.add(op, err)
 			default:
 				cr.appErrs.add(op+" other", err)
@@ -877,4 +877,15 @@ func TestClusterCDCPurgeReachesPromotedMasters(t *testing.T) {
 		assert.Equal(t, writethrough.EntryAbsent, en.State, "row %d: purged", id)
 	}
 	assert.GreaterOrEqual(t, cons.Stats().PurgedKeys, uint64(rows))
+}
+
+// databaseError tells errors of the database's (statements it refused,
+// serialization failures and deadlocks of the harness's own transactions,
+// a connection it could not give), which the cluster's faults do not
+// cause.
+func databaseError(err error) bool {
+	var pe *pgconn.PgError
+	var ce *pgconn.ConnectError
+	return errors.As(err, &pe) || errors.As(err, &ce) || errors.Is(err, driver.ErrBadConn) ||
+		strings.Contains(err.Error(), "SQLSTATE")
 }

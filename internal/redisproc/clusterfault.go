@@ -351,11 +351,20 @@ func (c *Cluster) WaitPromotion(t testing.TB, slot int, killed *Server) (promote
 // Rejoin restarts a killed node on its port with its cluster
 // configuration (nodes.conf survives in its directory) and no data: it
 // rejoins as a replica of the master that replaced it. It waits until every
-// node sees it and says cluster_state:ok.
+// node sees it and says cluster_state:ok, and until it has synced with its
+// master: until then it could not take over from it.
 func (c *Cluster) Rejoin(t testing.TB, s *Server) {
 	t.Helper()
 	s.Restart()
 	c.WaitSettled(t)
+	ctx, cancel := context.WithTimeout(context.Background(), faultTimeout)
+	defer cancel()
+	if err := waitFor(ctx, func() (bool, error) {
+		info, err := s.Do(ctx, "INFO", "replication").Text()
+		return err == nil && strings.Contains(info, "role:slave") && strings.Contains(info, "master_link_status:up"), err
+	}); err != nil {
+		t.Fatalf("redisproc: %s rejoined but did not sync with a master: %v", s.Addr(), err)
+	}
 }
 
 // waitFor polls cond every 20ms until it is true or ctx ends.

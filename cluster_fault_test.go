@@ -327,12 +327,14 @@ func clusterScenarios() []*clusterScenario {
 			kept:    true, strictOnly: true,
 			appErrors: true, pendingLeft: true,
 		},
+		// Longer than node-timeout: the replica takes over while the master
+		// is stopped, and what the master acknowledged just before it
+		// stopped may not have reached the replica, as with SIGKILL.
 		&clusterScenario{
 			name: "master SIGSTOP 5s (2.5x node-timeout), SIGCONT",
 			long: 12 * time.Second, longOnly: true,
-			timeout: 200 * time.Millisecond,
-			fault:   func(cr *clusterRun, stop <-chan struct{}) { cr.pause(5*time.Second, stop) },
-			kept:    true, strictOnly: true,
+			timeout:   200 * time.Millisecond,
+			fault:     func(cr *clusterRun, stop <-chan struct{}) { cr.pause(5*time.Second, stop) },
 			appErrors: true, pendingLeft: true,
 		},
 	)
@@ -450,7 +452,7 @@ func (cr *clusterRun) migrate(stop <-chan struct{}) {
 	for _, m := range ms {
 		m.Finish(t)
 	}
-	cr.note("%d slots migrated (%d keys moved while half of them were migrating)", len(ms), moved)
+	cr.note("%d slots migrated, MIGRATE moved %d keys mid-way", len(ms), moved)
 	<-stop
 	cr.windowEnds(at)
 }

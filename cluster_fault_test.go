@@ -620,9 +620,10 @@ func runClusterScenario(t *testing.T, sc *clusterScenario, mode writethrough.Mod
 		row.notes = append(row.notes, fmt.Sprintf("breaker opened %dx", st.BreakerOpens))
 	}
 	t.Logf("seed %d: %s", cfg.seed, rep)
+	dbN, _, _, _ := cr.dbErrs.snapshot()
 	t.Logf("application errors: %d (%s), the last %s after the last fault began; database errors: %d; "+
 		"the plugin's failed Redis commands: %d, the last %s after a fault began (still failing at a window's end: %v); %v",
-		row.appN, row.appErrs, row.appLast, cr.dbErrs.n, row.redisN, row.recovered, row.stillBad, cr.notes)
+		row.appN, row.appErrs, row.appLast, dbN, row.redisN, row.recovered, row.stillBad, cr.notes)
 	if rep.StaleReads+rep.Violations+rep.diverged > 0 {
 		t.Logf("%s", rep.details())
 	}

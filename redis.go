@@ -103,7 +103,11 @@ func (p *Plugin) run(ctx context.Context, calls []*entry.Call) {
 		}
 		return
 	}
-	p.scripts.Run(ctx, p.rdb, calls)
+	if p.cfg.WaitReplicas > 0 && anyDurable(calls) {
+		p.scripts.RunReplicated(ctx, p.rdb, calls, entry.Replication{Replicas: p.cfg.WaitReplicas, Timeout: p.cfg.WaitTimeout})
+	} else {
+		p.scripts.Run(ctx, p.rdb, calls)
+	}
 	var failed error
 	for _, c := range calls {
 		if connectionError(c.Err) {
@@ -112,6 +116,16 @@ func (p *Plugin) run(ctx context.Context, calls []*entry.Call) {
 		}
 	}
 	p.brk.record(ctx, failed)
+}
+
+// anyDurable reports calls a failover must not lose (Config.WaitReplicas).
+func anyDurable(calls []*entry.Call) bool {
+	for _, c := range calls {
+		if c.Durable() {
+			return true
+		}
+	}
+	return false
 }
 
 // outcome is what a reader makes of one key.
@@ -179,11 +193,13 @@ func (p *Plugin) lookupMany(ctx context.Context, spec *modelSpec, keys []string,
 	return outs
 }
 
-// getMany reads keys in one round trip: MGET on a single node, a pipeline of
-// GETs on a cluster (whose keys live on different slots). Absent keys are nil.
+// getMany reads keys in one round trip: MGET on a single node (a plain or
+// Sentinel client), a pipeline of GETs on a cluster or a ring, whose keys
+// live on different nodes (go-redis sends each node its share at once).
+// Absent keys are nil.
 func (p *Plugin) getMany(ctx context.Context, keys []string) ([][]byte, error) {
 	out := make([][]byte, len(keys))
-	if _, cluster := p.rdb.(*redis.ClusterClient); !cluster {
+	if _, single := p.rdb.(*redis.Client); single {
 		vals, err := p.rdb.MGet(ctx, keys...).Result()
 		if err != nil {
 			return nil, err

@@ -894,3 +894,44 @@ func databaseError(err error) bool {
 	return errors.As(err, &pe) || errors.As(err, &ce) || errors.Is(err, driver.ErrBadConn) ||
 		strings.Contains(err.Error(), "SQLSTATE")
 }
+
+// A master without a live replica fails the writes of its own keys under
+// WaitReplicas (the replicas' WAIT answers too few), but Redis answered:
+// the circuit breaker must not open for the whole cluster, and writes of
+// keys on the other masters go on.
+func TestClusterAMasterWithoutReplicaFailsOnlyItsOwnKeys(t *testing.T) {
+	c := redisproc.StartCluster(t, 3, 1)
+	rdb := clusterClient(t, c, false, nil)
+	it := openItems(t, nil, 4)
+	db := it.db
+	p := install(t, db, rdb, writethrough.Config{
+		Prefix: it.prefix, Mode: writethrough.Strict, Timeout: 500 * time.Millisecond,
+		WaitReplicas: 1, WaitTimeout: 50 * time.Millisecond, DrainInterval: -1,
+	})
+	const rows = 12
+	seedItems(t, db, rows)
+	ctx := context.Background()
+	k1, err := writethrough.KeyOf(db, p, &Item{}, int64(1))
+	require.NoError(t, err)
+	slot, err := c.Slot(ctx, k1)
+	require.NoError(t, err)
+	lonely, replicas, err := c.Owner(ctx, slot)
+	require.NoError(t, err)
+	var elsewhere int64
+	for id := int64(2); id <= rows && elsewhere == 0; id++ {
+		k, err := writethrough.KeyOf(db, p, &Item{}, id)
+		require.NoError(t, err)
+		if m, _, err := c.OwnerOfKey(ctx, k); err == nil && m != lonely {
+			elsewhere = id
+		}
+	}
+	require.NotZero(t, elsewhere)
+	replicas[0].Kill()
+
+	for i := 0; i < 10; i++ {
+		err := db.Model(&Item{ID: 1}).Update("a", 100+i).Error
+		require.ErrorIs(t, err, writethrough.ErrNotReplicated, "write %d on the master without a replica", i)
+	}
+	assert.Equal(t, writethrough.BreakerClosed, p.Stats().Breaker, "Redis answered every call")
+	require.NoError(t, db.Model(&Item{ID: elsewhere}).Update("a", 7).Error, "a write of a key on another master")
+}

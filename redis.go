@@ -63,17 +63,21 @@ func (p *Plugin) readCtx(parent context.Context) (context.Context, context.Cance
 func deadlinePolicy(rdb redis.UniversalClient, timeout time.Duration) (bool, string) {
 	var enabled bool
 	var rt, wt time.Duration
+	retries := true
 	switch c := rdb.(type) {
 	case *redis.Client:
 		o := c.Options()
-		enabled, rt, wt = o.ContextTimeoutEnabled, o.ReadTimeout, o.WriteTimeout
+		enabled, rt, wt, retries = o.ContextTimeoutEnabled, o.ReadTimeout, o.WriteTimeout, o.MaxRetries > 0
 	case *redis.ClusterClient:
 		o := c.Options()
 		enabled, rt, wt = o.ContextTimeoutEnabled, o.ReadTimeout, o.WriteTimeout
 	default:
 		return true, ""
 	}
-	within := rt > 0 && rt <= timeout && wt > 0 && wt <= timeout
+	// The client's own timeouts bound one attempt; go-redis retries a
+	// timed-out call (MaxRetries, a cluster's redirections), so only a
+	// client that never retries is bounded by them alone.
+	within := rt > 0 && rt <= timeout && wt > 0 && wt <= timeout && !retries
 	switch {
 	case within:
 		return false, ""

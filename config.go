@@ -108,12 +108,14 @@ type Config struct {
 	// pending until PendingTTL). Set it to the number of replicas each
 	// master has; a master with fewer live replicas than this fails its
 	// writes' prepares like an unreachable Redis: Strict writes fail with
-	// [ErrCacheUnavailable], Soft writes go to the outbox. Needs a
+	// [ErrCacheUnavailable], Soft writes go to the outbox; it does not open
+	// the circuit breaker, so reads go on. Needs a
 	// *redis.Client (a plain or Sentinel client) or a *redis.ClusterClient.
 	// Default 0: no waiting.
 	WaitReplicas int
 	// WaitTimeout is how long WaitReplicas waits for the replicas. It must
-	// be shorter than Timeout. Default Timeout/2.
+	// be shorter than Timeout and than the Redis client's ReadTimeout
+	// (which would cut the wait short). Default Timeout/2.
 	WaitTimeout time.Duration
 
 	// CDC says that a change-data-capture consumer (package cdc) follows

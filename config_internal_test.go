@@ -59,9 +59,10 @@ func TestSetFieldsAreKeptAndNegativesMeanOff(t *testing.T) {
 		t.Fatalf("withDefaults: %v", err)
 	}
 	want := in
-	want.Jitter = 0           // negative: no jitter
-	want.BreakerThreshold = 0 // negative: no breaker
-	want.DrainInterval = -1   // negative: no drainer, kept negative
+	want.Jitter = 0                   // negative: no jitter
+	want.BreakerThreshold = 0         // negative: no breaker
+	want.DrainInterval = -1           // negative: no drainer, kept negative
+	want.WaitTimeout = in.Timeout / 2 // unset: its default
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("withDefaults =\n%+v\nwant\n%+v", got, want)
 	}

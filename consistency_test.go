@@ -160,6 +160,10 @@ type runConfig struct {
 	consumer bool
 	// log receives progress lines; nil is silent.
 	log func(format string, args ...any)
+	// onError, when set, is told every error the application saw: reads
+	// through the cache that failed, and writes that failed other than by
+	// deliberate rollback.
+	onError func(write bool, err error)
 }
 
 // runReport is what a run found.
@@ -438,6 +442,18 @@ func (w *worker) recordReads(call, ret int64, source string, ids []int64, got ma
 	}
 }
 
+// readDone records a read through the cache that returned, or reports its
+// error.
+func (w *worker) readDone(call int64, source string, ids []int64, got map[int64]Item, err error) {
+	if err != nil {
+		if w.h.cfg.onError != nil {
+			w.h.cfg.onError(false, err)
+		}
+		return
+	}
+	w.recordReads(call, w.h.now(), source, ids, got)
+}
+
 // recordWrites adds the rows a write left, as it read them back. err is the
 // write's outcome: nil committed; a failure the database reported before
 // anything could commit is dropped (nothing happened); anything else is an
@@ -452,6 +468,9 @@ func (w *worker) recordWrites(call, ret int64, source string, err error, vals ma
 // bypass marks writes made around the plugin.
 func (w *worker) record(call, ret int64, source string, err error, vals map[int64]checker.Value, bypass bool) bool {
 	kind := checker.Write
+	if err != nil && !errors.Is(err, errRollback) && w.h.cfg.onError != nil {
+		w.h.cfg.onError(true, err)
+	}
 	if err != nil {
 		if failedForSure(err) || len(vals) == 0 {
 			w.fails++
@@ -532,9 +551,7 @@ func (w *worker) step(ctx context.Context) {
 			ids = w.keys(2 + w.rng.IntN(3))
 		}
 		got, err := w.h.s.read(ctx, how, ids)
-		if err == nil {
-			w.recordReads(call, w.h.now(), readSources[how], ids, got)
-		}
+		w.readDone(call, readSources[how], ids, got, err)
 		return
 	}
 	switch n := w.rng.IntN(100); {
@@ -542,16 +559,12 @@ func (w *worker) step(ctx context.Context) {
 		how := readHow(w.rng.IntN(2))
 		id := w.key()
 		got, err := w.h.s.read(ctx, how, []int64{id})
-		if err == nil {
-			w.recordReads(call, w.h.now(), readSources[how], []int64{id}, got)
-		}
+		w.readDone(call, readSources[how], []int64{id}, got, err)
 	case n < 30: // several rows through the cache
 		how := readHow(2 + w.rng.IntN(2))
 		ids := w.keys(2 + w.rng.IntN(3))
 		got, err := w.h.s.read(ctx, how, ids)
-		if err == nil {
-			w.recordReads(call, w.h.now(), readSources[how], ids, got)
-		}
+		w.readDone(call, readSources[how], ids, got, err)
 	case n < 38: // straight from the database
 		id := w.key()
 		var it Item
@@ -687,9 +700,7 @@ func (w *worker) step(ctx context.Context) {
 	default: // reads, to keep the mix read-heavy
 		id := w.key()
 		got, err := w.h.s.read(ctx, readFirst, []int64{id})
-		if err == nil {
-			w.recordReads(call, w.h.now(), readSources[readFirst], []int64{id}, got)
-		}
+		w.readDone(call, readSources[readFirst], []int64{id}, got, err)
 	}
 }
 
@@ -808,9 +819,9 @@ func (w *worker) nested(ctx context.Context, call int64) {
 type pluginStrategy struct {
 	gdb      *gorm.DB
 	p        *writethrough.Plugin
-	rdb      *redis.Client
-	keys     []string      // by id
-	consumer *cdc.Consumer // cfg.consumer
+	rdb      redis.UniversalClient // the test's look at the keys
+	keys     []string              // by id
+	consumer *cdc.Consumer         // cfg.consumer
 }
 
 func (s *pluginStrategy) name() string      { return "writethrough" }
@@ -963,10 +974,15 @@ func newPluginRun(t testing.TB, gcfg *gorm.Config, cfg runConfig) *harness {
 }
 
 // pluginRunOn runs the plugin with pluginRdb, and compares keys through
-// it.rdb (the same server, perhaps not through the same path).
+// it.rdb (the same server, perhaps not through the same path), or through
+// pluginRdb when it.rdb is nil (a Redis Cluster).
 func pluginRunOn(t testing.TB, it items, pluginRdb redis.UniversalClient, cfg runConfig) *harness {
 	t.Helper()
-	db, rdb := it.db, it.rdb
+	db := it.db
+	var rdb redis.UniversalClient = it.rdb
+	if it.rdb == nil {
+		rdb = pluginRdb
+	}
 	pcfg := cfg.plugin
 	pcfg.Prefix = it.prefix
 	p := install(t, db, pluginRdb, pcfg)

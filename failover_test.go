@@ -2,6 +2,7 @@ package writethrough_test
 
 import (
 	"context"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -163,4 +164,86 @@ func TestWaitReplicasNeedsAClientThatCanWait(t *testing.T) {
 	err := db.Use(writethrough.New(ring, writethrough.Config{WaitReplicas: 1}))
 	require.ErrorIs(t, err, writethrough.ErrInvalidConfig)
 	assert.ErrorContains(t, err, "*redis.Ring")
+}
+
+// TestWaitTimeoutMustBeShorterThanTheClientsReadTimeout checks that db.Use
+// refuses a WaitTimeout the Redis client would cut short: go-redis stops
+// reading a reply after its ReadTimeout, so a WAIT that takes its whole
+// timeout failed as an i/o timeout (counted by the breaker, not
+// ErrNotReplicated) after the batch was resent MaxRetries times.
+func TestWaitTimeoutMustBeShorterThanTheClientsReadTimeout(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		rdb  redis.UniversalClient
+	}{
+		{"client", redis.NewClient(&redis.Options{Addr: "127.0.0.1:1", ReadTimeout: 300 * time.Millisecond})},
+		{"cluster client", redis.NewClusterClient(&redis.ClusterOptions{Addrs: []string{"127.0.0.1:1"}, ReadTimeout: 300 * time.Millisecond})},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Cleanup(func() { _ = tc.rdb.Close() })
+			db, _ := openDB(t, nil)
+			err := db.Use(writethrough.New(tc.rdb, writethrough.Config{WaitReplicas: 1, Timeout: 2 * time.Second, WaitTimeout: 600 * time.Millisecond}))
+			require.ErrorIs(t, err, writethrough.ErrInvalidConfig)
+			assert.ErrorContains(t, err, "ReadTimeout")
+		})
+	}
+}
+
+// TestDrainPagesPastAMasterWithoutReplicas: with WaitReplicas, outbox
+// records of a master whose replica is gone cannot drain, and must not
+// hold back the records of healthy masters, not even from behind a full
+// batch of them.
+func TestDrainPagesPastAMasterWithoutReplicas(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	c := redisproc.StartCluster(t, 3, 1)
+	rdb := c.Client(t)
+	db, _ := openDB(t, nil)
+	p := install(t, db, rdb, writethrough.Config{Prefix: "dp", DrainInterval: -1, Timeout: 2 * time.Second,
+		WaitTimeout: 100 * time.Millisecond, WaitReplicas: 1})
+	require.NoError(t, db.AutoMigrate(&User{}))
+
+	users := make([]User, 30)
+	for i := range users {
+		users[i] = User{Email: "dp" + strconv.Itoa(i) + "@x", Name: "n"}
+	}
+	require.NoError(t, db.Create(&users).Error)
+	victim := ""
+	var stuck, healthy []string
+	for _, u := range users {
+		key, err := writethrough.KeyOf(db, p, &User{}, u.ID)
+		require.NoError(t, err)
+		node, err := rdb.MasterForKey(ctx, key)
+		require.NoError(t, err)
+		if victim == "" {
+			victim = node.Options().Addr
+		}
+		if node.Options().Addr == victim {
+			stuck = append(stuck, key)
+		} else {
+			healthy = append(healthy, key)
+		}
+	}
+	require.NotEmpty(t, healthy)
+	c.ReplicaOf(ctx, victim).Kill()
+
+	// A full batch and more of the victim's keys first, then the others.
+	var recs []map[string]any
+	for i := 0; i < 300; i++ {
+		recs = append(recs, map[string]any{"cache_key": stuck[i%len(stuck)], "created_at": time.Now()})
+	}
+	for _, k := range healthy {
+		recs = append(recs, map[string]any{"cache_key": k, "created_at": time.Now()})
+	}
+	require.NoError(t, db.Table("writethrough_outbox").Create(recs).Error)
+
+	n, err := p.Drain(ctx)
+	require.ErrorIs(t, err, writethrough.ErrNotReplicated)
+	assert.Equal(t, len(healthy), n, "every healthy master's record drained")
+	for _, k := range healthy {
+		assert.Zero(t, rdb.Exists(ctx, k).Val(), "%s invalidated", k)
+	}
+	var left int64
+	require.NoError(t, db.Table("writethrough_outbox").Count(&left).Error)
+	assert.Equal(t, int64(300), left, "the victim's records stay for a later drain")
 }

@@ -144,6 +144,18 @@ func (p *Plugin) stageInvalidations(db *gorm.DB, tx *txhook.Tx, keys []specKey, 
 }
 
 func (p *Plugin) invalidateKeys(ctx context.Context, keys []string) error {
+	bad := p.invalidateEach(ctx, keys)
+	for _, k := range keys {
+		if err, ok := bad[k]; ok {
+			return err
+		}
+	}
+	return nil
+}
+
+// invalidateEach invalidates keys in one round trip and returns the error
+// of each key Redis did not invalidate.
+func (p *Plugin) invalidateEach(ctx context.Context, keys []string) map[string]error {
 	if len(keys) == 0 {
 		return nil
 	}
@@ -160,11 +172,15 @@ func (p *Plugin) invalidateKeys(ctx context.Context, keys []string) error {
 	for _, k := range keys {
 		p.flights.Forget(k)
 	}
+	var bad map[string]error
 	for _, c := range calls {
 		p.stats.invalidations.Add(1)
 		if c.Err != nil {
-			return unavailable("invalidate", c.Err)
+			if bad == nil {
+				bad = map[string]error{}
+			}
+			bad[c.Key] = unavailable("invalidate", c.Err)
 		}
 	}
-	return nil
+	return bad
 }

@@ -2,6 +2,7 @@ package writethrough
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"regexp"
 	"time"
@@ -129,28 +130,40 @@ func (p *Plugin) drainPass(ctx context.Context) {
 
 // Drain invalidates every key recorded in the outbox and removes the
 // records, and returns how many it removed. The plugin's drainer calls it in
-// the background; tests and operators may call it to converge at once. It
-// stops at the first Redis error, leaving the remaining records in place.
+// the background; tests and operators may call it to converge at once.
+// Records whose key Redis did not invalidate stay in place, and the first
+// such error is returned. A key that fewer than Config.WaitReplicas
+// replicas acknowledged (one master short of replicas) does not hold back
+// the keys of other masters: Drain pages on past it. Any other Redis error
+// stops it, leaving the remaining records in place.
 func (p *Plugin) Drain(ctx context.Context) (int, error) {
 	if p.db == nil {
 		return 0, nil
 	}
 	total := 0
+	var first error
+	var after uint64
 	for {
-		n, err := p.drainBatch(ctx)
+		n, last, full, err := p.drainBatch(ctx, after)
 		total += n
-		if err != nil || n < drainBatch {
-			return total, err
+		if err != nil && first == nil {
+			first = err
 		}
+		if err != nil && !errors.Is(err, ErrNotReplicated) || !full {
+			return total, first
+		}
+		after = last
 	}
 }
 
-func (p *Plugin) drainBatch(ctx context.Context) (int, error) {
-	n := 0
+// drainBatch drains up to drainBatch records with ids above after. It
+// returns how many it removed, the last id it read, whether it read a full
+// batch (more may follow), and the first failure.
+func (p *Plugin) drainBatch(ctx context.Context, after uint64) (n int, last uint64, full bool, failed error) {
 	var drained map[string]int
 	err := p.db.WithContext(ctx).Transaction(func(tx *gorm.DB) error {
 		var rows []outboxRow
-		q := tx.Table(p.cfg.OutboxTable).Order("id").Limit(drainBatch)
+		q := tx.Table(p.cfg.OutboxTable).Where("id > ?", after).Order("id").Limit(drainBatch)
 		if name := tx.Dialector.Name(); name == "postgres" || name == "mysql" {
 			q = q.Clauses(clause.Locking{Strength: "UPDATE", Options: "SKIP LOCKED"})
 		}
@@ -160,33 +173,41 @@ func (p *Plugin) drainBatch(ctx context.Context) (int, error) {
 		if len(rows) == 0 {
 			return nil
 		}
+		last, full = rows[len(rows)-1].ID, len(rows) == drainBatch
 		seen := make(map[string]bool, len(rows))
 		keys := make([]string, 0, len(rows))
-		ids := make([]uint64, len(rows))
-		for i, r := range rows {
-			ids[i] = r.ID
+		for _, r := range rows {
 			if !seen[r.CacheKey] {
 				seen[r.CacheKey] = true
 				keys = append(keys, r.CacheKey)
 			}
 		}
-		if err := p.invalidateKeys(ctx, keys); err != nil {
-			return err
+		bad := p.invalidateEach(ctx, keys)
+		ids := make([]uint64, 0, len(rows))
+		drained = make(map[string]int, len(keys))
+		for _, r := range rows {
+			if err, ok := bad[r.CacheKey]; ok {
+				if failed == nil {
+					failed = err
+				}
+				continue
+			}
+			ids = append(ids, r.ID)
+			drained[r.CacheKey]++
+		}
+		if len(ids) == 0 {
+			return nil
 		}
 		if err := tx.Table(p.cfg.OutboxTable).Where("id IN ?", ids).Delete(&outboxRow{}).Error; err != nil {
 			return err
 		}
-		n = len(rows)
-		drained = make(map[string]int, len(keys))
-		for _, r := range rows {
-			drained[r.CacheKey]++
-		}
+		n = len(ids)
 		return nil
 	})
 	if err != nil {
-		return 0, err
+		return 0, last, false, err
 	}
 	p.suspects.drained(drained)
 	p.stats.drained.Add(uint64(n))
-	return n, nil
+	return n, last, full, failed
 }

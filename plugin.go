@@ -87,7 +87,27 @@ func New(rdb redis.UniversalClient, cfg Config) *Plugin {
 			p.cfgErr = &ConfigError{Field: "WaitReplicas", Reason: fmt.Sprintf("waiting for replicas needs a *redis.Client or *redis.ClusterClient, not %T", rdb)}
 		}
 	}
+	if rt := clientReadTimeout(rdb); p.cfgErr == nil && p.cfg.WaitReplicas > 0 && rt > 0 && p.cfg.WaitTimeout >= rt {
+		// The client stops reading a reply after ReadTimeout: a WAIT that
+		// takes its whole timeout would fail as a connection error (the
+		// breaker counts it), after go-redis resent the batch, scripts
+		// and all, MaxRetries times.
+		p.cfgErr = &ConfigError{Field: "WaitTimeout", Reason: fmt.Sprintf("%s is not shorter than the Redis client's ReadTimeout %s", p.cfg.WaitTimeout, rt)}
+	}
 	return p
+}
+
+// clientReadTimeout returns the ReadTimeout of a *redis.Client or
+// *redis.ClusterClient (go-redis's default when unset; negative for
+// none), and 0 for other clients.
+func clientReadTimeout(rdb redis.UniversalClient) time.Duration {
+	switch c := rdb.(type) {
+	case *redis.Client:
+		return c.Options().ReadTimeout
+	case *redis.ClusterClient:
+		return c.Options().ReadTimeout
+	}
+	return 0
 }
 
 // Name implements gorm.Plugin.

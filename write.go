@@ -187,20 +187,32 @@ func (p *Plugin) beforeWrite(kind writeKind) func(*gorm.DB) {
 		ctx, cancel := p.opCtx(db.Statement.Context)
 		defer cancel()
 		p.run(ctx, calls)
+		var strictErr error
 		for i, c := range calls {
 			p.stats.prepares.Add(1)
 			p.flights.Forget(targets[i].key)
 			if err := prepareErr(c); err != nil {
 				p.stats.prepareErrors.Add(1)
 				if spec.mode == Strict {
-					_ = db.AddError(unavailable("prepare "+kind.String(), err))
-					return
+					// The statement will not run, and every key is
+					// released after it (releaseEarly): this one too,
+					// since its prepare may have run (on a master whose
+					// replicas did not acknowledge it), and the keys after
+					// it, which other masters made pending.
+					ws.early[targets[i].key] = true
+					if strictErr == nil {
+						strictErr = unavailable("prepare "+kind.String(), err)
+					}
+					continue
 				}
 				p.logf("writethrough: prepare failed; the key goes to the outbox", "key", c.Key, "err", err)
 				ws.failed = append(ws.failed, c.Key)
 				continue
 			}
 			ws.early[targets[i].key] = true
+		}
+		if strictErr != nil {
+			_ = db.AddError(strictErr)
 		}
 	}
 }
@@ -764,7 +776,8 @@ func (p *Plugin) stageAutocommit(db *gorm.DB, spec *modelSpec, kind writeKind, w
 			targets[i].intent, targets[i].row = 0, nil
 		}
 	}
-	var calls []*entry.Call
+	var calls []*entry.Call                  // the prepares, then the finalizes
+	pre := make([]*entry.Call, len(targets)) // targets[i]'s prepare made here, or nil
 	for i, t := range targets {
 		if !ws.early[t.key] {
 			if kind != kindCreate || upsertMayMatch(db.Statement, spec) || ws.invalidateOnly {
@@ -775,7 +788,8 @@ func (p *Plugin) stageAutocommit(db *gorm.DB, spec *modelSpec, kind writeKind, w
 				// until the INSERT committed.)
 				targets[i].intent, targets[i].row = 0, nil
 			}
-			calls = append(calls, p.prepareCall(spec, token, t.key, 0, nil))
+			pre[i] = p.prepareCall(spec, token, t.key, 0, nil)
+			calls = append(calls, pre[i])
 		}
 	}
 	fin := make([]*entry.Call, len(targets))
@@ -792,11 +806,24 @@ func (p *Plugin) stageAutocommit(db *gorm.DB, spec *modelSpec, kind writeKind, w
 	defer cancel()
 	p.run(ctx, calls)
 	missed := ws.failed
-	for _, c := range fin {
+	for i, c := range fin {
 		p.stats.finalizes.Add(1)
 		if c.Err != nil {
 			p.stats.finalizeErrors.Add(1)
 			p.logf("writethrough: finalize failed; the key goes to the outbox", "key", c.Key, "err", c.Err)
+			missed = append(missed, c.Key)
+			continue
+		}
+		// A prepare made here and its finalize are, together, the key's
+		// invalidation (or install) after the commit. With
+		// Config.WaitReplicas the prepare alone is durable: when too few
+		// replicas acknowledged it, they hold neither, and a failover
+		// would bring back the entry from before the write.
+		if pre[i] == nil || contains(ws.failed, c.Key) {
+			continue
+		}
+		if err := prepareErr(pre[i]); err != nil {
+			p.logf("writethrough: prepare after commit failed; the key goes to the outbox", "key", c.Key, "err", err)
 			missed = append(missed, c.Key)
 		}
 	}

@@ -57,6 +57,19 @@ type Config struct {
 	// Timeout bounds one Redis round trip. Default 2s.
 	Timeout time.Duration
 
+	// WaitReplicas makes the consumer confirm a change to PostgreSQL only
+	// once this many replicas of each key's master acknowledge its
+	// invalidation (Redis's WAIT), as the plugin's Config.WaitReplicas
+	// does for its writes: a Redis failover then cannot bring back a row
+	// the consumer removed. A master with fewer live replicas holds the
+	// consumer back, retrying, as an unreachable Redis does. Needs a
+	// *redis.Client or *redis.ClusterClient. Default 0: no waiting.
+	WaitReplicas int
+	// WaitTimeout is how long WaitReplicas waits. It must be shorter than
+	// Timeout and than the Redis client's ReadTimeout, and at least 1ms.
+	// Default Timeout/2.
+	WaitTimeout time.Duration
+
 	// PurgeBatch is how many keys one SCAN step asks for when the consumer
 	// removes every key of a table. Default 500.
 	PurgeBatch int
@@ -108,6 +121,16 @@ func (c Config) withDefaults() (Config, error) {
 	if c.Prefix == "" {
 		c.Prefix = "wt"
 	}
+	if c.WaitReplicas < 0 {
+		return bad("WaitReplicas", "negative")
+	}
+	if c.WaitReplicas > 0 {
+		switch c.Redis.(type) {
+		case *redis.Client, *redis.ClusterClient:
+		default:
+			return bad("WaitReplicas", fmt.Sprintf("waiting for replicas needs a *redis.Client or *redis.ClusterClient, not %T", c.Redis))
+		}
+	}
 	if c.Slot == "" {
 		c.Slot = "writethrough"
 	}
@@ -146,6 +169,28 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.RetryMax < c.RetryMin {
 		return bad("RetryMax", "less than RetryMin")
+	}
+	if err := def(&c.WaitTimeout, c.Timeout/2, "WaitTimeout"); err != nil {
+		return c, err
+	}
+	if c.WaitReplicas > 0 && c.WaitTimeout < time.Millisecond {
+		// Redis's WAIT counts milliseconds, and 0 means forever.
+		return bad("WaitTimeout", fmt.Sprintf("%s is below Redis's 1ms resolution", c.WaitTimeout))
+	}
+	if c.WaitReplicas > 0 && c.WaitTimeout >= c.Timeout {
+		return bad("WaitTimeout", "not shorter than Timeout")
+	}
+	// The client stops reading a reply after its ReadTimeout: a longer WAIT
+	// fails as an i/o timeout, after go-redis resent the batch.
+	var rt time.Duration
+	switch r := c.Redis.(type) {
+	case *redis.Client:
+		rt = r.Options().ReadTimeout
+	case *redis.ClusterClient:
+		rt = r.Options().ReadTimeout
+	}
+	if c.WaitReplicas > 0 && rt > 0 && c.WaitTimeout >= rt {
+		return bad("WaitTimeout", fmt.Sprintf("%s is not shorter than the Redis client's ReadTimeout %s", c.WaitTimeout, rt))
 	}
 	if c.PurgeBatch < 0 {
 		return bad("PurgeBatch", "negative")

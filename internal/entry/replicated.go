@@ -18,9 +18,11 @@ var ErrNotReplicated = errors.New("not acknowledged by enough replicas")
 
 // Durable reports a call whose loss in a failover would let a reader see a
 // row older than the database's: Prepare (a key made pending before its
-// write commits) and Invalidate. Losing a Finalize, a Fill or a lease only
-// costs misses.
-func (c *Call) Durable() bool { return c.sc == prepareScript || c.sc == invalidateScript }
+// write commits), Invalidate and Change. Losing a Finalize, a Fill or a
+// lease only costs misses.
+func (c *Call) Durable() bool {
+	return c.sc == prepareScript || c.sc == invalidateScript || c.sc == changeScript
+}
 
 // Replication asks [Scripts.RunReplicated] to wait for replicas.
 type Replication struct {
@@ -146,10 +148,17 @@ var errAsking = errors.New("asking")
 // runAcked sends calls on one connection of node, then WAIT, and fails the
 // durable calls when too few replicas acknowledged. With ask, every call
 // is preceded by ASKING (the slot is being imported by node).
+//
+// Calls the server did not know (NOSCRIPT) are sent again with EVAL, and
+// WAIT again after them, unless the first WAIT already fell short: the
+// master then lacks replicas, a second WAIT would only spend another
+// timeout (two of them overrun a Timeout twice as long, and fail every
+// call of the batch with the deadline), and the resent durable calls fail
+// with ErrNotReplicated at once.
 func (s *Scripts) runAcked(ctx context.Context, node *redis.Client, calls []*Call, r Replication, ask bool) {
-	send := func(cs []*Call, eval bool) ([]*redis.Cmd, *redis.Cmd) {
+	send := func(cs []*Call, eval, wait bool) ([]*redis.Cmd, *redis.Cmd) {
 		cmds := make([]*redis.Cmd, len(cs))
-		var wait *redis.Cmd
+		var w *redis.Cmd
 		_, _ = node.Pipelined(ctx, func(pipe redis.Pipeliner) error {
 			for i, c := range cs {
 				if ask {
@@ -162,13 +171,15 @@ func (s *Scripts) runAcked(ctx context.Context, node *redis.Client, calls []*Cal
 					cmds[i] = sc.EvalSha(ctx, pipe, []string{c.Key}, c.args...)
 				}
 			}
-			wait = pipe.Do(ctx, "wait", r.Replicas, r.Timeout.Milliseconds())
+			if wait {
+				// WAIT 0 waits forever: never ask for less than 1ms.
+				w = pipe.Do(ctx, "wait", r.Replicas, max(r.Timeout.Milliseconds(), 1))
+			}
 			return nil
 		})
-		return cmds, wait
+		return cmds, w
 	}
-	settle := func(cs []*Call, cmds []*redis.Cmd, wait *redis.Cmd) (retry []*Call) {
-		acked, werr := wait.Int64()
+	settle := func(cs []*Call, cmds []*redis.Cmd, acked int64, werr error) (retry []*Call) {
 		for i, c := range cs {
 			c.res, c.Err = cmds[i].Int64()
 			switch {
@@ -189,11 +200,18 @@ func (s *Scripts) runAcked(ctx context.Context, node *redis.Client, calls []*Cal
 		}
 		return retry
 	}
-	cmds, wait := send(calls, false)
-	if retry := settle(calls, cmds, wait); len(retry) > 0 {
-		cmds, wait = send(retry, true)
-		settle(retry, cmds, wait)
+	cmds, wait := send(calls, false, true)
+	acked, werr := wait.Int64()
+	retry := settle(calls, cmds, acked, werr)
+	if len(retry) == 0 {
+		return
 	}
+	short := werr != nil || acked < int64(r.Replicas)
+	cmds, wait = send(retry, true, !short)
+	if !short {
+		acked, werr = wait.Int64()
+	}
+	settle(retry, cmds, acked, werr)
 }
 
 // redirected reports an error after which the call should be sent again:

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/gorm-writethrough/writethrough/internal/entry"
+	"github.com/gorm-writethrough/writethrough/internal/keyspec"
 	"github.com/gorm-writethrough/writethrough/internal/redisproc"
 )
 
@@ -146,5 +147,122 @@ func TestRunReplicatedOnACluster(t *testing.T) {
 	}
 	if failed == len(calls) {
 		t.Fatalf("every key is on one master; the test needs keys on several")
+	}
+}
+
+// TestRunReplicatedFollowsSlotMigration checks the redirections of a
+// resharding: while a slot migrates, a key the source no longer holds is
+// answered with ASK and must run on the importing node (after ASKING) and
+// be acknowledged by that node's replica; once the slot has moved, a
+// client with the old slot map meets MOVED and resends.
+func TestRunReplicatedFollowsSlotMigration(t *testing.T) {
+	c := redisproc.StartCluster(t, 3, 1)
+	rdb := c.Client(t)
+	ctx := context.Background()
+	s := &entry.Scripts{}
+
+	key := "mig:a"
+	slot := int64(keyspec.Slot(key))
+	node, err := rdb.MasterForKey(ctx, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	src := c.Node(node.Options().Addr)
+	var dst *redisproc.Server
+	for _, n := range c.Nodes {
+		if n != src && redisproc.IsMaster(ctx, n) {
+			dst = n
+			break
+		}
+	}
+	id := func(n *redisproc.Server) string {
+		v, err := n.Do(ctx, "CLUSTER", "MYID").Text()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+	must := func(n *redisproc.Server, args ...any) {
+		if err := n.Do(ctx, args...).Err(); err != nil {
+			t.Fatalf("%v: %v", args, err)
+		}
+	}
+	must(dst, "CLUSTER", "SETSLOT", slot, "IMPORTING", id(src))
+	must(src, "CLUSTER", "SETSLOT", slot, "MIGRATING", id(dst))
+
+	call := prepareOn(key)
+	s.RunReplicated(ctx, rdb, []*entry.Call{call}, ack)
+	if call.Err != nil {
+		t.Fatalf("a prepare on a key of a migrating slot: %v", call.Err)
+	}
+	if n, _ := dst.Do(ctx, "CLUSTER", "COUNTKEYSINSLOT", slot).Int(); n != 1 {
+		t.Fatalf("the importing node holds %d keys of the slot, want the prepared one", n)
+	}
+
+	for _, n := range c.Nodes {
+		if redisproc.IsMaster(ctx, n) {
+			must(n, "CLUSTER", "SETSLOT", slot, "NODE", id(dst))
+		}
+	}
+	call = entry.Invalidate(key)
+	s.RunReplicated(ctx, rdb, []*entry.Call{call}, ack)
+	if call.Err != nil {
+		t.Fatalf("an invalidation after the slot moved: %v", call.Err)
+	}
+	if call.Invalidated() != entry.InvalidateMarked {
+		t.Fatalf("the invalidation did not find the pending entry on the new owner (result %d)", call.Invalidated())
+	}
+}
+
+// TestRunReplicatedUnknownScriptsWaitOnce checks a server that does not
+// know the scripts (a promoted replica, a restart, SCRIPT FLUSH), whose
+// replica does not acknowledge: the calls are sent again with EVAL, but
+// the batch still ends within one WaitTimeout and its durable calls fail
+// with ErrNotReplicated, not with the deadline of a second wait.
+func TestRunReplicatedUnknownScriptsWaitOnce(t *testing.T) {
+	master := redisproc.Start(t, "--repl-diskless-sync-delay", "0")
+	replica := replicaOf(t, master)
+	rdb := master.Client(t)
+	s := &entry.Scripts{}
+	r := entry.Replication{Replicas: 1, Timeout: time.Second}
+
+	replica.Pause()
+	defer replica.Resume()
+	if err := rdb.ScriptFlush(context.Background()).Err(); err != nil {
+		t.Fatal(err)
+	}
+	// Room for one wait, not for two.
+	ctx, cancel := context.WithTimeout(context.Background(), 1800*time.Millisecond)
+	defer cancel()
+	fill := entry.Fill("ns:f", "LLLLLLLLLLLLLLLL", []byte("x"), time.Minute)
+	calls := []*entry.Call{prepareOn("ns:a"), fill, entry.Invalidate("ns:b")}
+	s.RunReplicated(ctx, rdb, calls, r)
+	for _, c := range []*entry.Call{calls[0], calls[2]} {
+		if !errors.Is(c.Err, entry.ErrNotReplicated) {
+			t.Errorf("%s: got %v, want ErrNotReplicated", c.Key, c.Err)
+		}
+	}
+	if fill.Err != nil {
+		t.Errorf("a fill needs no replica: %v", fill.Err)
+	}
+}
+
+// TestRunReplicatedNeverWaitsForever checks a timeout below Redis's 1ms
+// resolution: WAIT with 0 blocks until the replicas acknowledge, forever
+// when they cannot, so the wait must be of 1ms at least.
+func TestRunReplicatedNeverWaitsForever(t *testing.T) {
+	master := redisproc.Start(t, "--repl-diskless-sync-delay", "0")
+	replica := replicaOf(t, master)
+	rdb := master.Client(t)
+	s := &entry.Scripts{}
+	replica.Pause()
+	defer replica.Resume()
+
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	call := prepareOn("sub:a")
+	s.RunReplicated(ctx, rdb, []*entry.Call{call}, entry.Replication{Replicas: 1, Timeout: 500 * time.Microsecond})
+	if !errors.Is(call.Err, entry.ErrNotReplicated) {
+		t.Fatalf("got %v, want ErrNotReplicated", call.Err)
 	}
 }

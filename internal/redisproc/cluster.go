@@ -139,8 +139,9 @@ func WaitAcked(ctx context.Context, rdb *redis.Client, key string, replicas int)
 	}
 }
 
-// waitHealthy waits until every node says cluster_state:ok and knows all
-// the nodes.
+// waitHealthy waits until every node says cluster_state:ok, knows all the
+// nodes and which of them replicate which master, and until every replica
+// is in sync.
 func (c *Cluster) waitHealthy(ctx context.Context) error {
 	want := "cluster_known_nodes:" + strconv.Itoa(len(c.Nodes))
 	for {
@@ -159,6 +160,24 @@ func (c *Cluster) waitHealthy(ctx context.Context) error {
 			if err != nil || strings.Contains(repl, "role:slave") && !strings.Contains(repl, "master_link_status:up") ||
 				strings.Count(repl, ",state=") != strings.Count(repl, ",state=online,") {
 				bad = s.Addr() + ": replica not in sync"
+				break
+			}
+			// Gossip tells each node who replicates whom a little after it
+			// learns the nodes; the fault helpers (clusterfault.go) need
+			// every node to know.
+			ns, err := s.nodes(ctx)
+			if err != nil {
+				bad = err.Error()
+				break
+			}
+			known := 0
+			for _, n := range ns {
+				if n.is("slave") && n.masterID != "-" {
+					known++
+				}
+			}
+			if known != len(c.Nodes)-c.masters {
+				bad = fmt.Sprintf("%s: sees %d replicas", s.Addr(), known)
 				break
 			}
 		}

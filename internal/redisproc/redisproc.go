@@ -198,13 +198,6 @@ func (s *Server) Kill() {
 	<-exited
 }
 
-// running reports whether the server's process runs (it may be paused).
-func (s *Server) running() bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.proc != nil
-}
-
 // Restart kills the server if it runs and starts a new one on the same port
 // with the same arguments and no data, then waits until it answers.
 func (s *Server) Restart() {

@@ -20,6 +20,7 @@ import (
 	"testing"
 
 	"github.com/redis/go-redis/v9"
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"gorm.io/driver/postgres"
 	"gorm.io/gorm"
@@ -27,7 +28,9 @@ import (
 	"gorm.io/plugin/dbresolver"
 
 	"github.com/gorm-writethrough/writethrough"
+	"github.com/gorm-writethrough/writethrough/internal/faultproxy"
 	"github.com/gorm-writethrough/writethrough/internal/pgproc"
+	"github.com/gorm-writethrough/writethrough/internal/redisproc"
 	"github.com/gorm-writethrough/writethrough/internal/testenv"
 	"github.com/gorm-writethrough/writethrough/internal/testrig"
 )
@@ -490,15 +493,22 @@ func anys(ids []uint) []any {
 	return out
 }
 
-// TestReadReplicaLaggingNeverFillsStale runs the plugin with dbresolver
-// against a replica whose replay is paused: writes of every kind, then reads
-// of every row in every served form, cold and warm. The plugin's reads give
-// the primary's rows, Redis never holds a row older than the primary's, the
-// writes send nothing to the replica, and reads the plugin does not serve
-// still go to the replica. Plain GORM with dbresolver, on the same reads,
-// gives the replica's older rows. With the fills and pending reads sent to
-// the replica (ReadAnyReplica), the same run finds stale entries.
-func TestReadReplicaLaggingNeverFillsStale(t *testing.T) {
+// TestReadReplicas runs the plugin with dbresolver against a replica of
+// the test's own, on one primary and replica pair.
+//
+// A lagging replica: writes of every kind, then reads of every row in every
+// served form, cold and warm, while replay is paused. The plugin's reads
+// give the primary's rows, Redis never holds a row older than the
+// primary's, the writes send nothing to the replica, and reads the plugin
+// does not serve still go to the replica. Plain GORM with dbresolver, on
+// the same reads, gives the replica's older rows. With fills and pending
+// reads sent to the replica (ReadAnyReplica), the same run finds stale
+// entries and reads.
+//
+// Then the two reads that Redis cannot answer: a key Redis missed a write
+// of (suspect) is read from the primary; with Redis unreachable, a read
+// goes where dbresolver sends it, as without the plugin, and fills nothing.
+func TestReadReplicas(t *testing.T) {
 	primary := pgproc.Start(t)
 	replica := pgproc.StartReplica(t, primary)
 	for _, tc := range []struct {
@@ -512,7 +522,7 @@ func TestReadReplicaLaggingNeverFillsStale(t *testing.T) {
 		{name: "dbresolver registered first", cfg: calm(), resolverFirst: true},
 		{name: "broken: fills and pending reads go to the replica", cfg: calm(), broken: true},
 	} {
-		t.Run(tc.name, func(t *testing.T) {
+		t.Run("lagging/"+tc.name, func(t *testing.T) {
 			r := newLagRig(t, primary, replica, tc.cfg, tc.resolverFirst)
 			writethrough.ReadAnyReplica(r.p, tc.broken)
 			rep := runLagged(t, r)
@@ -533,4 +543,77 @@ func TestReadReplicaLaggingNeverFillsStale(t *testing.T) {
 			t.Logf("plain GORM with dbresolver: %d reads gave the replica's older rows; the plugin: none", rep.twinStale)
 		})
 	}
+	t.Run("suspect key is read from the primary", func(t *testing.T) {
+		e, proxy, onRepl := newReplicaFaultEnv(t, primary, replica)
+		ctx := context.Background()
+		u := User{Email: "suspect@x", Balance: 1}
+		require.NoError(t, e.db.Create(&u).Error)
+		replica.CatchUp()
+		replica.PauseReplay()
+		defer func() { replica.ResumeReplay(); replica.CatchUp() }()
+		proxy.Block() // the write commits; Redis keeps the old row, the key goes to the outbox
+		require.NoError(t, e.db.Model(&u).Update("balance", 2).Error)
+		proxy.Unblock()
+		require.Equal(t, byte(writethrough.StateCommitted), e.state(t, e.key("users", u.ID)), "Redis still holds the old row")
+		read := func() []int64 {
+			var got User
+			require.NoError(t, e.db.Scopes(writethrough.Cached).First(&got, u.ID).Error)
+			g, err := writethrough.Get[User](ctx, e.db, u.ID)
+			require.NoError(t, err)
+			gs, err := writethrough.GetMany[User](ctx, e.db, u.ID)
+			require.NoError(t, err)
+			require.Len(t, gs, 1)
+			return []int64{got.Balance, g.Balance, gs[0].Balance}
+		}
+		onRepl.take()
+		require.Equal(t, []int64{2, 2, 2}, read(), "First, Get, GetMany of a key whose write Redis missed")
+		require.Empty(t, onRepl.take(), "reads of a suspect key sent to the replica")
+		writethrough.ReadAnyReplica(e.p, true)
+		require.Equal(t, []int64{1, 1, 1}, read(), "the broken variant reads the paused replica: the test must see its old row")
+		writethrough.ReadAnyReplica(e.p, false)
+	})
+	t.Run("Redis unreachable: reads go to the replica and fill nothing", func(t *testing.T) {
+		e, proxy, onRepl := newReplicaFaultEnv(t, primary, replica)
+		ctx := context.Background()
+		u := User{Email: "down@x", Balance: 1}
+		require.NoError(t, e.db.Create(&u).Error)
+		replica.CatchUp()
+		replica.PauseReplay()
+		defer func() { replica.ResumeReplay(); replica.CatchUp() }()
+		require.NoError(t, e.db.Model(&u).Update("balance", 2).Error)
+		require.NoError(t, writethrough.Invalidate(e.db, &User{}, u.ID))
+		proxy.Block()
+		onRepl.take()
+		var got User
+		require.NoError(t, e.db.Scopes(writethrough.Cached).First(&got, u.ID).Error)
+		g, err := writethrough.Get[User](ctx, e.db, u.ID)
+		require.NoError(t, err)
+		assert.Equal(t, []int64{1, 1}, []int64{got.Balance, g.Balance},
+			"with Redis unreachable the read is dbresolver's: the paused replica's row, as plain GORM with dbresolver gives")
+		assert.Len(t, onRepl.take(), 2, "each read went to the replica")
+		proxy.Unblock()
+		assert.Equal(t, byte(0), e.state(t, e.key("users", u.ID)), "nothing was filled")
+		require.NoError(t, e.db.Scopes(writethrough.Cached).First(&got, u.ID).Error)
+		assert.Equal(t, int64(2), got.Balance, "once Redis answers, the miss fills from the primary")
+		assert.Equal(t, byte(writethrough.StateCommitted), e.state(t, e.key("users", u.ID)))
+	})
+}
+
+// newReplicaFaultEnv is the rig's env on primary's postgres database (its
+// users table made anew), with a redis-server of the test's own behind a
+// fault proxy, the plugin in Soft mode without a breaker, and dbresolver
+// with replica as its read replica through a counted pool.
+func newReplicaFaultEnv(t *testing.T, primary *pgproc.Server, replica *pgproc.Replica) (*env, *faultproxy.Proxy, *countedPool) {
+	t.Helper()
+	gcfg := &gorm.Config{}
+	n := testrig.CountSQL(gcfg)
+	db := testrig.Open(t, primary.DSN("postgres"), gcfg)
+	require.NoError(t, db.Migrator().DropTable(&User{}))
+	var proxy *faultproxy.Proxy
+	e := newEnv(t, rigOpts{db: db, sqls: n, cfg: faultDefaults(writethrough.Config{BreakerThreshold: -1}), own: true,
+		via: func(srv *redisproc.Server) string {
+			proxy = faultproxy.New(t, srv.Addr())
+			return proxy.Addr()
+		}})
+	return e, proxy, withReplica(t, e.db, replica)
 }

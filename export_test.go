@@ -42,5 +42,5 @@ const (
 
 // ReadAnyReplica makes the plugin send the reads that must see the primary
 // (fills, pending and suspect keys) wherever dbresolver sends reads: the bug
-// the replica tests must catch. Set it before the plugin is used.
+// the replica tests must catch. Set it while no statement runs.
 func ReadAnyReplica(p *Plugin, on bool) { p.anyReplica = on }

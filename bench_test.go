@@ -2,11 +2,16 @@ package writethrough_test
 
 import (
 	"context"
+	"net"
+	"strconv"
 	"testing"
+	"time"
 
 	"github.com/vmihailenco/msgpack/v5"
+	"gorm.io/gorm"
 
 	"github.com/gorm-writethrough/writethrough"
+	"github.com/gorm-writethrough/writethrough/internal/redisproc"
 )
 
 // The hit paths beside the floor they wrap: a go-redis GET of the same row,
@@ -82,5 +87,53 @@ func BenchmarkUpdateByKey(b *testing.B) {
 		if err := e.db.Model(&User{ID: u.ID}).Update("balance", i).Error; err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// BenchmarkUpdateReplicated is the price of Config.WaitReplicas: updates on
+// a private Redis with one replica, without and with waiting for it, in
+// GORM's own transaction (the prepare runs beside the statement) and in
+// one of the caller's (the prepare runs just before COMMIT).
+//
+//	go test -run XXX -bench UpdateReplicated -benchtime 3000x -count 5 .
+func BenchmarkUpdateReplicated(b *testing.B) {
+	master := redisproc.Start(b, "--repl-diskless-sync-delay", "0")
+	host, port, _ := net.SplitHostPort(master.Addr())
+	redisproc.Start(b, "--replicaof", host, port)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := redisproc.WaitAcked(ctx, master.Client(b), "bench:probe", 1); err != nil {
+		b.Fatal(err)
+	}
+	for _, wait := range []int{0, 1} {
+		db, _ := openDB(b, nil)
+		install(b, db, master.Client(b), writethrough.Config{Prefix: "br" + strconv.Itoa(wait), DrainInterval: -1, WaitReplicas: wait})
+		if err := db.AutoMigrate(&User{}); err != nil {
+			b.Fatal(err)
+		}
+		u := User{Email: "bench@x", Name: "Bench", Balance: 42}
+		if err := db.Create(&u).Error; err != nil {
+			b.Fatal(err)
+		}
+		name := "wait=" + strconv.Itoa(wait)
+		b.Run(name+"/implicit-tx", func(b *testing.B) {
+			b.ReportAllocs()
+			for i := 0; i < b.N; i++ {
+				if err := db.Model(&User{ID: u.ID}).Update("balance", i).Error; err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+		b.Run(name+"/caller-tx", func(b *testing.B) {
+			b.ReportAllocs()
+			for i := 0; i < b.N; i++ {
+				err := db.Transaction(func(tx *gorm.DB) error {
+					return tx.Model(&User{ID: u.ID}).Update("balance", i).Error
+				})
+				if err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
 	}
 }

@@ -97,6 +97,25 @@ type Config struct {
 	// flight. Default false: Commit returns after the install.
 	AsyncFinalize bool
 
+	// WaitReplicas makes every change that a Redis failover must not lose
+	// (a key made pending before its write commits, an invalidation) wait
+	// until this many replicas of the key's master acknowledge it, with
+	// Redis's WAIT on the connection that carried it. Redis replicates
+	// asynchronously: without it, a master that dies right after a write
+	// can take the write's pending mark with it, and the replica promoted
+	// in its place serves the row as it was before the write until the TTL
+	// ends. With it, a failover costs at most misses (a lost install stays
+	// pending until PendingTTL). Set it to the number of replicas each
+	// master has; a master with fewer live replicas than this fails its
+	// writes' prepares like an unreachable Redis: Strict writes fail with
+	// [ErrCacheUnavailable], Soft writes go to the outbox. Needs a
+	// *redis.Client (a plain or Sentinel client) or a *redis.ClusterClient.
+	// Default 0: no waiting.
+	WaitReplicas int
+	// WaitTimeout is how long WaitReplicas waits for the replicas. It must
+	// be shorter than Timeout. Default Timeout/2.
+	WaitTimeout time.Duration
+
 	// CDC says that a change-data-capture consumer (package cdc) follows
 	// this database. The plugin then writes a transactional logical message
 	// (pg_logical_emit_message) with its writer token into each transaction
@@ -211,6 +230,19 @@ func (c Config) withDefaults() (Config, error) {
 		c.BreakerThreshold = 5
 	case c.BreakerThreshold < 0:
 		c.BreakerThreshold = 0
+	}
+	switch {
+	case c.WaitReplicas < 0:
+		return c, &ConfigError{Field: "WaitReplicas", Reason: fmt.Sprintf("negative count %d", c.WaitReplicas)}
+	case c.WaitTimeout < 0:
+		return c, &ConfigError{Field: "WaitTimeout", Reason: fmt.Sprintf("negative duration %s", c.WaitTimeout)}
+	case c.WaitTimeout == 0:
+		c.WaitTimeout = max(c.Timeout/2, time.Millisecond)
+	case c.WaitTimeout < time.Millisecond:
+		return c, &ConfigError{Field: "WaitTimeout", Reason: fmt.Sprintf("%s is below Redis's 1ms resolution", c.WaitTimeout)}
+	}
+	if c.WaitReplicas > 0 && c.WaitTimeout >= c.Timeout {
+		return c, &ConfigError{Field: "WaitTimeout", Reason: fmt.Sprintf("%s must be shorter than Timeout %s", c.WaitTimeout, c.Timeout)}
 	}
 	if c.PendingTTL <= c.Timeout {
 		return c, &ConfigError{Field: "PendingTTL", Reason: fmt.Sprintf("%s must be longer than Timeout %s", c.PendingTTL, c.Timeout)}

@@ -28,6 +28,7 @@ func TestZeroConfigMeansTheDocumentedDefaults(t *testing.T) {
 		DrainInterval:    time.Second,
 		BreakerThreshold: 5,
 		BreakerCooldown:  time.Second,
+		WaitTimeout:      50 * time.Millisecond,
 	}
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("withDefaults(Config{}) =\n%+v\nwant\n%+v", got, want)
@@ -102,6 +103,10 @@ func TestEveryInvalidFieldIsNamed(t *testing.T) {
 		{"PendingTTL below the default Timeout", Config{PendingTTL: 50 * time.Millisecond}, "PendingTTL"},
 		{"negative Timeout", Config{Timeout: -time.Second}, "Timeout"},
 		{"Timeout below a millisecond", Config{Timeout: time.Microsecond}, "Timeout"},
+		{"negative WaitReplicas", Config{WaitReplicas: -1}, "WaitReplicas"},
+		{"negative WaitTimeout", Config{WaitTimeout: -time.Second}, "WaitTimeout"},
+		{"WaitTimeout below a millisecond", Config{WaitTimeout: time.Microsecond}, "WaitTimeout"},
+		{"WaitTimeout not below Timeout", Config{WaitReplicas: 1, WaitTimeout: 100 * time.Millisecond}, "WaitTimeout"},
 		{"DrainInterval below a millisecond", Config{DrainInterval: time.Microsecond}, "DrainInterval"},
 		{"negative BreakerCooldown", Config{BreakerCooldown: -time.Second}, "BreakerCooldown"},
 		{"BreakerCooldown below a millisecond", Config{BreakerCooldown: time.Microsecond}, "BreakerCooldown"},

@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"runtime/debug"
+
+	"github.com/gorm-writethrough/writethrough/internal/entry"
 )
 
 // ErrCacheUnavailable is returned when Redis could not take part in a
@@ -12,6 +14,11 @@ import (
 // and the transaction does not commit. Soft mode never returns it from a
 // write.
 var ErrCacheUnavailable = errors.New("writethrough: cache unavailable")
+
+// ErrNotReplicated is wrapped, beside [ErrCacheUnavailable], by a Strict
+// write whose pending mark or invalidation fewer than
+// [Config.WaitReplicas] replicas acknowledged in time.
+var ErrNotReplicated = entry.ErrNotReplicated
 
 // ErrInvalidConfig is wrapped by every error that reports a bad [Config]
 // field. It surfaces from db.Use.

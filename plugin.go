@@ -83,6 +83,13 @@ func New(rdb redis.UniversalClient, cfg Config) *Plugin {
 	if p.cfgErr == nil && rdb == nil {
 		p.cfgErr = &ConfigError{Field: "rdb", Reason: "New was given a nil Redis client"}
 	}
+	if p.cfgErr == nil && p.cfg.WaitReplicas > 0 {
+		switch rdb.(type) {
+		case *redis.Client, *redis.ClusterClient:
+		default:
+			p.cfgErr = &ConfigError{Field: "WaitReplicas", Reason: fmt.Sprintf("waiting for replicas needs a *redis.Client or *redis.ClusterClient, not %T", rdb)}
+		}
+	}
 	return p
 }
 

@@ -103,7 +103,11 @@ func (p *Plugin) run(ctx context.Context, calls []*entry.Call) {
 		}
 		return
 	}
-	p.scripts.Run(ctx, p.rdb, calls)
+	if p.cfg.WaitReplicas > 0 && anyDurable(calls) {
+		p.scripts.RunReplicated(ctx, p.rdb, calls, entry.Replication{Replicas: p.cfg.WaitReplicas, Timeout: p.cfg.WaitTimeout})
+	} else {
+		p.scripts.Run(ctx, p.rdb, calls)
+	}
 	var failed error
 	for _, c := range calls {
 		if connectionError(c.Err) {
@@ -112,6 +116,16 @@ func (p *Plugin) run(ctx context.Context, calls []*entry.Call) {
 		}
 	}
 	p.brk.record(ctx, failed)
+}
+
+// anyDurable reports calls a failover must not lose (Config.WaitReplicas).
+func anyDurable(calls []*entry.Call) bool {
+	for _, c := range calls {
+		if c.Durable() {
+			return true
+		}
+	}
+	return false
 }
 
 // outcome is what a reader makes of one key.

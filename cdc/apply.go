@@ -69,7 +69,11 @@ func (c *Consumer) runCalls(ctx context.Context, all []*entry.Call, change bool)
 		calls := all[:n]
 		all = all[n:]
 		rctx, cancel := context.WithTimeout(ctx, c.cfg.Timeout)
-		c.scripts.Run(rctx, c.cfg.Redis, calls)
+		if c.cfg.WaitReplicas > 0 {
+			c.scripts.RunReplicated(rctx, c.cfg.Redis, calls, entry.Replication{Replicas: c.cfg.WaitReplicas, Timeout: c.cfg.WaitTimeout})
+		} else {
+			c.scripts.Run(rctx, c.cfg.Redis, calls)
+		}
 		cancel()
 		for _, call := range calls {
 			if call.Err != nil {

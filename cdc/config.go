@@ -57,6 +57,18 @@ type Config struct {
 	// Timeout bounds one Redis round trip. Default 2s.
 	Timeout time.Duration
 
+	// WaitReplicas makes the consumer confirm a change to PostgreSQL only
+	// once this many replicas of each key's master acknowledge its
+	// invalidation (Redis's WAIT), as the plugin's Config.WaitReplicas
+	// does for its writes: a Redis failover then cannot bring back a row
+	// the consumer removed. A master with fewer live replicas holds the
+	// consumer back, retrying, as an unreachable Redis does. Needs a
+	// *redis.Client or *redis.ClusterClient. Default 0: no waiting.
+	WaitReplicas int
+	// WaitTimeout is how long WaitReplicas waits. It must be shorter than
+	// Timeout. Default Timeout/2.
+	WaitTimeout time.Duration
+
 	// PurgeBatch is how many keys one SCAN step asks for when the consumer
 	// removes every key of a table. Default 500.
 	PurgeBatch int
@@ -108,6 +120,16 @@ func (c Config) withDefaults() (Config, error) {
 	if c.Prefix == "" {
 		c.Prefix = "wt"
 	}
+	if c.WaitReplicas < 0 {
+		return bad("WaitReplicas", "negative")
+	}
+	if c.WaitReplicas > 0 {
+		switch c.Redis.(type) {
+		case *redis.Client, *redis.ClusterClient:
+		default:
+			return bad("WaitReplicas", fmt.Sprintf("waiting for replicas needs a *redis.Client or *redis.ClusterClient, not %T", c.Redis))
+		}
+	}
 	if c.Slot == "" {
 		c.Slot = "writethrough"
 	}
@@ -146,6 +168,12 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.RetryMax < c.RetryMin {
 		return bad("RetryMax", "less than RetryMin")
+	}
+	if err := def(&c.WaitTimeout, c.Timeout/2, "WaitTimeout"); err != nil {
+		return c, err
+	}
+	if c.WaitReplicas > 0 && c.WaitTimeout >= c.Timeout {
+		return bad("WaitTimeout", "not shorter than Timeout")
 	}
 	if c.PurgeBatch < 0 {
 		return bad("PurgeBatch", "negative")

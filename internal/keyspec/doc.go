@@ -22,7 +22,21 @@
 // ({id}, {ID}). Every key column must appear, and two placeholders must be
 // separated by text holding a ':', so that no two rows share a key. A
 // template without {prefix} is placed under it: "user:{id}" gives
-// "wt:user:42". Literal text is used as written.
+// "wt:user:42". Literal text is used as written; "{{" and "}}" write a
+// literal brace.
+//
+// # Hash tags
+//
+// Redis Cluster hashes only a key's hash tag when it has one: the text
+// between the first '{' and the first '}' after it, if not empty. A
+// template writes one with doubled braces, "order:{{{tenant}}}:{id}" gives
+// "wt:order:{acme}:7", so that every order of a tenant lives in one slot.
+// A template holds at most one hash tag, never empty, and a prefix with a
+// brace cannot be combined with one (the prefix's brace would come first).
+// Components escape '{' and '}', so a key value can neither open nor close
+// a tag: the tag is always exactly what the template says. An empty value
+// inside a tag ("{}") makes Redis hash the whole key. [Slot] computes the
+// slot as Redis does.
 //
 // # Components
 //

@@ -69,6 +69,13 @@ type (
 		A string `gorm:"primaryKey" cache:"key:p:{b}:{a}:x"`
 		B string `gorm:"primaryKey"`
 	}
+	kTagTenant struct {
+		Tenant string `gorm:"primaryKey" cache:"key:order:{{{tenant}}}:{id}"`
+		ID     int64  `gorm:"primaryKey;autoIncrement:false"`
+	}
+	kTagLiteral struct {
+		ID int64 `gorm:"primaryKey" cache:"key:{{settings}}:{id}"`
+	}
 	kUUIDString struct {
 		ID string `gorm:"type:uuid;primaryKey" cache:""`
 	}
@@ -171,6 +178,9 @@ func TestKeysArePinned(t *testing.T) {
 		{"template with {prefix} and a field name", &kTmplPrefix{}, []any{42}, "wt:acct:42:v2"},
 		{"template with {table} and {pk}", &kTmplTable{}, []any{42}, "wt:k_tmpl_tables/42"},
 		{"template with columns out of order", &kTmplPair{}, []any{"a:b", "c"}, "wt:p:c:a%3Ab:x"},
+		{"hash tag around a column", &kTagTenant{}, []any{"acme", 7}, "wt:order:{acme}:7"},
+		{"hash tag, value with braces", &kTagTenant{}, []any{"a}b{c", 7}, "wt:order:{a%7Db%7Bc}:7"},
+		{"literal hash tag", &kTagLiteral{}, []any{7}, "wt:{settings}:7"},
 		{"uuid string", &kUUIDString{}, []any{someUUIDText}, "wt:k_uuid_strings:" + someUUIDText},
 		{"uuid string in upper case", &kUUIDString{}, []any{strings.ToUpper(someUUIDText)}, "wt:k_uuid_strings:" + someUUIDText},
 		{"uuid string in braces", &kUUIDString{}, []any{"{" + strings.ToUpper(someUUIDText) + "}"}, "wt:k_uuid_strings:" + someUUIDText},
@@ -403,6 +413,16 @@ type (
 		A string `gorm:"primaryKey" cache:"key:p:{a}{b}"`
 		B string `gorm:"primaryKey"`
 	}
+	tTwoHashTags struct {
+		A string `gorm:"primaryKey" cache:"key:p:{{{a}}}:{{{b}}}"`
+		B string `gorm:"primaryKey"`
+	}
+	tEmptyHashTag struct {
+		ID int64 `gorm:"primaryKey" cache:"key:p:{{}}:{id}"`
+	}
+	tHashTagNotClosed struct {
+		ID int64 `gorm:"primaryKey" cache:"key:p:{{{id}}"`
+	}
 	tPlaceholdersWithoutColon struct {
 		A string `gorm:"primaryKey" cache:"key:p:{a}-{B}"`
 		B string `gorm:"primaryKey"`
@@ -471,6 +491,9 @@ func TestUnusableTagsAreTagErrors(t *testing.T) {
 		{"template without the key", &tTemplateWithoutKey{}, keyspec.TagError{Field: "ID", Word: "key:users", Reason: "leaves out primary-key column id"}},
 		{"template missing a key column", &tTemplateMissesAKeyColumn{}, keyspec.TagError{Field: "Tenant", Word: "key:o:{tenant}", Reason: "leaves out primary-key column seq"}},
 		{"template with touching placeholders", &tPlaceholdersTouch{}, keyspec.TagError{Field: "A", Word: "key:p:{a}{b}", Reason: "placeholders {a} and {b} must be separated by ':'"}},
+		{"template with two hash tags", &tTwoHashTags{}, keyspec.TagError{Field: "A", Word: "key:p:{{{a}}}:{{{b}}}", Reason: "at most one hash tag"}},
+		{"template with an empty hash tag", &tEmptyHashTag{}, keyspec.TagError{Field: "ID", Word: "key:p:{{}}:{id}", Reason: "hash tag '{{}}' is empty"}},
+		{"template with a hash tag not closed", &tHashTagNotClosed{}, keyspec.TagError{Field: "ID", Word: "key:p:{{{id}}", Reason: "unbalanced '}'"}},
 		{"template with placeholders not split by ':'", &tPlaceholdersWithoutColon{}, keyspec.TagError{Field: "A", Word: "key:p:{a}-{B}", Reason: "placeholders {a} and {b} must be separated by ':'"}},
 		{"tag on a field that is not the key", &tTagOnNonKey{}, keyspec.TagError{Field: "Email", Reason: "the cache tag belongs on the primary-key field"}},
 		{"tag on a model without a primary key", &tNoPrimaryKey{}, keyspec.TagError{Field: "Label", Reason: "model has no primary key"}},
@@ -634,4 +657,47 @@ func TestPatternMatchesOnlyTheModelsKeys(t *testing.T) {
 	odd := specOf(t, &kOdd{})
 	assert.True(t, globMatch(odd.Pattern(), "wt:odd%3Atable%7B1%7D:1"))
 	assert.False(t, globMatch(odd.Pattern(), "wt:odd%3Atable%7B2%7D:1"))
+}
+
+// TestHashTagDecidesTheSlot checks what a hash tag is for: on Redis
+// Cluster, keys whose tags hold the same text share a slot, whatever else
+// they hold, and a key value cannot move the tag.
+func TestHashTagDecidesTheSlot(t *testing.T) {
+	ctx := context.Background()
+	s := specOf(t, &kTagTenant{})
+	slot := func(vals ...any) uint16 {
+		k, ok := s.Lookup(ctx, vals...)
+		require.True(t, ok)
+		return keyspec.Slot(k)
+	}
+	assert.Equal(t, slot("acme", 1), slot("acme", 987654))
+	assert.Equal(t, keyspec.Slot("acme"), slot("acme", 1), "the tag is hashed alone")
+	assert.NotEqual(t, slot("acme", 1), slot("globex", 1))
+	assert.Equal(t, keyspec.Slot(keyspec.Escape("a}b")), slot("a}b", 1), "a brace in a value is escaped, not the tag's end")
+
+	bad, err := keyspec.New(parse(t, &kTagLiteral{}), "wt{x}", mustTag(t, &kTagLiteral{}))
+	assert.Nil(t, bad)
+	assert.ErrorContains(t, err, "prefix")
+}
+
+func mustTag(t *testing.T, model any) *keyspec.Tag {
+	tag, err := keyspec.ParseTag(parse(t, model))
+	require.NoError(t, err)
+	return tag
+}
+
+// TestSlotAgreesWithRedis pins Slot to the values Redis's CLUSTER KEYSLOT
+// gives (the cluster specification's examples and hash-tag rules).
+func TestSlotAgreesWithRedis(t *testing.T) {
+	for key, want := range map[string]uint16{
+		"123456789":     12739, // CRC16 XMODEM check value 0x31C3
+		"foo":           12182,
+		"{user1000}.a":  keyspec.Slot("user1000"),
+		"foo{{bar}}zap": keyspec.Slot("{bar"),
+		"foo{bar}{zap}": keyspec.Slot("bar"),
+		"":              0,
+	} {
+		assert.Equal(t, want, keyspec.Slot(key), "%q", key)
+	}
+	assert.NotEqual(t, keyspec.Slot("bar"), keyspec.Slot("foo{}{bar}"), "an empty first tag hashes the whole key")
 }

@@ -27,6 +27,7 @@ type part struct {
 	lit   string
 	field *schema.Field // one primary-key column
 	pkAll bool          // {pk}: every primary-key column, joined by ':'
+	brace bool          // lit is a brace written "{{" or "}}" (a hash tag's edge)
 }
 
 // New returns the key spec of the model sch describes. Every key starts
@@ -68,11 +69,18 @@ func parseTemplate(sch *schema.Schema, tmpl, prefix string) ([]part, error) {
 			parts = append(parts, part{lit: rest})
 			break
 		}
-		if rest[i] == '}' {
-			return nil, fmt.Errorf("unbalanced '}' in key template")
-		}
 		if i > 0 {
 			parts = append(parts, part{lit: rest[:i]})
+		}
+		// "{{" and "}}" are a literal brace: how a template writes a
+		// Redis Cluster hash tag.
+		if i+1 < len(rest) && rest[i+1] == rest[i] {
+			parts = append(parts, part{lit: rest[i : i+1], brace: true})
+			rest = rest[i+2:]
+			continue
+		}
+		if rest[i] == '}' {
+			return nil, fmt.Errorf("unbalanced '}' in key template (write '}}' for a literal brace)")
 		}
 		j := strings.IndexByte(rest[i:], '}')
 		if j < 0 {
@@ -110,8 +118,14 @@ func parseTemplate(sch *schema.Schema, tmpl, prefix string) ([]part, error) {
 			return nil, fmt.Errorf("key template leaves out primary-key column %s, so rows would share keys", f.DBName)
 		}
 	}
+	if err := checkHashTag(parts); err != nil {
+		return nil, err
+	}
 	if !hasPrefix {
 		parts = append([]part{{lit: prefix + ":"}}, parts...)
+	}
+	if strings.ContainsAny(prefix, "{}") && hasHashTag(parts) {
+		return nil, fmt.Errorf("the key prefix %q holds a brace, so Redis Cluster would hash by the prefix, not by the template's hash tag", prefix)
 	}
 	// Merge adjacent literals.
 	out := parts[:0]
@@ -140,6 +154,43 @@ func parseTemplate(sch *schema.Schema, tmpl, prefix string) ([]part, error) {
 		}
 	}
 	return out, nil
+}
+
+// checkHashTag checks the template's literal braces: none, or one "{"
+// followed later by one "}" with something between them. Redis Cluster
+// hashes only the text between the first "{" and the "}" after it, so
+// that text (the hash tag) decides which node holds the key; components
+// never hold a raw brace, so a key value cannot move or end the tag.
+func checkHashTag(parts []part) error {
+	var braces []string
+	empty := true
+	for _, pt := range parts {
+		switch {
+		case pt.brace:
+			braces = append(braces, pt.lit)
+		case len(braces) == 1 && (pt.field != nil || pt.pkAll || pt.lit != ""):
+			empty = false
+		}
+	}
+	switch {
+	case len(braces) == 0:
+		return nil
+	case len(braces) != 2 || braces[0] != "{" || braces[1] != "}":
+		return fmt.Errorf("a key template holds at most one hash tag, written '{{' ... '}}'")
+	case empty:
+		return fmt.Errorf("the hash tag '{{}}' is empty; Redis Cluster would hash the whole key")
+	}
+	return nil
+}
+
+// hasHashTag reports a template with a literal brace.
+func hasHashTag(parts []part) bool {
+	for _, pt := range parts {
+		if pt.brace {
+			return true
+		}
+	}
+	return false
 }
 
 func placeholderName(pt part) string {

@@ -63,17 +63,21 @@ func (p *Plugin) readCtx(parent context.Context) (context.Context, context.Cance
 func deadlinePolicy(rdb redis.UniversalClient, timeout time.Duration) (bool, string) {
 	var enabled bool
 	var rt, wt time.Duration
+	retries := true
 	switch c := rdb.(type) {
 	case *redis.Client:
 		o := c.Options()
-		enabled, rt, wt = o.ContextTimeoutEnabled, o.ReadTimeout, o.WriteTimeout
+		enabled, rt, wt, retries = o.ContextTimeoutEnabled, o.ReadTimeout, o.WriteTimeout, o.MaxRetries > 0
 	case *redis.ClusterClient:
 		o := c.Options()
 		enabled, rt, wt = o.ContextTimeoutEnabled, o.ReadTimeout, o.WriteTimeout
 	default:
 		return true, ""
 	}
-	within := rt > 0 && rt <= timeout && wt > 0 && wt <= timeout
+	// The client's own timeouts bound one attempt; go-redis retries a
+	// timed-out call (MaxRetries, a cluster's redirections), so only a
+	// client that never retries is bounded by them alone.
+	within := rt > 0 && rt <= timeout && wt > 0 && wt <= timeout && !retries
 	switch {
 	case within:
 		return false, ""
@@ -193,11 +197,13 @@ func (p *Plugin) lookupMany(ctx context.Context, spec *modelSpec, keys []string,
 	return outs
 }
 
-// getMany reads keys in one round trip: MGET on a single node, a pipeline of
-// GETs on a cluster (whose keys live on different slots). Absent keys are nil.
+// getMany reads keys in one round trip: MGET on a single node (a plain or
+// Sentinel client), a pipeline of GETs on a cluster or a ring, whose keys
+// live on different nodes (go-redis sends each node its share at once).
+// Absent keys are nil.
 func (p *Plugin) getMany(ctx context.Context, keys []string) ([][]byte, error) {
 	out := make([][]byte, len(keys))
-	if _, cluster := p.rdb.(*redis.ClusterClient); !cluster {
+	if _, single := p.rdb.(*redis.Client); single {
 		vals, err := p.rdb.MGet(ctx, keys...).Result()
 		if err != nil {
 			return nil, err

@@ -194,7 +194,8 @@ func (r *results) ratio(name string) []float64 {
 }
 
 // A target of the benchmark suite, as a bound on a ratio (or a difference)
-// between a row and a base row of the same round.
+// between a row and a base row of the same round. A target without a
+// bound (max and min zero) only reports the value.
 type target struct {
 	row  string // path.Match pattern on the benchmark name
 	base string // base row; "{w}" is the row's workload; "" for absolute
@@ -215,6 +216,12 @@ var targets = []target{
 	{row: "Throughput/r100-*/wt-get", base: "{w}/floor", unit: "ops/s", op: "ratio", min: 0.9, text: "ops/s ≥ 0.9× floor"},
 	{row: "Throughput/r95-*/wt-*", base: "{w}/naive-wt", unit: "ops/s", op: "ratio", min: 1.0, text: "ops/s ≥ 1.0× naive-wt"},
 	{row: "Memory/wt*", unit: "redis-B/row", op: "memory", max: 1.3, text: "≤ 1.3× payload"},
+	// Redis Cluster (issue 13): the plugin on three masters against the
+	// plugin on the single Redis, measured inside the same benchmark.
+	{row: "Cluster/hit/wt-get-cluster", base: "{w}/wt-get", unit: "p50-us", op: "ratio", text: "p50 vs wt-get on one Redis"},
+	{row: "Cluster/batch100/wt-get-cluster", base: "{w}/wt-get", unit: "p50-us", op: "ratio", text: "p50 vs wt-get on one Redis"},
+	{row: "Cluster/batch100/*", unit: "trips/node", op: "abs", max: 1, text: "one round trip per node"},
+	{row: "Cluster/r95-*/wt-get-cluster", base: "{w}/wt-get", unit: "ops/s", op: "ratio", text: "ops/s vs wt-get on one Redis"},
 }
 
 // verdicts returns the targets that apply to name, each with its measured
@@ -264,6 +271,9 @@ func (r *results) verdicts(name string) []string {
 		switch {
 		case math.IsNaN(v):
 			verdict, shown = "not measured", "–"
+		case t.max == 0 && t.min == 0:
+			out = append(out, fmt.Sprintf("%s (%s)", shown, t.text))
+			continue
 		case (t.max != 0 && v > t.max) || (t.min != 0 && v < t.min):
 			verdict = "**missed**"
 		default:
@@ -287,6 +297,17 @@ var workloadNames = map[string]string{
 func label(workload string) string {
 	if s, ok := workloadNames[workload]; ok {
 		return s
+	}
+	if rest, ok := strings.CutPrefix(workload, "Cluster/"); ok {
+		// BenchmarkCluster: "Cluster/hit", "Cluster/batch100",
+		// "Cluster/r95-zipf-g64".
+		switch rest {
+		case "hit":
+			return "cluster: hit"
+		case "batch100":
+			return "cluster: batch of 100"
+		}
+		return "cluster: " + label("Throughput/"+rest)
 	}
 	if rest, ok := strings.CutPrefix(workload, "Throughput/"); ok {
 		f := strings.Split(rest, "-")

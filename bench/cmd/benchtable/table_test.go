@@ -55,6 +55,34 @@ func TestTableComputesRatiosAndTargets(t *testing.T) {
 	}
 }
 
+const clusterRound = `BenchmarkCluster/hit/floor-cluster-2 100 1 ns/op 44.00 p50-us 40.00 floor-p50-us 1 redis/op 0 sql/op
+BenchmarkCluster/hit/wt-get-cluster-2 100 1 ns/op 48.00 p50-us 40.00 floor-p50-us 42.00 base-p50-us 1 redis/op 0 sql/op
+BenchmarkCluster/batch100/wt-get-cluster-2 100 1 ns/op 600.0 p50-us 400.0 floor-p50-us 500.0 base-p50-us 3.000 node-trips/op 1.000 trips/node 1 redis/op 0 sql/op
+BenchmarkCluster/batch100/floor-cluster-2 100 1 ns/op 450.0 p50-us 400.0 floor-p50-us 3.000 node-trips/op 1.500 trips/node 1 redis/op 0 sql/op
+BenchmarkCluster/r95-zipf-g64/wt-get-cluster-2 100 1 ns/op 9000 ops/s 20000 floor-ops/s 10000 base-ops/s
+`
+
+func TestClusterRowsReportAgainstTheSingleRedis(t *testing.T) {
+	r := newResults(1)
+	if err := r.parse(0, strings.NewReader(clusterRound)); err != nil {
+		t.Fatal(err)
+	}
+	table := r.table()
+	for _, want := range []string{
+		"| cluster: hit | floor-cluster | 44.0 |  |  | 1.10× |",
+		"1.14× (p50 vs wt-get on one Redis)",
+		"| cluster: batch of 100 | wt-get-cluster | 600.0 |",
+		"1.20× (p50 vs wt-get on one Redis); met 1 (one round trip per node)",
+		"**missed** 1.5 (one round trip per node)",
+		"| cluster: 95/5 zipf, 64 goroutines | wt-get-cluster |",
+		"0.90× (ops/s vs wt-get on one Redis)",
+	} {
+		if !strings.Contains(table, want) {
+			t.Errorf("table lacks %q:\n%s", want, table)
+		}
+	}
+}
+
 func TestUnpairedRatioIsMedianOfPerRoundRatios(t *testing.T) {
 	r := newResults(3)
 	rounds := []string{

@@ -60,6 +60,15 @@
 // write instead. A circuit breaker ([Config.BreakerThreshold]) keeps the
 // plugin off a Redis that keeps failing.
 //
+// # Read replicas
+//
+// With gorm.io/plugin/dbresolver registered after the plugin, writes and
+// the plugin's own statements go to the primary, and so do the reads that
+// fill the cache and the reads of keys being written: Redis never holds a
+// row older than the primary's. Other reads the cache cannot answer (Redis
+// down, another reader filling the key) go where dbresolver sends them and
+// fill nothing.
+//
 // # Shutdown and panics
 //
 // [Plugin.Close] waits for the finalizes, cached reads and fills in flight

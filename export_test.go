@@ -39,3 +39,8 @@ const (
 	StateLease     = byte(entry.Lease)
 	StateTombstone = byte(entry.Tombstone)
 )
+
+// ReadAnyReplica makes the plugin send the reads that must see the primary
+// (fills, pending and suspect keys) wherever dbresolver sends reads: the bug
+// the replica tests must catch. Set it while no statement runs.
+func ReadAnyReplica(p *Plugin, on bool) { p.anyReplica = on }

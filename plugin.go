@@ -42,6 +42,9 @@ type Plugin struct {
 	home   uintptr      // the Plugins map of the database the plugin serves; 0 before
 
 	hook func(point, key string) // test-only interleaving points; nil in production
+	// anyReplica (tests only) lets the reads that must see the primary go
+	// where dbresolver sends them: the bug the replica tests must catch.
+	anyReplica bool
 
 	brk *breaker
 

@@ -153,6 +153,7 @@ func (p *Plugin) serve(db *gorm.DB, orig func(*gorm.DB), marked bool, kn known) 
 		// Redis missed a write of this key that this process made; until the
 		// outbox has deleted the old entry, the database answers.
 		p.stats.misses.Add(1)
+		p.toPrimary(db)
 		orig(db)
 		return
 	}
@@ -205,6 +206,7 @@ func (p *Plugin) serveOne(db *gorm.DB, plan readPlan, orig func(*gorm.DB), kn kn
 		// forgets the key's flight (or in another process, which never
 		// does): a load that began before the COMMIT must not answer a read
 		// that began after it. Read the database alone.
+		p.toPrimary(db)
 		orig(db)
 		return
 	}
@@ -254,6 +256,9 @@ func (p *Plugin) serveOne(db *gorm.DB, plan readPlan, orig func(*gorm.DB), kn kn
 		deliver(db, plan, []reflect.Value{elem})
 	case outNotFound:
 		deliver(db, plan, nil)
+	case outPending:
+		p.toPrimary(db)
+		orig(db)
 	default:
 		orig(db)
 	}
@@ -314,7 +319,7 @@ func (p *Plugin) load(db *gorm.DB, spec *modelSpec, key string, orig func(*gorm.
 	}
 	p.at("read:after-lease", key)
 	if leased {
-		forceSource(db)
+		p.toPrimary(db)
 	}
 	readSeq := p.readSeq.Add(1)
 	if pe := runQuery(db, orig); pe != nil {
@@ -392,9 +397,19 @@ func (p *Plugin) countFill(c *entry.Call) {
 	}
 }
 
-// forceSource moves a fill-intended read off a read replica: a lease cannot
-// detect replication lag. It is a no-op without dbresolver.
-func forceSource(db *gorm.DB) {
+// toPrimary moves a read that the plugin sends to the database off a read
+// replica, to the source dbresolver sends writes to: a read that will fill
+// the cache (a lease cannot detect replication lag, and the row it reads
+// would be served to every reader until a write or the TTL replaces it),
+// and a read of a key that a write is in flight on (pending) or that Redis
+// missed a write of (suspect), which the database answers precisely
+// because the writer's COMMIT may have returned already. Other reads that
+// miss go where dbresolver sends them and fill nothing. It is a no-op
+// without dbresolver.
+func (p *Plugin) toPrimary(db *gorm.DB) {
+	if p.anyReplica {
+		return
+	}
 	if r := db.Callback().Query().Get("gorm:db_resolver"); r != nil {
 		db.Statement.Settings.Store("gorm:db_resolver:write", struct{}{})
 		r(db)
@@ -479,6 +494,7 @@ func (p *Plugin) serveMany(db *gorm.DB, plan readPlan, orig func(*gorm.DB), kn k
 	for _, k := range plan.keys {
 		if p.suspects.is(k) {
 			p.stats.misses.Add(uint64(len(plan.keys)))
+			p.toPrimary(db)
 			orig(db)
 			return
 		}
@@ -493,7 +509,7 @@ func (p *Plugin) serveMany(db *gorm.DB, plan readPlan, orig func(*gorm.DB), kn k
 	}
 	rows := make([]reflect.Value, 0, len(plan.keys))
 	var empty []string
-	complete := true
+	complete, pending := true, false
 	for i, o := range outs {
 		switch o {
 		case outFailed:
@@ -505,6 +521,9 @@ func (p *Plugin) serveMany(db *gorm.DB, plan readPlan, orig func(*gorm.DB), kn k
 		case outNotFound:
 		case outEmpty:
 			empty = append(empty, plan.keys[i])
+			complete = false
+		case outPending:
+			pending = true
 			complete = false
 		default:
 			complete = false
@@ -528,8 +547,10 @@ func (p *Plugin) serveMany(db *gorm.DB, plan readPlan, orig func(*gorm.DB), kn k
 			}
 		}
 	}
+	if len(leased) > 0 || pending {
+		p.toPrimary(db)
+	}
 	if len(leased) > 0 {
-		forceSource(db)
 		p.at("read:after-lease", empty[0])
 	}
 	orig(db) // a panic here is GORM's (a Scan method) and propagates; the leases expire

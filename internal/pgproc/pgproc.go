@@ -7,6 +7,10 @@
 // with wal_level=logical and fsync off, and is stopped and removed when the
 // test ends. PostgreSQL refuses to run as root: under root, initdb and the
 // server run as the postgres user, which owns the directory.
+//
+// [StartReplica] makes a streaming replica of such a cluster (pg_basebackup
+// -R), whose WAL replay a test can pause, resume and wait for, to read from a
+// replica that lags behind by exactly the writes it chose.
 package pgproc
 
 import (
@@ -110,6 +114,18 @@ func Start(t testing.TB, settings ...string) *Server {
 	if err != nil {
 		t.Skipf("pgproc: %v", err)
 	}
+	s := newServer(t, bin, cred, settings)
+	if err := s.initdb(); err != nil {
+		t.Fatalf("pgproc: %v", err)
+	}
+	s.listen()
+	return s
+}
+
+// newServer makes the directory of a cluster owned by the test (by the
+// postgres user under root), removed with the cluster when the test ends.
+func newServer(t testing.TB, bin string, cred *syscall.Credential, settings []string) *Server {
+	t.Helper()
 	// Not t.TempDir: its parent is private to root, and the postgres user
 	// could not reach the cluster inside.
 	dir, err := os.MkdirTemp("", "pgproc-")
@@ -130,13 +146,15 @@ func Start(t testing.TB, settings ...string) *Server {
 			t.Fatalf("pgproc: %v", err)
 		}
 	}
-	if err := s.initdb(); err != nil {
-		t.Fatalf("pgproc: %v", err)
-	}
-	if _, err := procrun.OnFreePort(t, func(port int) error { s.port = port; return s.start() }); err != nil {
-		t.Fatalf("pgproc: %v", err)
-	}
 	return s
+}
+
+// listen starts the made cluster on a free loopback port.
+func (s *Server) listen() {
+	s.t.Helper()
+	if _, err := procrun.OnFreePort(s.t, func(port int) error { s.port = port; return s.start() }); err != nil {
+		s.t.Fatalf("pgproc: %v", err)
+	}
 }
 
 // binDir finds the directory of the server's binaries.
@@ -211,24 +229,38 @@ func (s *Server) initdb() error {
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return fmt.Errorf("initdb: %w\n%s", err, out)
 	}
-	socketDir := s.data
-	if len(socketDir)+len("/.s.PGSQL.65535") > maxSocketPath {
-		socketDir = "" // TCP only
+	if err := s.appendConf(fmt.Sprintf(serverConf, s.socketDir())); err != nil {
+		return err
 	}
-	// Both files exist, owned by the cluster's owner: writing keeps that.
+	if err := os.WriteFile(filepath.Join(s.data, "pg_hba.conf"), []byte(hbaConf), 0o600); err != nil {
+		return fmt.Errorf("pg_hba.conf: %w", err)
+	}
+	return nil
+}
+
+// socketDir is the directory of the server's Unix-domain socket: its data
+// directory, or none (TCP only) when the path would be too long.
+func (s *Server) socketDir() string {
+	if len(s.data)+len("/.s.PGSQL.65535") > maxSocketPath {
+		return ""
+	}
+	return s.data
+}
+
+// appendConf appends text to the cluster's postgresql.conf, where later
+// lines win over earlier ones.
+func (s *Server) appendConf(text string) error {
+	// The file exists, owned by the cluster's owner: writing keeps that.
 	conf, err := os.OpenFile(filepath.Join(s.data, "postgresql.conf"), os.O_WRONLY|os.O_APPEND, 0)
 	if err != nil {
 		return fmt.Errorf("postgresql.conf: %w", err)
 	}
-	_, err = fmt.Fprintf(conf, serverConf, socketDir)
+	_, err = conf.WriteString(text)
 	if cerr := conf.Close(); err == nil {
 		err = cerr
 	}
 	if err != nil {
 		return fmt.Errorf("postgresql.conf: %w", err)
-	}
-	if err := os.WriteFile(filepath.Join(s.data, "pg_hba.conf"), []byte(hbaConf), 0o600); err != nil {
-		return fmt.Errorf("pg_hba.conf: %w", err)
 	}
 	return nil
 }

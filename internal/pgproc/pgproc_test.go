@@ -2,6 +2,7 @@ package pgproc_test
 
 import (
 	"context"
+	"errors"
 	"strings"
 	"testing"
 	"time"
@@ -146,5 +147,77 @@ func TestStopThenRestart(t *testing.T) {
 	s.Restart()
 	if n := count(t, connect(t, s)); n != 0 {
 		t.Errorf("%d rows, want 0", n)
+	}
+}
+
+func TestReplicaStreamsPausesAndCatchesUp(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	primary := pgproc.Start(t)
+	pconn := connect(t, primary)
+	exec(t, pconn, "CREATE TABLE t (id int)")
+	exec(t, pconn, "INSERT INTO t SELECT generate_series(1, 10)")
+
+	replica := pgproc.StartReplica(t, primary)
+	if replica.Addr() == primary.Addr() {
+		t.Fatalf("the replica listens on the primary's %s", primary.Addr())
+	}
+	rconn := connect(t, replica.Server)
+	var recovering bool
+	if err := rconn.QueryRow(ctx, "SELECT pg_is_in_recovery()").Scan(&recovering); err != nil || !recovering {
+		t.Fatalf("pg_is_in_recovery() = %v, %v on the replica; want true", recovering, err)
+	}
+	if n := count(t, rconn); n != 10 {
+		t.Errorf("%d rows on the new replica, want the primary's 10", n)
+	}
+	_, err := rconn.Exec(ctx, "INSERT INTO t VALUES (0)")
+	var pgErr *pgconn.PgError
+	if !errors.As(err, &pgErr) || pgErr.Code != "25006" {
+		t.Errorf("a write on the replica: %v; want read_only_sql_transaction (25006)", err)
+	}
+
+	// Streaming: what the primary commits reaches the replica.
+	exec(t, pconn, "INSERT INTO t SELECT generate_series(11, 20)")
+	replica.CatchUp()
+	if n := count(t, rconn); n != 20 {
+		t.Errorf("%d rows after CatchUp, want 20", n)
+	}
+
+	// Paused: the replica receives the WAL but does not apply it.
+	replica.PauseReplay()
+	exec(t, pconn, "INSERT INTO t SELECT generate_series(21, 30)")
+	var target string
+	if err := pconn.QueryRow(ctx, "SELECT pg_current_wal_lsn()::text").Scan(&target); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		var received bool
+		if err := rconn.QueryRow(ctx, "SELECT coalesce(pg_last_wal_receive_lsn() >= $1::pg_lsn, false)", target).Scan(&received); err != nil {
+			t.Fatal(err)
+		}
+		if received {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the paused replica did not receive the primary's WAL up to %s", target)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if recv, replayed, behind := replica.Lag(); !behind {
+		t.Errorf("Lag() = %s received, %s replayed, not behind; want behind while paused", recv, replayed)
+	}
+	if n := count(t, rconn); n != 20 {
+		t.Errorf("%d rows on the paused replica, want the 20 it had before the pause", n)
+	}
+
+	// Resumed: it catches up.
+	replica.ResumeReplay()
+	replica.CatchUp()
+	if n := count(t, rconn); n != 30 {
+		t.Errorf("%d rows after ResumeReplay and CatchUp, want 30", n)
+	}
+	if _, _, behind := replica.Lag(); behind {
+		t.Error("Lag() reports the replica behind after CatchUp")
 	}
 }

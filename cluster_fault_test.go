@@ -53,7 +53,7 @@ import (
 
 // clusterClient returns the cluster client the README recommends: context
 // deadlines honoured, and the client's view of the cluster reloaded as soon
-// as a node stops answering (reloadOnUnreachable). go-redis v9.17 reloads
+// as a node stops answering (writethrough.ReloadOnUnreachable). go-redis v9.17 reloads
 // it on its own only on MOVED, or once it is 10 s old: after a master dies,
 // every command for its slots goes to the dead address until then, even
 // once its replica has taken over. defaults leaves the hook out.
@@ -64,54 +64,10 @@ func clusterClient(t testing.TB, c *redisproc.Cluster, defaults bool, redirects 
 		rdb.OnNewNode(func(node *redis.Client) { node.AddHook(redirects) })
 	}
 	if !defaults {
-		rdb.AddHook(reloadOnUnreachable{rdb})
+		rdb.AddHook(writethrough.ReloadOnUnreachable(rdb))
 	}
 	t.Cleanup(func() { _ = rdb.Close() })
 	return rdb
-}
-
-// reloadOnUnreachable asks the cluster client to reload its view of the
-// cluster (in the background, at most once per 200 ms: ReloadState) when a
-// command fails without a reply from Redis, or with CLUSTERDOWN.
-type reloadOnUnreachable struct{ c *redis.ClusterClient }
-
-func (h reloadOnUnreachable) DialHook(next redis.DialHook) redis.DialHook { return next }
-
-func (h reloadOnUnreachable) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
-	return func(ctx context.Context, cmd redis.Cmder) error {
-		err := next(ctx, cmd)
-		if unreachable(err) {
-			h.c.ReloadState(ctx)
-		}
-		return err
-	}
-}
-
-func (h reloadOnUnreachable) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
-	return func(ctx context.Context, cmds []redis.Cmder) error {
-		err := next(ctx, cmds)
-		for _, cmd := range cmds {
-			if unreachable(cmd.Err()) {
-				h.c.ReloadState(ctx)
-				break
-			}
-		}
-		return err
-	}
-}
-
-// unreachable reports an error that may mean the client's view of the
-// cluster is out of date: no reply (refused, reset, timed out), or a node
-// saying the cluster is down.
-func unreachable(err error) bool {
-	if err == nil || errors.Is(err, redis.Nil) || errors.Is(err, context.Canceled) {
-		return false
-	}
-	var reply redis.Error
-	if errors.As(err, &reply) {
-		return strings.HasPrefix(err.Error(), "CLUSTERDOWN")
-	}
-	return true
 }
 
 // redirectCount is a go-redis hook on each node's client that counts the
@@ -252,7 +208,7 @@ type clusterScenario struct {
 	// returns once stop is closed with the cluster settled and the
 	// client's view of it current.
 	fault func(cr *clusterRun, stop <-chan struct{})
-	// defaults runs the client without reloadOnUnreachable.
+	// defaults runs the client without writethrough.ReloadOnUnreachable.
 	defaults bool
 	// config changes the plugin's configuration (a knob under test).
 	config func(*writethrough.Config)

@@ -27,7 +27,12 @@ func ExampleNew_cluster() {
 		// Leave ReadOnly, RouteByLatency and RouteRandomly false: replicas lag.
 	})
 	defer rdb.Close()
-	p := writethrough.New(rdb, writethrough.Config{Prefix: "app", Timeout: 100 * time.Millisecond, Models: []any{&Product{}}})
+	// Reload the slot map as soon as a node stops answering (a master died).
+	rdb.AddHook(writethrough.ReloadOnUnreachable(rdb))
+	p := writethrough.New(rdb, writethrough.Config{
+		Prefix: "app", Timeout: 100 * time.Millisecond, Models: []any{&Product{}},
+		WaitReplicas: 1, // each master's replicas; see "Redis Cluster" in the README
+	})
 	defer p.Close()
 	if err := db.Use(p); err != nil {
 		log.Fatal(err)

@@ -325,7 +325,7 @@ func (s *modelSpec) keyValues(ctx context.Context, key any, model func(any) (ref
 // keyMisfit is the error every entry point gives for a key that does not fit
 // the model's primary key.
 func keyMisfit(s *modelSpec, key any) error {
-	return fmt.Errorf("%w: key %#v does not fit %s's primary key", ErrUnsupported, key, s.name)
+	return fmt.Errorf("%w: key %v (%T) does not fit %s's primary key", ErrUnsupported, key, key, s.name)
 }
 
 // asModel reports whether key is a T or a non-nil *T, and gives its value.

@@ -123,10 +123,22 @@ func (p *Plugin) drainLoop(ctx context.Context) {
 // logged, and the drainer carries on.
 func (p *Plugin) drainPass(ctx context.Context) {
 	defer p.recoverLogged("outbox drain")
-	if _, err := p.Drain(ctx); err != nil && ctx.Err() == nil {
-		p.logf("writethrough: outbox drain failed; retrying", "err", err)
+	_, err := p.Drain(ctx)
+	if err == nil || ctx.Err() != nil {
+		p.drainFails = 0
+		return
+	}
+	// Every recorded key wakes the drainer: while Redis (or a master's
+	// replica) stays away, say so once per drainLogEvery, not per pass.
+	p.drainFails++
+	if now := time.Now(); now.Sub(p.drainLogged) >= drainLogEvery {
+		p.drainLogged = now
+		p.logf("writethrough: outbox drain failed; retrying", "err", err, "failed_passes", p.drainFails)
 	}
 }
+
+// drainLogEvery is how often a drainer that keeps failing logs it.
+const drainLogEvery = 10 * time.Second
 
 // Drain invalidates every key recorded in the outbox and removes the
 // records, and returns how many it removed. The plugin's drainer calls it in

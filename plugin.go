@@ -60,6 +60,8 @@ type Plugin struct {
 	drainMu      sync.Mutex // protects stopDrain, drainDone
 	stopDrain    context.CancelFunc
 	drainDone    chan struct{}
+	drainFails   int       // consecutive failed drain passes; the drainer's goroutine only
+	drainLogged  time.Time // when the drainer last logged a failure; the drainer's goroutine only
 	wake         chan struct{}
 	suspects     suspects // keys in the outbox, read from the database meanwhile
 	gate         gate     // work Close waits for; closed by Close

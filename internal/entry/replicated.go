@@ -156,10 +156,11 @@ var errAsking = errors.New("asking")
 // call of the batch with the deadline), and the resent durable calls fail
 // with ErrNotReplicated at once.
 func (s *Scripts) runAcked(ctx context.Context, node *redis.Client, calls []*Call, r Replication, ask bool) {
-	send := func(cs []*Call, eval, wait bool) ([]*redis.Cmd, *redis.Cmd) {
+	send := func(cs []*Call, eval, wait bool) ([]*redis.Cmd, *redis.Cmd, error) {
 		cmds := make([]*redis.Cmd, len(cs))
 		var w *redis.Cmd
-		_, _ = node.Pipelined(ctx, func(pipe redis.Pipeliner) error {
+		var perr error
+		_, perr = node.Pipelined(ctx, func(pipe redis.Pipeliner) error {
 			for i, c := range cs {
 				if ask {
 					pipe.Do(ctx, "asking")
@@ -177,11 +178,11 @@ func (s *Scripts) runAcked(ctx context.Context, node *redis.Client, calls []*Cal
 			}
 			return nil
 		})
-		return cmds, w
+		return cmds, w, perr
 	}
-	settle := func(cs []*Call, cmds []*redis.Cmd, acked int64, werr error) (retry []*Call) {
+	settle := func(cs []*Call, cmds []*redis.Cmd, perr error, acked int64, werr error) (retry []*Call) {
 		for i, c := range cs {
-			c.res, c.Err = cmds[i].Int64()
+			c.res, c.Err = intResult(cmds[i], perr)
 			switch {
 			case noScript(c.Err) || compileError(c.Err):
 				if compileError(c.Err) {
@@ -200,18 +201,18 @@ func (s *Scripts) runAcked(ctx context.Context, node *redis.Client, calls []*Cal
 		}
 		return retry
 	}
-	cmds, wait := send(calls, false, true)
-	acked, werr := wait.Int64()
-	retry := settle(calls, cmds, acked, werr)
+	cmds, wait, perr := send(calls, false, true)
+	acked, werr := intResult(wait, perr)
+	retry := settle(calls, cmds, perr, acked, werr)
 	if len(retry) == 0 {
 		return
 	}
 	short := werr != nil || acked < int64(r.Replicas)
-	cmds, wait = send(retry, true, !short)
+	cmds, wait, perr = send(retry, true, !short)
 	if !short {
-		acked, werr = wait.Int64()
+		acked, werr = intResult(wait, perr)
 	}
-	settle(retry, cmds, acked, werr)
+	settle(retry, cmds, perr, acked, werr)
 }
 
 // redirected reports an error after which the call should be sent again:

@@ -3,6 +3,7 @@ package entry
 import (
 	"context"
 	_ "embed" // the Lua scripts
+	"errors"
 	"fmt"
 	"strings"
 	"sync/atomic"
@@ -160,18 +161,35 @@ func (s *Scripts) Run(ctx context.Context, rdb redis.UniversalClient, calls []*C
 		return
 	}
 	cmds := make([]*redis.Cmd, len(todo))
-	_, _ = rdb.Pipelined(ctx, func(pipe redis.Pipeliner) error {
+	_, perr := rdb.Pipelined(ctx, func(pipe redis.Pipeliner) error {
 		for i, c := range todo {
 			cmds[i] = s.pick(c.sc).EvalSha(ctx, pipe, []string{c.Key}, c.args...)
 		}
 		return nil
 	})
 	for i, c := range todo {
-		c.res, c.Err = cmds[i].Int64()
+		c.res, c.Err = intResult(cmds[i], perr)
 		if noScript(c.Err) || compileError(c.Err) {
 			c.res, c.Err = s.runOne(ctx, rdb, c)
 		}
 	}
+}
+
+// errNoReply is the error of a pipelined command that got neither a reply
+// nor an error of its own: go-redis gave up on the pipeline first (a
+// cluster pipeline whose context ended between redirections).
+var errNoReply = errors.New("no reply")
+
+// intResult is cmd's integer reply, or an error; a command left without a
+// reply carries the pipeline's error.
+func intResult(cmd *redis.Cmd, pipeErr error) (int64, error) {
+	if cmd.Err() == nil && cmd.Val() == nil {
+		if pipeErr == nil {
+			pipeErr = errNoReply
+		}
+		return 0, fmt.Errorf("%w: %w", errNoReply, pipeErr)
+	}
+	return cmd.Int64()
 }
 
 func (s *Scripts) runOne(ctx context.Context, rdb redis.UniversalClient, c *Call) (int64, error) {

@@ -10,6 +10,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -174,7 +175,7 @@ func newPanicTwin(t *testing.T) (*twin, *logSink) {
 	t.Cleanup(disarm)
 	sink := &logSink{}
 	tw := newTwin(t, twinOpts{
-		cfg:    writethrough.Config{Logger: slog.New(sink)},
+		cfg:    writethrough.Config{Logger: slog.New(sink), Timeout: 5 * time.Second}, // a loaded machine must not time a lookup out
 		models: []any{&panicRow{}, &strictPanicRow{}, &keyedRow{}},
 	})
 	for _, db := range []*gorm.DB{tw.plain, tw.cached} {
@@ -368,7 +369,7 @@ func TestPanicOfAFlightLeaderIsNotRaisedInItsFollowers(t *testing.T) {
 			})
 		}(i)
 	}
-	<-allIn
+	awaitFlight(t, allIn)
 	release()
 	wg.Wait()
 	var raised []any

@@ -4,6 +4,7 @@ import (
 	"context"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -233,7 +234,7 @@ func TestReadsInsideATransactionGoToTheDatabase(t *testing.T) {
 }
 
 func TestConcurrentMissesShareOneDatabaseRead(t *testing.T) {
-	e := setup(t, nil, writethrough.Config{})
+	e := setup(t, nil, writethrough.Config{Timeout: 5 * time.Second}) // no lookup may time out: each reader must join the flight
 	us := seedUsers(t, e, 1)
 	id := us[0].ID
 	require.NoError(t, writethrough.Invalidate(e.db, &User{}, id))
@@ -250,7 +251,7 @@ func TestConcurrentMissesShareOneDatabaseRead(t *testing.T) {
 			errs[i] = e.db.Scopes(writethrough.Cached).First(&results[i], id).Error
 		}(i)
 	}
-	<-allIn
+	awaitFlight(t, allIn)
 	release()
 	wg.Wait()
 	for i := 0; i < n; i++ {

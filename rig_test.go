@@ -551,6 +551,18 @@ func (c *redisCommands) reset() {
 // gatherFlight makes n cached reads of one key meet on one flight: the
 // flight's leader waits after taking its lease until all n readers have
 // arrived. allIn is closed when they have; release lets the leader go on.
+// awaitFlight waits until every reader of gatherFlight has joined the
+// flight, and fails the test (instead of hanging) when one never does: a
+// reader whose Redis lookup failed reads the database without the flight.
+func awaitFlight(t *testing.T, allIn <-chan struct{}) {
+	t.Helper()
+	select {
+	case <-allIn:
+	case <-time.After(time.Minute):
+		t.Fatal("not every reader joined the database read's flight (a Redis lookup failed or timed out?)")
+	}
+}
+
 func gatherFlight(p *writethrough.Plugin, n int32) (allIn <-chan struct{}, release func()) {
 	var arrived atomic.Int32
 	in := make(chan struct{})

@@ -709,7 +709,15 @@ func TestClusterWholeClusterOperationsAcrossFailovers(t *testing.T) {
 			onIt = append(onIt, id)
 		}
 	}
-	require.Equal(t, writethrough.EntryCommitted, inspect(onIt[0]).State)
+	// A create's install can time out on a loaded machine (Timeout is
+	// 200 ms), leaving its key pending until PendingTTL: read the rows
+	// until each is cached.
+	for _, id := range onIt {
+		require.NoError(t, testrig.Poll(30*time.Second, func() (bool, error) {
+			_, err := writethrough.Get[Item](ctx, db, id)
+			return err == nil && inspect(id).State == writethrough.EntryCommitted, nil
+		}), "row %d cached", id)
+	}
 	c.WaitReplicated(t, master) // the replica holds the cached rows
 	killed := c.Kill(t, slot)
 	for _, id := range onIt {

@@ -3,6 +3,8 @@ package writethrough_test
 import (
 	"context"
 	"fmt"
+	"log/slog"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -13,6 +15,8 @@ import (
 	"gorm.io/gorm"
 
 	"github.com/gorm-writethrough/writethrough"
+	"github.com/gorm-writethrough/writethrough/internal/testenv"
+	"github.com/gorm-writethrough/writethrough/internal/testrig"
 )
 
 // TestCloseWaitsForAsyncFinalizesWhileWritersCommit runs writers that keep
@@ -140,4 +144,50 @@ func assertCacheMatchesDatabase(t *testing.T, e *env) {
 			t.Errorf("user %d: Redis holds a %s entry after every write ended", row.ID, en.State)
 		}
 	}
+}
+
+// TestDrainerStopsWhenTheDatabaseIsClosed: an application that closes its
+// *sql.DB (and not the plugin) leaves no drainer behind failing every pass:
+// the drainer sees the closed database and stops, saying so once.
+func TestDrainerStopsWhenTheDatabaseIsClosed(t *testing.T) {
+	sink := &logSink{}
+	db := testrig.Open(t, testenv.PostgresDSN(t), nil)
+	rdb, prefix := testenv.Redis(t)
+	p := install(t, db, rdb, writethrough.Config{Prefix: prefix, DrainInterval: 10 * time.Millisecond, Logger: slog.New(sink)})
+	require.NoError(t, db.AutoMigrate(&User{}))
+	require.NoError(t, db.Create(&User{Email: "closed@x", Name: "n"}).Error) // starts the drainer
+	require.False(t, writethrough.DrainerStopped(p))
+
+	sqlDB, err := db.DB()
+	require.NoError(t, err)
+	require.NoError(t, sqlDB.Close())
+	require.NoError(t, testrig.Poll(30*time.Second, func() (bool, error) {
+		return writethrough.DrainerStopped(p), nil
+	}), "the drainer stops once the database is closed")
+	logs := sink.take()
+	assert.Equal(t, 1, strings.Count(logs, "the outbox drainer stops"), logs)
+	assert.NotContains(t, logs, "outbox drain failed")
+}
+
+// TestNoDrainerWithoutACachedModel: statements on models without a cache
+// tag start nothing; the first statement on a cached model starts the
+// drainer.
+func TestNoDrainerWithoutACachedModel(t *testing.T) {
+	type plainNote struct {
+		ID   uint
+		Body string
+	}
+	db := testrig.Open(t, testenv.PostgresDSN(t), nil)
+	rdb, prefix := testenv.Redis(t)
+	p := install(t, db, rdb, writethrough.Config{Prefix: prefix, DrainInterval: time.Second})
+	require.NoError(t, db.AutoMigrate(&plainNote{}, &User{}))
+	require.NoError(t, db.Create(&plainNote{Body: "x"}).Error)
+	var n plainNote
+	require.NoError(t, db.First(&n).Error)
+	require.NoError(t, db.Model(&n).Update("body", "y").Error)
+	assert.False(t, writethrough.DrainerStarted(p), "no cached model used: no drainer")
+
+	var u User
+	_ = db.Scopes(writethrough.Cached).First(&u, 1).Error
+	assert.True(t, writethrough.DrainerStarted(p), "a cached model's statement starts it")
 }

@@ -44,3 +44,22 @@ const (
 // (fills, pending and suspect keys) wherever dbresolver sends reads: the bug
 // the replica tests must catch. Set it while no statement runs.
 func ReadAnyReplica(p *Plugin, on bool) { p.anyReplica = on }
+
+// DrainerStopped reports whether p's background drainer ran and has
+// stopped.
+func DrainerStopped(p *Plugin) bool {
+	p.drainMu.Lock()
+	defer p.drainMu.Unlock()
+	if p.drainDone == nil {
+		return false
+	}
+	select {
+	case <-p.drainDone:
+		return true
+	default:
+		return false
+	}
+}
+
+// DrainerStarted reports whether p's background drainer was started.
+func DrainerStarted(p *Plugin) bool { return p.drainStarted.Load() }

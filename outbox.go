@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"regexp"
+	"strings"
 	"time"
 
 	"gorm.io/gorm"
@@ -47,8 +48,10 @@ func (p *Plugin) startOutbox(db *gorm.DB) error {
 }
 
 // ensureDrainer starts the background drainer the first time the plugin
-// handles a statement: by then the application has registered its plugins
-// and callbacks (GORM does not allow registering them while statements run).
+// handles a statement on a cached model, or records a key: by then the
+// application has registered its plugins and callbacks (GORM does not
+// allow registering them while statements run). An application that never
+// uses a cached model runs no drainer.
 func (p *Plugin) ensureDrainer() {
 	if p.drainStarted.Load() || p.db == nil || p.cfg.DrainInterval < 0 {
 		return
@@ -98,6 +101,7 @@ func (p *Plugin) recordAfterCommit(ctx context.Context, keys []string) {
 }
 
 func (p *Plugin) wakeDrainer() {
+	p.ensureDrainer() // a key recorded for a table written without its model
 	select {
 	case p.wake <- struct{}{}:
 	default:
@@ -109,7 +113,9 @@ func (p *Plugin) drainLoop(ctx context.Context) {
 	t := time.NewTicker(p.cfg.DrainInterval)
 	defer t.Stop()
 	for {
-		p.drainPass(ctx)
+		if p.drainPass(ctx) {
+			return
+		}
 		select {
 		case <-ctx.Done():
 			return
@@ -121,12 +127,18 @@ func (p *Plugin) drainLoop(ctx context.Context) {
 
 // drainPass is one pass of the background drainer; a panic in it is
 // logged, and the drainer carries on.
-func (p *Plugin) drainPass(ctx context.Context) {
+// It reports whether the drainer should stop: the application closed its
+// database, so no pass can succeed again.
+func (p *Plugin) drainPass(ctx context.Context) (stop bool) {
 	defer p.recoverLogged("outbox drain")
 	_, err := p.Drain(ctx)
 	if err == nil || ctx.Err() != nil {
 		p.drainFails = 0
-		return
+		return false
+	}
+	if dbClosed(err) {
+		p.logf("writethrough: the database was closed; the outbox drainer stops", "err", err)
+		return true
 	}
 	// Every recorded key wakes the drainer: while Redis (or a master's
 	// replica) stays away, say so once per drainLogEvery, not per pass.
@@ -135,6 +147,13 @@ func (p *Plugin) drainPass(ctx context.Context) {
 		p.drainLogged = now
 		p.logf("writethrough: outbox drain failed; retrying", "err", err, "failed_passes", p.drainFails)
 	}
+	return false
+}
+
+// dbClosed reports the error of a *sql.DB the application closed
+// (database/sql does not export it).
+func dbClosed(err error) bool {
+	return err != nil && strings.Contains(err.Error(), "sql: database is closed")
 }
 
 // drainLogEvery is how often a drainer that keeps failing logs it.

@@ -128,9 +128,11 @@ func (p *Plugin) serve(db *gorm.DB, orig func(*gorm.DB), marked bool, kn known) 
 		return
 	}
 	defer p.gate.leave()
-	p.ensureDrainer()
 	st := db.Statement
 	spec, err := p.specOf(st.Schema)
+	if spec != nil {
+		p.ensureDrainer()
+	}
 	if err != nil {
 		_ = db.AddError(err)
 		return

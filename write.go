@@ -71,11 +71,13 @@ func (p *Plugin) beforeWrite(kind writeKind) func(*gorm.DB) {
 		if db.Error != nil || db.DryRun {
 			return
 		}
-		p.ensureDrainer()
 		own, err := p.specOf(db.Statement.Schema)
 		if err != nil {
 			_ = db.AddError(err)
 			return
+		}
+		if own != nil {
+			p.ensureDrainer()
 		}
 		// The table the statement writes, which may be a cached model's
 		// even when the statement's model is not (tables.go).
